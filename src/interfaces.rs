@@ -1,0 +1,346 @@
+//! Interface names an operator can write in a pin's `interfaces`, and how a configured
+//! interface matches what a client proposes or a tower carries.
+
+use core::fmt;
+
+use crate::wire::{SyntaxId, Uuid};
+
+/// A well-known interface: the alias, its UUID and version, and what it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Known {
+    /// The name used in configuration and logs.
+    pub alias: &'static str,
+    /// Interface UUID and version.
+    pub syntax: SyntaxId,
+    /// One line for `rpcpin check` and the docs.
+    pub description: &'static str,
+}
+
+const fn known(
+    alias: &'static str,
+    uuid: &str,
+    major: u16,
+    minor: u16,
+    description: &'static str,
+) -> Known {
+    Known {
+        alias,
+        syntax: SyntaxId::new(uuid, major, minor),
+        description,
+    }
+}
+
+/// Every alias rpcpin understands. An alias may name several UUIDs (efsrpc has two).
+pub const KNOWN: &[Known] = &[
+    known(
+        "epm",
+        "e1af8308-5d1f-11c9-91a4-08002b14a0fa",
+        3,
+        0,
+        "DCE endpoint mapper",
+    ),
+    known(
+        "emsmdb",
+        "a4f1db00-ca47-1067-b31f-00dd010662da",
+        0,
+        81,
+        "Exchange store (MAPI)",
+    ),
+    known(
+        "async_emsmdb",
+        "5261574a-4572-206e-b268-6b199213b4e4",
+        0,
+        1,
+        "Exchange asynchronous notifications",
+    ),
+    known(
+        "nspi",
+        "f5cc5a18-4264-101a-8c59-08002b2f8426",
+        56,
+        0,
+        "Exchange address book (NSPI)",
+    ),
+    known(
+        "rfr",
+        "1544f5e0-613c-11d1-93df-00c04fd7bd09",
+        1,
+        0,
+        "Exchange referral (RFR)",
+    ),
+    known(
+        "lsarpc",
+        "12345778-1234-abcd-ef00-0123456789ab",
+        0,
+        0,
+        "Local Security Authority",
+    ),
+    known(
+        "samr",
+        "12345778-1234-abcd-ef00-0123456789ac",
+        1,
+        0,
+        "Security Account Manager",
+    ),
+    known(
+        "dssetup",
+        "3919286a-b10c-11d0-9ba8-00c04fd92ef5",
+        0,
+        0,
+        "Directory services setup",
+    ),
+    known(
+        "netlogon",
+        "12345678-1234-abcd-ef00-01234567cffb",
+        1,
+        0,
+        "Netlogon",
+    ),
+    known(
+        "drsuapi",
+        "e3514235-4b06-11d1-ab04-00c04fc2dcd2",
+        4,
+        0,
+        "Directory replication",
+    ),
+    known(
+        "srvsvc",
+        "4b324fc8-1670-01d3-1278-5a47bf6ee188",
+        3,
+        0,
+        "Server service",
+    ),
+    known(
+        "wkssvc",
+        "6bffd098-a112-3610-9833-46c3f87e345a",
+        1,
+        0,
+        "Workstation service",
+    ),
+    known(
+        "winreg",
+        "338cd001-2244-31f1-aaaa-900038001003",
+        1,
+        0,
+        "Remote registry",
+    ),
+    known(
+        "svcctl",
+        "367abb81-9844-35f1-ad32-98f038001003",
+        2,
+        0,
+        "Service control manager",
+    ),
+    known(
+        "spoolss",
+        "12345678-1234-abcd-ef00-0123456789ab",
+        1,
+        0,
+        "Print spooler",
+    ),
+    known(
+        "efsrpc",
+        "c681d488-d850-11d0-8c52-00c04fd90f7e",
+        1,
+        0,
+        "Encrypting file system (over lsarpc pipe)",
+    ),
+    known(
+        "efsrpc",
+        "df1941c5-fe89-4e79-bf10-463657acf44d",
+        1,
+        0,
+        "Encrypting file system",
+    ),
+    known(
+        "isystemactivator",
+        "000001a0-0000-0000-c000-000000000046",
+        0,
+        0,
+        "DCOM activation",
+    ),
+    known(
+        "iremoteactivation",
+        "4d9f4ab8-7d1c-11cf-861e-0020af6e7c57",
+        0,
+        0,
+        "DCOM remote activation",
+    ),
+    known(
+        "ioxidresolver",
+        "99fcfec4-5260-101b-bbcb-00aa0021347a",
+        0,
+        0,
+        "DCOM OXID resolver",
+    ),
+];
+
+/// The alias of a UUID, for logs; `None` when rpcpin has no name for it.
+pub fn alias_of(uuid: &Uuid) -> Option<&'static str> {
+    KNOWN
+        .iter()
+        .find(|k| k.syntax.uuid == *uuid)
+        .map(|k| k.alias)
+}
+
+/// One interface a pin carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interface {
+    /// The UUID.
+    pub uuid: Uuid,
+    /// `Some((major, minor))` when the operator wrote `uuid@major.minor`: then only that
+    /// major version, at that minor version or below, matches. Aliases match any version.
+    pub version: Option<(u16, u16)>,
+    /// The alias the operator wrote, if any.
+    pub alias: Option<&'static str>,
+}
+
+impl Interface {
+    /// Parses one entry of `interfaces`: an alias (possibly naming several UUIDs), a bare
+    /// UUID, or `uuid@major.minor`.
+    pub fn parse(text: &str) -> Result<Vec<Interface>, String> {
+        let lower = text.trim().to_ascii_lowercase();
+        let by_alias: Vec<Interface> = KNOWN
+            .iter()
+            .filter(|k| k.alias == lower)
+            .map(|k| Interface {
+                uuid: k.syntax.uuid,
+                version: None,
+                alias: Some(k.alias),
+            })
+            .collect();
+        if !by_alias.is_empty() {
+            return Ok(by_alias);
+        }
+        let (uuid, version) = match lower.split_once('@') {
+            Some((u, v)) => (u, Some(parse_version(v)?)),
+            None => (lower.as_str(), None),
+        };
+        let uuid: Uuid = uuid.parse().map_err(|e: &str| {
+            format!(
+                "{text:?} is neither a known alias nor a UUID ({e}); aliases: {}",
+                alias_list()
+            )
+        })?;
+        Ok(vec![Interface {
+            uuid,
+            version,
+            alias: alias_of(&uuid),
+        }])
+    }
+
+    /// Whether a proposed or advertised interface is this one.
+    pub fn matches(&self, s: &SyntaxId) -> bool {
+        self.uuid == s.uuid
+            && self
+                .version
+                .is_none_or(|(major, minor)| s.major == major && s.minor <= minor)
+    }
+
+    /// The syntax to ask the backend's endpoint mapper for.
+    pub fn query_syntax(&self) -> SyntaxId {
+        let (major, minor) = self.version.unwrap_or_else(|| {
+            KNOWN
+                .iter()
+                .find(|k| k.syntax.uuid == self.uuid)
+                .map_or((0, 0), |k| (k.syntax.major, k.syntax.minor))
+        });
+        SyntaxId {
+            uuid: self.uuid,
+            major,
+            minor,
+        }
+    }
+}
+
+impl fmt::Display for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.alias, self.version) {
+            (Some(a), None) => write!(f, "{a} ({})", self.uuid),
+            (_, Some((major, minor))) => write!(f, "{}@{major}.{minor}", self.uuid),
+            (None, None) => write!(f, "{}", self.uuid),
+        }
+    }
+}
+
+fn parse_version(v: &str) -> Result<(u16, u16), String> {
+    let (major, minor) = v.split_once('.').unwrap_or((v, "0"));
+    match (major.parse(), minor.parse()) {
+        (Ok(major), Ok(minor)) => Ok((major, minor)),
+        _ => Err(format!(
+            "version {v:?} is not major.minor with numbers up to 65535"
+        )),
+    }
+}
+
+fn alias_list() -> String {
+    let mut names: Vec<&str> = KNOWN.iter().map(|k| k.alias).collect();
+    names.dedup();
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_alias_the_design_names_exists() {
+        for alias in [
+            "epm",
+            "emsmdb",
+            "async_emsmdb",
+            "nspi",
+            "rfr",
+            "lsarpc",
+            "samr",
+            "dssetup",
+            "netlogon",
+            "drsuapi",
+            "srvsvc",
+            "wkssvc",
+            "winreg",
+            "svcctl",
+            "spoolss",
+            "efsrpc",
+            "isystemactivator",
+            "iremoteactivation",
+            "ioxidresolver",
+        ] {
+            assert!(Interface::parse(alias).is_ok(), "{alias}");
+        }
+        assert_eq!(Interface::parse("efsrpc").unwrap().len(), 2);
+        assert_eq!(
+            Interface::parse("NSPI").unwrap()[0].uuid.to_string(),
+            "f5cc5a18-4264-101a-8c59-08002b2f8426"
+        );
+    }
+
+    #[test]
+    fn versions_restrict_matching() {
+        let any = &Interface::parse("a4f1db00-ca47-1067-b31f-00dd010662da").unwrap()[0];
+        assert_eq!(any.alias, Some("emsmdb"));
+        let exact = &Interface::parse("a4f1db00-ca47-1067-b31f-00dd010662da@0.81").unwrap()[0];
+        let proposed = SyntaxId::new("a4f1db00-ca47-1067-b31f-00dd010662da", 0, 81);
+        assert!(any.matches(&proposed) && exact.matches(&proposed));
+        let newer = SyntaxId {
+            minor: 82,
+            ..proposed
+        };
+        assert!(any.matches(&newer) && !exact.matches(&newer));
+        let other_major = SyntaxId {
+            major: 1,
+            ..proposed
+        };
+        assert!(!exact.matches(&other_major));
+    }
+
+    #[test]
+    fn bad_entries_say_why() {
+        let err = Interface::parse("nspy").unwrap_err();
+        assert!(
+            err.contains("neither a known alias nor a UUID") && err.contains("nspi"),
+            "{err}"
+        );
+        let err = Interface::parse("f5cc5a18-4264-101a-8c59-08002b2f8426@x.1").unwrap_err();
+        assert!(err.contains("not major.minor"), "{err}");
+    }
+}

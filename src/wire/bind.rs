@@ -1,0 +1,543 @@
+//! bind / alter_context and their answers bind_ack / alter_context_resp / bind_nak
+//! (C706 §12.6.4.3–§12.6.4.5, MS-RPCE 2.2.2.x).
+//!
+//! ```text
+//! bind, alter_context                 bind_ack, alter_context_resp
+//!  16 max_xmit_frag  u16               16 max_xmit_frag  u16
+//!  18 max_recv_frag  u16               18 max_recv_frag  u16
+//!  20 assoc_group_id u32               20 assoc_group_id u32
+//!  24 n_context_elem u8, 3 reserved    24 sec_addr_len u16, sec_addr, pad to 4
+//!  28 p_cont_elem_t[n]:                 .. n_results u8, 3 reserved
+//!       p_cont_id u16                   .. p_result_t[n]:
+//!       n_transfer_syn u8, reserved          result u16, reason u16,
+//!       abstract_syntax (20)                 transfer_syntax (20)
+//!       transfer_syntaxes (20 each)
+//! ```
+
+use super::header::{finish_pdu, write_header, HEADER_LEN};
+use super::{get_u16, get_u32, Endian, Error, PacketType, Pdu, Result, SyntaxId};
+
+const CONTEXTS_AT: usize = HEADER_LEN + 12;
+const CONTEXT_FIXED_LEN: usize = 4 + SyntaxId::LEN;
+const RESULT_LEN: usize = 4 + SyntaxId::LEN;
+
+/// A checked bind or alter_context PDU.
+#[derive(Debug, Clone, Copy)]
+pub struct BindRequest<'a> {
+    pdu: Pdu<&'a [u8]>,
+    n_contexts: usize,
+}
+
+impl<'a> BindRequest<'a> {
+    /// Checks a whole bind or alter_context PDU, every context element included.
+    pub fn parse(bytes: &'a [u8]) -> Result<BindRequest<'a>> {
+        let pdu = Pdu::new_checked(bytes)?;
+        if !matches!(pdu.ptype(), PacketType::Bind | PacketType::AlterContext) {
+            return Err(Error::Unsupported(
+                "pdu type (expected bind or alter_context)",
+            ));
+        }
+        let end = pdu.body_end();
+        if end < CONTEXTS_AT {
+            return Err(Error::Truncated("bind body"));
+        }
+        let n_contexts = bytes[HEADER_LEN + 8] as usize;
+        let mut at = CONTEXTS_AT;
+        for _ in 0..n_contexts {
+            if at + CONTEXT_FIXED_LEN > end {
+                return Err(Error::Truncated("presentation context"));
+            }
+            let n_syntaxes = bytes[at + 2] as usize;
+            if n_syntaxes == 0 {
+                return Err(Error::Malformed(
+                    "presentation context without transfer syntax",
+                ));
+            }
+            at += CONTEXT_FIXED_LEN + n_syntaxes * SyntaxId::LEN;
+            if at > end {
+                return Err(Error::Truncated("transfer syntaxes"));
+            }
+        }
+        Ok(BindRequest { pdu, n_contexts })
+    }
+
+    /// The PDU itself.
+    pub fn pdu(&self) -> &Pdu<&'a [u8]> {
+        &self.pdu
+    }
+
+    /// The largest fragment the client will send.
+    pub fn max_xmit_frag(&self) -> u16 {
+        get_u16(self.pdu.into_inner(), HEADER_LEN, self.pdu.endian())
+    }
+
+    /// The largest fragment the client will accept.
+    pub fn max_recv_frag(&self) -> u16 {
+        get_u16(self.pdu.into_inner(), HEADER_LEN + 2, self.pdu.endian())
+    }
+
+    /// The association group the client asks to join (0: a new one).
+    pub fn assoc_group_id(&self) -> u32 {
+        get_u32(self.pdu.into_inner(), HEADER_LEN + 4, self.pdu.endian())
+    }
+
+    /// The proposed presentation contexts, in order.
+    pub fn contexts(&self) -> impl Iterator<Item = PresContext<'a>> + '_ {
+        let bytes = self.pdu.into_inner();
+        let endian = self.pdu.endian();
+        let mut at = CONTEXTS_AT;
+        (0..self.n_contexts).map(move |_| {
+            let len = CONTEXT_FIXED_LEN + bytes[at + 2] as usize * SyntaxId::LEN;
+            let ctx = PresContext {
+                bytes: &bytes[at..at + len],
+                endian,
+            };
+            at += len;
+            ctx
+        })
+    }
+}
+
+/// One proposed presentation context (`p_cont_elem_t`), checked by [`BindRequest::parse`].
+#[derive(Debug, Clone, Copy)]
+pub struct PresContext<'a> {
+    bytes: &'a [u8],
+    endian: Endian,
+}
+
+impl<'a> PresContext<'a> {
+    /// The context id that requests will name.
+    pub fn id(&self) -> u16 {
+        get_u16(self.bytes, 0, self.endian)
+    }
+
+    /// The interface the client wants to call.
+    pub fn abstract_syntax(&self) -> SyntaxId {
+        syntax_at(self.bytes, 4, self.endian)
+    }
+
+    /// The transfer syntaxes offered for it, in the client's order of preference.
+    pub fn transfer_syntaxes(&self) -> impl Iterator<Item = SyntaxId> + 'a {
+        let endian = self.endian;
+        self.bytes[CONTEXT_FIXED_LEN..]
+            .chunks_exact(SyntaxId::LEN)
+            .map(move |c| syntax_at(c, 0, endian))
+    }
+}
+
+fn syntax_at(bytes: &[u8], at: usize, endian: Endian) -> SyntaxId {
+    // Callers only pass offsets their checked constructor has validated.
+    SyntaxId::from_wire(&bytes[at..], endian).unwrap_or_else(|_| unreachable!())
+}
+
+/// `p_cont_def_result_t` (C706 §12.6.3.1, MS-RPCE 2.2.2.4 adds negotiate_ack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextResult {
+    /// The context is accepted with the returned transfer syntax.
+    Acceptance,
+    /// Refused by the server application.
+    UserRejection,
+    /// Refused by the runtime (or by rpcpin).
+    ProviderRejection,
+    /// Answer to a bind-time feature negotiation context.
+    NegotiateAck,
+    /// Any other value.
+    Unknown(u16),
+}
+
+impl From<u16> for ContextResult {
+    fn from(v: u16) -> ContextResult {
+        match v {
+            0 => ContextResult::Acceptance,
+            1 => ContextResult::UserRejection,
+            2 => ContextResult::ProviderRejection,
+            3 => ContextResult::NegotiateAck,
+            other => ContextResult::Unknown(other),
+        }
+    }
+}
+
+impl From<ContextResult> for u16 {
+    fn from(v: ContextResult) -> u16 {
+        match v {
+            ContextResult::Acceptance => 0,
+            ContextResult::UserRejection => 1,
+            ContextResult::ProviderRejection => 2,
+            ContextResult::NegotiateAck => 3,
+            ContextResult::Unknown(other) => other,
+        }
+    }
+}
+
+/// `p_provider_reason_t` values (C706 §12.6.3.1).
+pub mod reason {
+    /// No reason given.
+    pub const NOT_SPECIFIED: u16 = 0;
+    /// The interface is not offered here.
+    pub const ABSTRACT_SYNTAX_NOT_SUPPORTED: u16 = 1;
+    /// None of the proposed transfer syntaxes is supported.
+    pub const PROPOSED_TRANSFER_SYNTAXES_NOT_SUPPORTED: u16 = 2;
+    /// A resource limit was reached.
+    pub const LOCAL_LIMIT_EXCEEDED: u16 = 3;
+}
+
+/// `p_reject_reason_t` values carried by bind_nak (C706 §12.6.3.1).
+pub mod nak_reason {
+    /// No reason given.
+    pub const NOT_SPECIFIED: u16 = 0;
+    /// The server is too busy.
+    pub const TEMPORARY_CONGESTION: u16 = 1;
+    /// A resource limit was reached.
+    pub const LOCAL_LIMIT_EXCEEDED: u16 = 2;
+    /// The protocol version is not supported.
+    pub const PROTOCOL_VERSION_NOT_SUPPORTED: u16 = 4;
+}
+
+/// One entry of a bind_ack's result list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultEntry {
+    /// Accepted, rejected, or negotiate_ack.
+    pub result: ContextResult,
+    /// Why, when rejected; the feature bits for negotiate_ack.
+    pub reason: u16,
+    /// The transfer syntax chosen (all zeros when rejected).
+    pub transfer_syntax: SyntaxId,
+}
+
+impl ResultEntry {
+    /// A provider rejection for `reason`, with the all-zero syntax Windows sends.
+    pub fn rejected(reason: u16) -> ResultEntry {
+        ResultEntry {
+            result: ContextResult::ProviderRejection,
+            reason,
+            transfer_syntax: SyntaxId {
+                uuid: super::Uuid([0; 16]),
+                major: 0,
+                minor: 0,
+            },
+        }
+    }
+}
+
+/// A checked bind_ack or alter_context_resp PDU.
+#[derive(Debug, Clone, Copy)]
+pub struct BindAck<'a> {
+    pdu: Pdu<&'a [u8]>,
+    results_at: usize,
+    n_results: usize,
+}
+
+impl<'a> BindAck<'a> {
+    /// Checks a whole bind_ack or alter_context_resp PDU, its result list included.
+    pub fn parse(bytes: &'a [u8]) -> Result<BindAck<'a>> {
+        let pdu = Pdu::new_checked(bytes)?;
+        if !matches!(
+            pdu.ptype(),
+            PacketType::BindAck | PacketType::AlterContextResp
+        ) {
+            return Err(Error::Unsupported(
+                "pdu type (expected bind_ack or alter_context_resp)",
+            ));
+        }
+        let end = pdu.body_end();
+        if end < HEADER_LEN + 10 {
+            return Err(Error::Truncated("bind_ack body"));
+        }
+        let sec_len = get_u16(bytes, HEADER_LEN + 8, pdu.endian()) as usize;
+        let results_at = align4(HEADER_LEN + 10 + sec_len);
+        if results_at + 4 > end {
+            return Err(Error::Truncated("bind_ack result list"));
+        }
+        let n_results = bytes[results_at] as usize;
+        if results_at + 4 + n_results * RESULT_LEN > end {
+            return Err(Error::Truncated("bind_ack results"));
+        }
+        Ok(BindAck {
+            pdu,
+            results_at,
+            n_results,
+        })
+    }
+
+    /// The PDU itself.
+    pub fn pdu(&self) -> &Pdu<&'a [u8]> {
+        &self.pdu
+    }
+
+    /// The association group the server placed the connection in.
+    pub fn assoc_group_id(&self) -> u32 {
+        get_u32(self.pdu.into_inner(), HEADER_LEN + 4, self.pdu.endian())
+    }
+
+    /// The secondary address: the server's port as text, NUL included when sent.
+    pub fn secondary_addr(&self) -> &'a [u8] {
+        let bytes = self.pdu.into_inner();
+        let len = get_u16(bytes, HEADER_LEN + 8, self.pdu.endian()) as usize;
+        &bytes[HEADER_LEN + 10..HEADER_LEN + 10 + len]
+    }
+
+    /// The results, one per proposed context and in the same order.
+    pub fn results(&self) -> impl Iterator<Item = ResultEntry> + 'a {
+        let bytes = self.pdu.into_inner();
+        let endian = self.pdu.endian();
+        let start = self.results_at + 4;
+        bytes[start..start + self.n_results * RESULT_LEN]
+            .chunks_exact(RESULT_LEN)
+            .map(move |r| ResultEntry {
+                result: ContextResult::from(get_u16(r, 0, endian)),
+                reason: get_u16(r, 2, endian),
+                transfer_syntax: syntax_at(r, 4, endian),
+            })
+    }
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// What rpcpin needs to say in a bind_ack or alter_context_resp of its own.
+#[derive(Debug, Clone)]
+pub struct BindAckFields<'a> {
+    /// `BindAck` or `AlterContextResp`.
+    pub ptype: PacketType,
+    /// Byte order of the answer: the same as the request's.
+    pub endian: Endian,
+    /// The request's call id.
+    pub call_id: u32,
+    /// Largest fragment the sender will transmit.
+    pub max_xmit_frag: u16,
+    /// Largest fragment the sender will accept.
+    pub max_recv_frag: u16,
+    /// Association group.
+    pub assoc_group_id: u32,
+    /// Secondary address bytes (NUL included if wanted).
+    pub secondary_addr: &'a [u8],
+    /// One result per proposed context.
+    pub results: &'a [ResultEntry],
+}
+
+/// Appends a bind_ack or alter_context_resp without auth verifier.
+pub fn encode_bind_ack(out: &mut Vec<u8>, f: &BindAckFields<'_>) -> Result<()> {
+    let start = out.len();
+    let flags = super::header::flags::FIRST_FRAG | super::header::flags::LAST_FRAG;
+    write_header(out, f.ptype, flags, f.endian, f.call_id);
+    let e = f.endian;
+    put16(out, f.max_xmit_frag, e);
+    put16(out, f.max_recv_frag, e);
+    put32(out, f.assoc_group_id, e);
+    let sec_len = u16::try_from(f.secondary_addr.len())
+        .map_err(|_| Error::Malformed("secondary address too long"))?;
+    put16(out, sec_len, e);
+    out.extend_from_slice(f.secondary_addr);
+    out.resize(start + align4(out.len() - start), 0);
+    let n = u8::try_from(f.results.len()).map_err(|_| Error::Malformed("too many results"))?;
+    out.extend_from_slice(&[n, 0, 0, 0]);
+    for r in f.results {
+        put16(out, r.result.into(), e);
+        put16(out, r.reason, e);
+        r.transfer_syntax.write(out, e);
+    }
+    finish_pdu(&mut out[start..], e)
+}
+
+/// Appends a bind_nak offering protocol version 5.0.
+pub fn encode_bind_nak(out: &mut Vec<u8>, endian: Endian, call_id: u32, reason: u16) -> Result<()> {
+    let start = out.len();
+    let flags = super::header::flags::FIRST_FRAG | super::header::flags::LAST_FRAG;
+    write_header(out, PacketType::BindNak, flags, endian, call_id);
+    put16(out, reason, endian);
+    out.extend_from_slice(&[1, 5, 0]);
+    out.resize(start + align4(out.len() - start), 0);
+    finish_pdu(&mut out[start..], endian)
+}
+
+/// A context to propose in a bind rpcpin sends itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextProposal<'a> {
+    /// Context id.
+    pub id: u16,
+    /// Interface.
+    pub abstract_syntax: SyntaxId,
+    /// Offered transfer syntaxes.
+    pub transfer_syntaxes: &'a [SyntaxId],
+}
+
+/// Appends an unauthenticated bind.
+pub fn encode_bind(
+    out: &mut Vec<u8>,
+    endian: Endian,
+    call_id: u32,
+    max_frag: u16,
+    contexts: &[ContextProposal<'_>],
+) -> Result<()> {
+    let start = out.len();
+    let flags = super::header::flags::FIRST_FRAG | super::header::flags::LAST_FRAG;
+    write_header(out, PacketType::Bind, flags, endian, call_id);
+    put16(out, max_frag, endian);
+    put16(out, max_frag, endian);
+    put32(out, 0, endian);
+    let n = u8::try_from(contexts.len()).map_err(|_| Error::Malformed("too many contexts"))?;
+    out.extend_from_slice(&[n, 0, 0, 0]);
+    for c in contexts {
+        put16(out, c.id, endian);
+        let n = u8::try_from(c.transfer_syntaxes.len())
+            .map_err(|_| Error::Malformed("too many transfer syntaxes"))?;
+        out.extend_from_slice(&[n, 0]);
+        c.abstract_syntax.write(out, endian);
+        for ts in c.transfer_syntaxes {
+            ts.write(out, endian);
+        }
+    }
+    finish_pdu(&mut out[start..], endian)
+}
+
+fn put16(out: &mut Vec<u8>, v: u16, e: Endian) {
+    out.extend_from_slice(&match e {
+        Endian::Little => v.to_le_bytes(),
+        Endian::Big => v.to_be_bytes(),
+    });
+}
+
+fn put32(out: &mut Vec<u8>, v: u32, e: Endian) {
+    out.extend_from_slice(&match e {
+        Endian::Little => v.to_le_bytes(),
+        Endian::Big => v.to_be_bytes(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::test_util::hex;
+
+    const NSPI_CLIENT: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.client.bin");
+    const NSPI_SERVER: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.server.bin");
+    const EPM: SyntaxId = SyntaxId::new("e1af8308-5d1f-11c9-91a4-08002b14a0fa", 3, 0);
+
+    #[test]
+    fn parses_outlooks_epm_bind() {
+        let bind = BindRequest::parse(&NSPI_CLIENT[..72]).unwrap();
+        assert_eq!(bind.pdu().ptype(), PacketType::Bind);
+        assert_eq!(bind.max_xmit_frag(), 5840);
+        assert_eq!(bind.assoc_group_id(), 0);
+        let ctx: Vec<_> = bind.contexts().collect();
+        assert_eq!(ctx.len(), 1);
+        assert_eq!(ctx[0].id(), 0);
+        assert_eq!(ctx[0].abstract_syntax(), EPM);
+        assert_eq!(
+            ctx[0].transfer_syntaxes().collect::<Vec<_>>(),
+            [SyntaxId::NDR]
+        );
+    }
+
+    #[test]
+    fn parses_exchanges_bind_ack() {
+        let ack = BindAck::parse(&NSPI_SERVER[..60]).unwrap();
+        assert_eq!(ack.secondary_addr(), b"135\0");
+        assert_eq!(ack.assoc_group_id(), 0xc8e5);
+        let results: Vec<_> = ack.results().collect();
+        assert_eq!(
+            results,
+            [ResultEntry {
+                result: ContextResult::Acceptance,
+                reason: 0,
+                transfer_syntax: SyntaxId::NDR
+            }]
+        );
+    }
+
+    #[test]
+    fn encodes_a_bind_ack_like_exchange() {
+        let results = [ResultEntry {
+            result: ContextResult::Acceptance,
+            reason: 0,
+            transfer_syntax: SyntaxId::NDR,
+        }];
+        let mut out = Vec::new();
+        encode_bind_ack(
+            &mut out,
+            &BindAckFields {
+                ptype: PacketType::BindAck,
+                endian: Endian::Little,
+                call_id: 1,
+                max_xmit_frag: 5840,
+                max_recv_frag: 5840,
+                assoc_group_id: 0xc8e5,
+                secondary_addr: b"135\0",
+                results: &results,
+            },
+        )
+        .unwrap();
+        assert_eq!(out, NSPI_SERVER[..60]);
+    }
+
+    #[test]
+    fn encodes_a_rejection_in_big_endian() {
+        let results = [ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED)];
+        let mut out = Vec::new();
+        let fields = BindAckFields {
+            ptype: PacketType::AlterContextResp,
+            endian: Endian::Big,
+            call_id: 7,
+            max_xmit_frag: 4280,
+            max_recv_frag: 4280,
+            assoc_group_id: 0,
+            secondary_addr: b"",
+            results: &results,
+        };
+        encode_bind_ack(&mut out, &fields).unwrap();
+        let ack = BindAck::parse(&out).unwrap();
+        assert_eq!(ack.pdu().ptype(), PacketType::AlterContextResp);
+        assert_eq!(ack.pdu().call_id(), 7);
+        assert_eq!(ack.secondary_addr(), b"");
+        assert_eq!(ack.results().collect::<Vec<_>>(), results);
+        // frag_length is big endian: 16 + 8 + 2 + pad 2 + 4 + 24 = 56.
+        assert_eq!(&out[8..10], &[0, 56]);
+    }
+
+    #[test]
+    fn encodes_a_bind_nak() {
+        let mut out = Vec::new();
+        encode_bind_nak(&mut out, Endian::Little, 3, nak_reason::NOT_SPECIFIED).unwrap();
+        assert_eq!(
+            out,
+            hex("05000d03 10000000 18000000 03000000 0000 01 0500 000000")
+        );
+    }
+
+    #[test]
+    fn encoded_bind_parses_back_and_matches_outlook() {
+        let mut out = Vec::new();
+        let ctx = [ContextProposal {
+            id: 0,
+            abstract_syntax: EPM,
+            transfer_syntaxes: &[SyntaxId::NDR],
+        }];
+        encode_bind(&mut out, Endian::Little, 1, 5840, &ctx).unwrap();
+        assert_eq!(out, NSPI_CLIENT[..72]);
+    }
+
+    #[test]
+    fn rejects_truncated_or_empty_contexts() {
+        let bind = &NSPI_CLIENT[..72];
+        for cut in [27, 40, 71] {
+            let mut b = bind[..cut].to_vec();
+            b[8] = cut as u8;
+            assert!(BindRequest::parse(&b).is_err(), "cut at {cut}");
+        }
+        let mut zero = bind.to_vec();
+        zero[30] = 0;
+        assert_eq!(
+            BindRequest::parse(&zero).err(),
+            Some(Error::Malformed(
+                "presentation context without transfer syntax"
+            ))
+        );
+        let mut many = bind.to_vec();
+        many[24] = 2;
+        assert_eq!(
+            BindRequest::parse(&many).err(),
+            Some(Error::Truncated("presentation context"))
+        );
+    }
+}

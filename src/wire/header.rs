@@ -1,0 +1,408 @@
+//! The 16-byte common header of every connection-oriented PDU (C706 §12.6.3.1).
+
+use core::fmt;
+
+use super::{get_u16, get_u32, put_u16, Error, Result};
+
+/// Offsets of the header fields.
+mod field {
+    use core::ops::Range;
+    pub const VERSION: usize = 0;
+    pub const VERSION_MINOR: usize = 1;
+    pub const PTYPE: usize = 2;
+    pub const FLAGS: usize = 3;
+    pub const DREP: Range<usize> = 4..8;
+    pub const FRAG_LEN: usize = 8;
+    pub const AUTH_LEN: usize = 10;
+    pub const CALL_ID: usize = 12;
+}
+
+/// Length of the common header.
+pub const HEADER_LEN: usize = 16;
+
+/// Length of the `sec_trailer` that precedes an auth verifier (C706 §13.2.6.1).
+pub const SEC_TRAILER_LEN: usize = 8;
+
+/// `pfc_flags` bits (C706 §12.6.3.1, MS-RPCE 2.2.2.3).
+pub mod flags {
+    /// First fragment of a call.
+    pub const FIRST_FRAG: u8 = 0x01;
+    /// Last fragment of a call.
+    pub const LAST_FRAG: u8 = 0x02;
+    /// Bind/alter_context: the client supports concurrent multiplexing; elsewhere, cancel pending.
+    pub const PENDING_CANCEL: u8 = 0x04;
+    /// MS-RPCE: header signing is supported (bind), or reserved.
+    pub const SUPPORT_HEADER_SIGN: u8 = 0x04;
+    /// Concurrent multiplexing.
+    pub const CONC_MPX: u8 = 0x10;
+    /// The call did not execute (fault).
+    pub const DID_NOT_EXECUTE: u8 = 0x20;
+    /// `maybe` call semantics.
+    pub const MAYBE: u8 = 0x40;
+    /// A request carries an object UUID after its fixed fields.
+    pub const OBJECT_UUID: u8 = 0x80;
+}
+
+/// Byte order of every integer that follows drep (C706 §14.1: `drep[0]` bit 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endian {
+    /// `drep[0] & 0x10 != 0`.
+    Little,
+    /// `drep[0] & 0x10 == 0`.
+    Big,
+}
+
+impl Endian {
+    /// The byte order a drep announces.
+    pub fn from_drep(drep: [u8; 4]) -> Endian {
+        if drep[0] & 0x10 != 0 {
+            Endian::Little
+        } else {
+            Endian::Big
+        }
+    }
+
+    /// The drep rpcpin writes for this byte order: ASCII, IEEE floats.
+    pub fn drep(self) -> [u8; 4] {
+        match self {
+            Endian::Little => [0x10, 0, 0, 0],
+            Endian::Big => [0x00, 0, 0, 0],
+        }
+    }
+}
+
+/// The PDU type (C706 §12.6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketType {
+    /// A call's request.
+    Request,
+    /// A call's response.
+    Response,
+    /// A call failed.
+    Fault,
+    /// Association set-up.
+    Bind,
+    /// Bind accepted (possibly with some contexts rejected).
+    BindAck,
+    /// Bind refused as a whole.
+    BindNak,
+    /// Adds or changes presentation contexts on an association.
+    AlterContext,
+    /// Answer to an alter_context.
+    AlterContextResp,
+    /// Third leg of an authentication handshake (MS-RPCE 2.2.2.10).
+    Auth3,
+    /// Server asks the client to shut the association down.
+    Shutdown,
+    /// Cancel of an outstanding call.
+    CoCancel,
+    /// Client abandons a call.
+    Orphaned,
+    /// Any other value, kept so it can be logged and refused.
+    Unknown(u8),
+}
+
+impl From<u8> for PacketType {
+    fn from(value: u8) -> PacketType {
+        match value {
+            0 => PacketType::Request,
+            2 => PacketType::Response,
+            3 => PacketType::Fault,
+            11 => PacketType::Bind,
+            12 => PacketType::BindAck,
+            13 => PacketType::BindNak,
+            14 => PacketType::AlterContext,
+            15 => PacketType::AlterContextResp,
+            16 => PacketType::Auth3,
+            17 => PacketType::Shutdown,
+            18 => PacketType::CoCancel,
+            19 => PacketType::Orphaned,
+            other => PacketType::Unknown(other),
+        }
+    }
+}
+
+impl From<PacketType> for u8 {
+    fn from(value: PacketType) -> u8 {
+        match value {
+            PacketType::Request => 0,
+            PacketType::Response => 2,
+            PacketType::Fault => 3,
+            PacketType::Bind => 11,
+            PacketType::BindAck => 12,
+            PacketType::BindNak => 13,
+            PacketType::AlterContext => 14,
+            PacketType::AlterContextResp => 15,
+            PacketType::Auth3 => 16,
+            PacketType::Shutdown => 17,
+            PacketType::CoCancel => 18,
+            PacketType::Orphaned => 19,
+            PacketType::Unknown(other) => other,
+        }
+    }
+}
+
+impl fmt::Display for PacketType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PacketType::Unknown(v) => write!(f, "unknown({v})"),
+            other => write!(f, "{}", format!("{other:?}").to_ascii_lowercase()),
+        }
+    }
+}
+
+/// A checked view over one whole PDU: the header plus `frag_length - 16` body bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Pdu<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Pdu<T> {
+    /// Validates the header (version 5.0/5.1, `frag_length` within the buffer and large
+    /// enough for the header and any auth verifier) so that no accessor can panic.
+    pub fn new_checked(buffer: T) -> Result<Pdu<T>> {
+        let pdu = Pdu { buffer };
+        pdu.check()?;
+        Ok(pdu)
+    }
+
+    fn check(&self) -> Result<()> {
+        let buf = self.buffer.as_ref();
+        check_header(buf)?;
+        let frag_len = get_u16(buf, field::FRAG_LEN, endian_of(buf)) as usize;
+        if buf.len() < frag_len {
+            return Err(Error::Truncated("pdu"));
+        }
+        Ok(())
+    }
+
+    /// The underlying buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    /// The PDU's bytes (exactly `frag_length` of them).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buffer.as_ref()[..self.frag_len()]
+    }
+
+    /// The PDU type.
+    pub fn ptype(&self) -> PacketType {
+        PacketType::from(self.buffer.as_ref()[field::PTYPE])
+    }
+
+    /// The `pfc_flags` byte.
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::FLAGS]
+    }
+
+    /// The data representation label.
+    pub fn drep(&self) -> [u8; 4] {
+        let d = &self.buffer.as_ref()[field::DREP];
+        [d[0], d[1], d[2], d[3]]
+    }
+
+    /// The byte order of the header's integers and the NDR body.
+    pub fn endian(&self) -> Endian {
+        endian_of(self.buffer.as_ref())
+    }
+
+    /// Total length of this fragment.
+    pub fn frag_len(&self) -> usize {
+        get_u16(self.buffer.as_ref(), field::FRAG_LEN, self.endian()) as usize
+    }
+
+    /// Length of the auth verifier's credentials (not counting the 8-byte `sec_trailer`).
+    pub fn auth_len(&self) -> usize {
+        get_u16(self.buffer.as_ref(), field::AUTH_LEN, self.endian()) as usize
+    }
+
+    /// The call identifier.
+    pub fn call_id(&self) -> u32 {
+        get_u32(self.buffer.as_ref(), field::CALL_ID, self.endian())
+    }
+
+    /// Whether this is the first fragment of its call. A legacy PDU with both fragment
+    /// flags clear is treated as a whole call, as NT4 sent them.
+    pub fn is_first_frag(&self) -> bool {
+        let f = self.flags();
+        f & flags::FIRST_FRAG != 0 || f & (flags::FIRST_FRAG | flags::LAST_FRAG) == 0
+    }
+
+    /// Whether this is the last fragment of its call (see [`Pdu::is_first_frag`]).
+    pub fn is_last_frag(&self) -> bool {
+        let f = self.flags();
+        f & flags::LAST_FRAG != 0 || f & (flags::FIRST_FRAG | flags::LAST_FRAG) == 0
+    }
+
+    /// The bytes after the header and before the auth verifier (if any).
+    pub fn body(&self) -> &[u8] {
+        &self.buffer.as_ref()[HEADER_LEN..self.body_end()]
+    }
+
+    /// End offset of the body: the start of the `sec_trailer` when there is one.
+    pub fn body_end(&self) -> usize {
+        let auth = self.auth_len();
+        if auth == 0 {
+            self.frag_len()
+        } else {
+            // check_header guarantees this does not underflow below the header.
+            self.frag_len() - auth - SEC_TRAILER_LEN
+        }
+    }
+
+    /// The `sec_trailer` fields `(auth_type, auth_level, auth_pad_length)`, when present.
+    pub fn auth_trailer(&self) -> Option<(u8, u8, u8)> {
+        if self.auth_len() == 0 {
+            return None;
+        }
+        let t = &self.buffer.as_ref()[self.body_end()..];
+        Some((t[0], t[1], t[2]))
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Pdu<T> {
+    /// The PDU's bytes, writable.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.frag_len();
+        &mut self.buffer.as_mut()[..len]
+    }
+
+    /// Sets `frag_length` (only encoders that resize a PDU use this).
+    pub fn set_frag_len(&mut self, len: u16) {
+        let endian = self.endian();
+        put_u16(self.buffer.as_mut(), field::FRAG_LEN, len, endian);
+    }
+}
+
+fn endian_of(buf: &[u8]) -> Endian {
+    Endian::from_drep([buf[4], buf[5], buf[6], buf[7]])
+}
+
+/// Checks the 16 header bytes alone: version, minor version, and that `frag_length` leaves
+/// room for the header and for the auth verifier that `auth_length` announces.
+/// Returns `frag_length`.
+pub fn check_header(buf: &[u8]) -> Result<usize> {
+    if buf.len() < HEADER_LEN {
+        return Err(Error::Truncated("pdu header"));
+    }
+    if buf[field::VERSION] != 5 {
+        return Err(Error::Malformed("rpc version (expected 5)"));
+    }
+    if buf[field::VERSION_MINOR] > 1 {
+        return Err(Error::Malformed("rpc minor version (expected 0 or 1)"));
+    }
+    let endian = endian_of(buf);
+    let frag_len = get_u16(buf, field::FRAG_LEN, endian) as usize;
+    let auth_len = get_u16(buf, field::AUTH_LEN, endian) as usize;
+    if frag_len < HEADER_LEN {
+        return Err(Error::Malformed("frag_length shorter than the header"));
+    }
+    if auth_len > 0 && HEADER_LEN + SEC_TRAILER_LEN + auth_len > frag_len {
+        return Err(Error::Malformed("auth_length beyond frag_length"));
+    }
+    Ok(frag_len)
+}
+
+/// Appends a 16-byte header; `frag_length` is written as 0 for the caller to fix up.
+pub fn write_header(out: &mut Vec<u8>, ptype: PacketType, flags: u8, endian: Endian, call_id: u32) {
+    out.extend_from_slice(&[5, 0, ptype.into(), flags]);
+    out.extend_from_slice(&endian.drep());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&match endian {
+        Endian::Little => call_id.to_le_bytes(),
+        Endian::Big => call_id.to_be_bytes(),
+    });
+}
+
+/// Writes the final `frag_length` into a PDU built with [`write_header`].
+pub fn finish_pdu(out: &mut [u8], endian: Endian) -> Result<()> {
+    let len = u16::try_from(out.len()).map_err(|_| Error::TooLarge {
+        what: "encoded pdu",
+        len: out.len(),
+        max: u16::MAX as usize,
+    })?;
+    put_u16(out, field::FRAG_LEN, len, endian);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::test_util::hex;
+
+    // The bind_ack of the NSPI ept_map exchange in mapi.pcap.
+    const BIND_ACK: &str = "05000c03100000003c00000001000000d016d016e5c8000004003133350000000100\
+                            000000000000045d888aeb1cc9119fe808002b10486002000000";
+
+    #[test]
+    fn test_deconstruct() {
+        let bytes = hex(BIND_ACK);
+        let pdu = Pdu::new_checked(&bytes[..]).unwrap();
+        assert_eq!(pdu.ptype(), PacketType::BindAck);
+        assert_eq!(pdu.flags(), flags::FIRST_FRAG | flags::LAST_FRAG);
+        assert_eq!(pdu.endian(), Endian::Little);
+        assert_eq!(pdu.frag_len(), 60);
+        assert_eq!(pdu.auth_len(), 0);
+        assert_eq!(pdu.call_id(), 1);
+        assert_eq!(pdu.body().len(), 44);
+        assert_eq!(pdu.auth_trailer(), None);
+    }
+
+    #[test]
+    fn test_construct_big_endian() {
+        let mut out = Vec::new();
+        write_header(&mut out, PacketType::Fault, 3, Endian::Big, 0x01020304);
+        out.extend_from_slice(&[0; 8]);
+        finish_pdu(&mut out, Endian::Big).unwrap();
+        assert_eq!(hex("05000303 00000000 00180000 01020304"), out[..16]);
+        let pdu = Pdu::new_checked(&out[..]).unwrap();
+        assert_eq!(pdu.frag_len(), 24);
+        assert_eq!(pdu.call_id(), 0x01020304);
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        let good = hex(BIND_ACK);
+        let mut v4 = good.clone();
+        v4[0] = 4;
+        assert_eq!(
+            check_header(&v4),
+            Err(Error::Malformed("rpc version (expected 5)"))
+        );
+        let mut minor = good.clone();
+        minor[1] = 2;
+        assert!(check_header(&minor).is_err());
+        let mut short = good.clone();
+        short[8] = 15;
+        assert_eq!(
+            check_header(&short),
+            Err(Error::Malformed("frag_length shorter than the header"))
+        );
+        let mut auth = good.clone();
+        auth[10] = 0x30; // 48 + 8 + 16 > 60
+        assert_eq!(
+            check_header(&auth),
+            Err(Error::Malformed("auth_length beyond frag_length"))
+        );
+        assert_eq!(
+            Pdu::new_checked(&good[..59]).err(),
+            Some(Error::Truncated("pdu"))
+        );
+        assert_eq!(
+            check_header(&good[..15]),
+            Err(Error::Truncated("pdu header"))
+        );
+    }
+
+    #[test]
+    fn legacy_pdu_without_fragment_flags_is_a_whole_call() {
+        let mut bytes = hex(BIND_ACK);
+        bytes[3] = 0;
+        let pdu = Pdu::new_checked(&bytes[..]).unwrap();
+        assert!(pdu.is_first_frag() && pdu.is_last_frag());
+        bytes[3] = flags::FIRST_FRAG;
+        let pdu = Pdu::new_checked(&bytes[..]).unwrap();
+        assert!(pdu.is_first_frag() && !pdu.is_last_frag());
+    }
+}

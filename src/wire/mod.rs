@@ -1,0 +1,95 @@
+//! The DCE/RPC connection-oriented wire format (C706 ch. 12, MS-RPCE 2.2), sans IO.
+//!
+//! Everything here works on borrowed byte buffers: checked views with getters and in-place
+//! setters, a cursor that walks NDR to find byte ranges, and a few small encoders for the PDUs
+//! rpcpin has to originate itself (bind_ack/bind_nak refusals, its own ept_map query).
+//!
+//! Contract: a view's `new_checked` validates every length its accessors rely on, so no
+//! accessor of a checked view can panic, whatever bytes the network sent.
+
+pub mod bind;
+pub mod epm;
+pub mod frame;
+pub mod header;
+pub mod ndr;
+pub mod pdu;
+pub mod tower;
+pub mod uuid;
+
+pub use header::{Endian, PacketType, Pdu, HEADER_LEN};
+pub use uuid::{SyntaxId, Uuid};
+
+/// What can be wrong with bytes a peer sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The buffer ends before the named structure does.
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    /// A field holds a value the format does not allow.
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// A well-formed PDU that rpcpin does not handle.
+    #[error("unsupported {0}")]
+    Unsupported(&'static str),
+    /// A length beyond the configured bound.
+    #[error("{what} of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+}
+
+/// Result alias for the wire layer.
+pub type Result<T> = core::result::Result<T, Error>;
+
+/// Reads a `u16` at `at` in the given byte order; the caller has checked the bounds.
+pub(crate) fn get_u16(buf: &[u8], at: usize, endian: Endian) -> u16 {
+    let b = [buf[at], buf[at + 1]];
+    match endian {
+        Endian::Little => u16::from_le_bytes(b),
+        Endian::Big => u16::from_be_bytes(b),
+    }
+}
+
+/// Reads a `u32` at `at` in the given byte order; the caller has checked the bounds.
+pub(crate) fn get_u32(buf: &[u8], at: usize, endian: Endian) -> u32 {
+    let b = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
+    match endian {
+        Endian::Little => u32::from_le_bytes(b),
+        Endian::Big => u32::from_be_bytes(b),
+    }
+}
+
+/// Writes a `u16` at `at` in the given byte order; the caller has checked the bounds.
+pub(crate) fn put_u16(buf: &mut [u8], at: usize, value: u16, endian: Endian) {
+    let b = match endian {
+        Endian::Little => value.to_le_bytes(),
+        Endian::Big => value.to_be_bytes(),
+    };
+    buf[at..at + 2].copy_from_slice(&b);
+}
+
+/// Writes a `u32` at `at` in the given byte order; the caller has checked the bounds.
+pub(crate) fn put_u32(buf: &mut [u8], at: usize, value: u32, endian: Endian) {
+    let b = match endian {
+        Endian::Little => value.to_le_bytes(),
+        Endian::Big => value.to_be_bytes(),
+    };
+    buf[at..at + 4].copy_from_slice(&b);
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// Bytes from a hex string; whitespace is ignored.
+    pub fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+}

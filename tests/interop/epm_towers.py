@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Ask an endpoint mapper where interfaces live and print what the towers say.
+
+impacket's hept_map() builds its answer from the host *you asked* plus the
+tower's port, so it cannot show whether a proxy rewrote the tower's IPv4
+floor. This script sends the same ept_map request over an impacket DCERPC
+transport but walks the returned towers' floors by hand (C706 appendix L:
+floor count and lhs/rhs lengths little endian, TCP port 0x07 and IPv4 0x09
+big endian), so both the address and the port come from the bytes on the wire.
+
+Output, one line per ncacn_ip_tcp tower:
+
+    TOWER <iface> <uuid> v<major>.<minor> ip=<a.b.c.d> port=<n>
+
+With --expect-ip/--expect-port/--not-port every tower must satisfy them;
+the script exits 0 when they hold, 1 when a tower breaks them, 2 on any
+error (no connection, no tower, a tower it cannot parse).
+"""
+
+import argparse
+import socket
+import struct
+import sys
+
+from impacket.dcerpc.v5 import epm, transport
+from impacket.dcerpc.v5.rpcrt import DCERPCException
+from impacket.uuid import string_to_bin, uuidtup_to_bin
+
+# Interfaces the suite asks about: the lsad and classic groups that are
+# pinned, and winreg, which no pin carries.
+INTERFACES = {
+    "samr": ("12345778-1234-abcd-ef00-0123456789ac", 1, 0),
+    "lsarpc": ("12345778-1234-abcd-ef00-0123456789ab", 0, 0),
+    "srvsvc": ("4b324fc8-1670-01d3-1278-5a47bf6ee188", 3, 0),
+    "wkssvc": ("6bffd098-a112-3610-9833-46c3f87e345a", 1, 0),
+    "winreg": ("338cd001-2244-31f1-aaaa-900038001003", 1, 0),
+}
+
+NDR = ("8a885d04-1ceb-11c9-9fe8-08002b104860", 2, 0)
+
+# Floor protocol identifiers (C706 appendix L, MS-RPCE 2.2.1.1.7).
+FLOOR_UUID = 0x0D
+FLOOR_RPC_CO = 0x0B
+FLOOR_TCP = 0x07
+FLOOR_IP = 0x09
+
+
+def map_tower(uuid, major, minor):
+    """The lookup tower an ept_map request carries: iface, NDR, ncacn, tcp:0, ip:0.0.0.0."""
+    def floor(lhs, rhs):
+        return struct.pack("<H", len(lhs)) + lhs + struct.pack("<H", len(rhs)) + rhs
+
+    floors = [
+        floor(bytes([FLOOR_UUID]) + string_to_bin(uuid) + struct.pack("<H", major),
+              struct.pack("<H", minor)),
+        floor(bytes([FLOOR_UUID]) + string_to_bin(NDR[0]) + struct.pack("<H", NDR[1]),
+              struct.pack("<H", NDR[2])),
+        floor(bytes([FLOOR_RPC_CO]), struct.pack("<H", 0)),
+        floor(bytes([FLOOR_TCP]), struct.pack(">H", 0)),
+        floor(bytes([FLOOR_IP]), socket.inet_aton("0.0.0.0")),
+    ]
+    return struct.pack("<H", len(floors)) + b"".join(floors)
+
+
+def parse_tower(data):
+    """Walk a tower's floors by hand; returns a list of (lhs bytes, rhs bytes)."""
+    (count,) = struct.unpack_from("<H", data, 0)
+    off = 2
+    floors = []
+    for _ in range(count):
+        (lhs_len,) = struct.unpack_from("<H", data, off)
+        lhs = data[off + 2: off + 2 + lhs_len]
+        off += 2 + lhs_len
+        (rhs_len,) = struct.unpack_from("<H", data, off)
+        rhs = data[off + 2: off + 2 + rhs_len]
+        off += 2 + rhs_len
+        if len(lhs) != lhs_len or len(rhs) != rhs_len:
+            raise ValueError("tower truncated")
+        floors.append((lhs, rhs))
+    return floors
+
+
+def describe(floors):
+    """(uuid, major, minor, ip, port) of an ncacn_ip_tcp tower, or None for other towers."""
+    if len(floors) < 5 or floors[0][0][:1] != bytes([FLOOR_UUID]):
+        return None
+    lhs, rhs = floors[0]
+    uuid = epm.bin_to_string(lhs[1:17]).lower()
+    (major,) = struct.unpack("<H", lhs[17:19])
+    (minor,) = struct.unpack("<H", rhs[:2])
+    ip = port = None
+    for lhs, rhs in floors[2:]:
+        if lhs == bytes([FLOOR_TCP]):
+            (port,) = struct.unpack(">H", rhs)
+        elif lhs == bytes([FLOOR_IP]):
+            ip = socket.inet_ntoa(rhs)
+    if port is None or ip is None:
+        return None
+    return uuid, major, minor, ip, port
+
+
+def ept_map(dce, uuid, major, minor):
+    """One ept_map call; returns the towers' raw bytes."""
+    req = epm.ept_map()
+    tower = map_tower(uuid, major, minor)
+    req["max_towers"] = 4
+    req["map_tower"]["tower_length"] = len(tower)
+    req["map_tower"]["tower_octet_string"] = tower
+    # Windows insists on these referent ids; Samba does not care either way.
+    req.fields["obj"].fields["ReferentID"] = 1
+    req.fields["map_tower"].fields["ReferentID"] = 2
+    resp = dce.request(req)
+    if resp["status"] != 0:
+        raise DCERPCException("ept_map status 0x%08x" % resp["status"])
+    return [b"".join(t["Data"]["tower_octet_string"]) for t in resp["ITowers"]]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("host", help="EPM address to ask")
+    ap.add_argument("ifaces", nargs="+", choices=sorted(INTERFACES))
+    ap.add_argument("--port", type=int, default=135)
+    ap.add_argument("--timeout", type=float, default=10)
+    ap.add_argument("--expect-ip", help="every tower must carry this IPv4 address")
+    ap.add_argument("--expect-port", action="append", default=[], metavar="IFACE=PORT",
+                    help="every tower for IFACE must carry PORT")
+    ap.add_argument("--not-port", action="append", default=[], metavar="IFACE=PORT",
+                    help="no tower for IFACE may carry PORT")
+    args = ap.parse_args()
+
+    def pairs(items):
+        return {k: int(v) for k, v in (i.split("=", 1) for i in items)}
+
+    expect_port, not_port = pairs(args.expect_port), pairs(args.not_port)
+
+    try:
+        rpc = transport.DCERPCTransportFactory("ncacn_ip_tcp:%s[%d]" % (args.host, args.port))
+        rpc.set_connect_timeout(args.timeout)
+        dce = rpc.get_dce_rpc()
+        dce.connect()
+        dce.bind(epm.MSRPC_UUID_PORTMAP)
+    except Exception as e:  # noqa: BLE001 - any failure to reach the EPM is an error
+        print("ERROR: cannot bind EPM at %s:%d: %s" % (args.host, args.port, e))
+        return 2
+
+    ok = True
+    for name in args.ifaces:
+        uuid, major, minor = INTERFACES[name]
+        try:
+            towers = ept_map(dce, uuid, major, minor)
+        except Exception as e:  # noqa: BLE001
+            print("ERROR: ept_map %s: %s" % (name, e))
+            return 2
+        seen = 0
+        for raw in towers:
+            try:
+                d = describe(parse_tower(raw))
+            except (ValueError, struct.error) as e:
+                print("ERROR: %s: unparsable tower %s: %s" % (name, raw.hex(), e))
+                return 2
+            if d is None:
+                continue
+            seen += 1
+            t_uuid, t_major, t_minor, ip, port = d
+            print("TOWER %s %s v%d.%d ip=%s port=%d" % (name, t_uuid, t_major, t_minor, ip, port))
+            if t_uuid != uuid:
+                print("  MISMATCH: tower names %s, asked for %s" % (t_uuid, uuid))
+                ok = False
+            if args.expect_ip and ip != args.expect_ip:
+                print("  MISMATCH: ip %s, expected %s" % (ip, args.expect_ip))
+                ok = False
+            if name in expect_port and port != expect_port[name]:
+                print("  MISMATCH: port %d, expected %d" % (port, expect_port[name]))
+                ok = False
+            if name in not_port and port == not_port[name]:
+                print("  MISMATCH: port %d must differ from %d" % (port, not_port[name]))
+                ok = False
+        if seen == 0:
+            print("ERROR: no ncacn_ip_tcp tower for %s" % name)
+            return 2
+
+    dce.disconnect()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
