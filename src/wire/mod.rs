@@ -73,15 +73,6 @@ pub(crate) fn put_u16(buf: &mut [u8], at: usize, value: u16, endian: Endian) {
     buf[at..at + 2].copy_from_slice(&b);
 }
 
-/// Writes a `u32` at `at` in the given byte order; the caller has checked the bounds.
-pub(crate) fn put_u32(buf: &mut [u8], at: usize, value: u32, endian: Endian) {
-    let b = match endian {
-        Endian::Little => value.to_le_bytes(),
-        Endian::Big => value.to_be_bytes(),
-    };
-    buf[at..at + 4].copy_from_slice(&b);
-}
-
 #[cfg(test)]
 pub(crate) mod test_util {
     /// Bytes from a hex string; whitespace is ignored.

@@ -24,7 +24,7 @@ import sys
 
 from impacket.dcerpc.v5 import epm, transport
 from impacket.dcerpc.v5.rpcrt import DCERPCException
-from impacket.uuid import string_to_bin, uuidtup_to_bin
+from impacket.uuid import bin_to_string, string_to_bin
 
 # Interfaces the suite asks about: the lsad and classic groups that are
 # pinned, and winreg, which no pin carries.
@@ -85,7 +85,7 @@ def describe(floors):
     if len(floors) < 5 or floors[0][0][:1] != bytes([FLOOR_UUID]):
         return None
     lhs, rhs = floors[0]
-    uuid = epm.bin_to_string(lhs[1:17]).lower()
+    uuid = bin_to_string(lhs[1:17]).lower()
     (major,) = struct.unpack("<H", lhs[17:19])
     (minor,) = struct.unpack("<H", rhs[:2])
     ip = port = None

@@ -13,13 +13,21 @@
 # Usage: sudo tests/interop/run.sh      (RPCPIN_BIN overrides the binary,
 #                                        KEEP_WORK=1 keeps the temp dir)
 # Prints PASS:/FAIL: per check and ends with "N passed, M failed".
+
+# Helpers are called through check()/wait_for()/traps, which shellcheck cannot follow:
+# shellcheck disable=SC2317
 set -euo pipefail
+# errtrace: the ERR trap (which records where an unexpected error hit) also
+# fires inside functions.
+set -E
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$script_dir/../.." && pwd)"
 RPCPIN_BIN="${RPCPIN_BIN:-$repo_root/target/release/rpcpin}"
 PY="$repo_root/target/interop-venv/bin/python"
 SAMBA_DCERPCD=/usr/libexec/samba/samba-dcerpcd
+# bind_check.py imports epm_towers.py: keep __pycache__ out of the source tree.
+export PYTHONDONTWRITEBYTECODE=1
 
 # --- topology and fixtures --------------------------------------------------
 CLI_IP=198.51.100.2
@@ -49,6 +57,7 @@ samba_pid=""
 rpcpin_pid=""
 tshark_pid=""
 created_user=0
+error_at=""   # set by the ERR trap: where an unexpected failure stopped the suite
 
 # --- reporting ----------------------------------------------------------------
 pass() { echo "PASS: $*"; passed=$((passed + 1)); }
@@ -56,7 +65,7 @@ fail() { echo "FAIL: $*"; failed=$((failed + 1)); }
 log() { echo "--- $*"; }
 
 # Indent a command's captured output under its PASS/FAIL line (bounded).
-show() { sed -e 's/^/    /' "$1" | head -n 25; }
+show() { awk 'NR <= 25 { print "    " $0 }' "$1"; }
 
 # check DESCRIPTION CMD...: run CMD, PASS when it exits 0. Its output is shown
 # either way, so a report carries the evidence (towers, rpcclient output...).
@@ -127,8 +136,10 @@ kill_ns_pids() {
         sleep 0.1
     done
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
-    # shellcheck disable=SC2086
-    [[ -n "$pids" ]] && kill -KILL $pids 2>/dev/null || true
+    if [[ -n "$pids" ]]; then
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+    fi
 }
 
 # --- cleanup (always runs) ----------------------------------------------------
@@ -146,7 +157,9 @@ cleanup() {
         fi
     done
     ((created_user)) && userdel "$RPC_USER" 2>/dev/null
-    if ((rc != 0 && failed == 0)); then
+    if [[ -n "$error_at" ]]; then
+        fail "suite aborted by an unexpected error (exit $rc) at $error_at"
+    elif ((rc != 0 && failed == 0)); then
         fail "suite aborted (exit $rc)"
     fi
     if ((failed > 0)) && [[ -n "$WORK" ]]; then
@@ -351,6 +364,17 @@ start_rpcpin() {
     done
 }
 
+# `rpcpin resolve` exits 0 and its table names every PORT given.
+resolve_reports() {
+    local out="$WORK/resolve.out" rc=0 port
+    client "$NS_DMZ" "$RPCPIN_BIN" resolve --config "$WORK/rpcpin.toml" >"$out" 2>&1 || rc=$?
+    cat "$out"
+    ((rc == 0)) || { echo "rpcpin resolve exited $rc"; return 1; }
+    for port in "$@"; do
+        grep -qw -- "$port" "$out" || { echo "port $port not in the table"; return 1; }
+    done
+}
+
 # --- client-side checks --------------------------------------------------------
 # rpcclient CMD from namespace NS against BINDING; succeeds when rpcclient
 # exits 0 and its output contains every PATTERN (fixed strings).
@@ -379,11 +403,11 @@ rpcclient_fails() {
 }
 
 enumdomains_via_rpcpin() {
-    rpcclient_ok "$NS_CLI" "ncacn_ip_tcp:$DMZ_OUT_IP[seal]" enumdomains 'name:[RIGSRV]' 'name:[Builtin]'
+    rpcclient_ok "$NS_CLI" "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" enumdomains 'name:[RIGSRV]' 'name:[Builtin]'
 }
 
 srvinfo_via_rpcpin() {
-    rpcclient_ok "$NS_CLI" "ncacn_ip_tcp:$DMZ_OUT_IP[seal]" srvinfo RIGSRV platform_id 'os version'
+    rpcclient_ok "$NS_CLI" "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" srvinfo RIGSRV platform_id 'os version'
 }
 
 # A TCP port must be unreachable from the client although something listens
@@ -460,6 +484,7 @@ main() {
     fi
     trap cleanup EXIT
     trap 'exit 130' INT TERM
+    trap 'error_at="line $LINENO: $BASH_COMMAND"' ERR
 
     WORK="$(mktemp -d -t rpcpin-interop.XXXXXX)"
     mkdir -p "$WORK"/samba/{lock,state,cache,pid,private,ncalrpc,log}
@@ -492,7 +517,7 @@ main() {
     check "Samba serves winreg: direct bind from the DMZ to $LAN_IP:$winreg1 is accepted" \
         client "$NS_DMZ" "$PY" "$script_dir/bind_check.py" "$LAN_IP" "$winreg1" winreg --expect accept
     check "rpcclient enumdomains works directly against Samba from the DMZ (credentials and Samba sane)" \
-        rpcclient_ok "$NS_DMZ" "ncacn_ip_tcp:$LAN_IP[seal]" enumdomains 'name:[RIGSRV]' 'name:[Builtin]'
+        rpcclient_ok "$NS_DMZ" "ncacn_ip_tcp:${LAN_IP}[seal]" enumdomains 'name:[RIGSRV]' 'name:[Builtin]'
 
     # --- e. the firewall: nothing but the three openings -------------------------
     check "client cannot reach Samba's EPM $LAN_IP:135 directly" \
@@ -511,9 +536,7 @@ main() {
     check "rpcpin check accepts the suite's config" \
         client "$NS_DMZ" "$RPCPIN_BIN" check --config "$WORK/rpcpin.toml"
     check "rpcpin resolve (from the DMZ) reports Samba's current samr and srvsvc ports" \
-        bash -c 'out=$(ip netns exec "$1" timeout "$2" "$3" resolve --config "$4" 2>&1); rc=$?
-                 echo "$out"; [[ $rc == 0 ]] && grep -qw "$5" <<<"$out" && grep -qw "$6" <<<"$out"' \
-        _ "$NS_DMZ" "$CLIENT_TIMEOUT" "$RPCPIN_BIN" "$WORK/rpcpin.toml" "$samr1" "$srvsvc1"
+        resolve_reports "$samr1" "$srvsvc1"
 
     start_rpcpin
 
@@ -579,7 +602,7 @@ main() {
     stop_pid "$pid"
     rpcpin_pid=""
     check "with rpcpin stopped, rpcclient enumdomains from the client fails" \
-        rpcclient_fails "$NS_CLI" "ncacn_ip_tcp:$DMZ_OUT_IP[seal]" enumdomains
+        rpcclient_fails "$NS_CLI" "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" enumdomains
 
     exit 0 # cleanup() prints the summary and sets the exit status
 }

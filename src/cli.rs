@@ -1,0 +1,187 @@
+//! The command line (DESIGN.md §4): `run`, `check`, `resolve`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::interfaces::KNOWN;
+use crate::proxy::resolver::Resolver;
+use crate::proxy::Server;
+
+/// An endpoint-mapper-aware MS-RPC proxy: clients reach RPC services that live on dynamic
+/// ports through port 135 and a few fixed ("pinned") ports.
+#[derive(Debug, Parser)]
+#[command(name = "rpcpin", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy in the foreground until SIGINT or SIGTERM.
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the configuration and print the effective pins; exits non-zero on error.
+    Check {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Ask the backend's endpoint mapper where each pinned interface lives; print a table.
+    Resolve {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub fn execute(self) -> ExitCode {
+        let result = match self.command {
+            Command::Run { config } => run(config),
+            Command::Check { config } => check(config),
+            Command::Resolve { config } => resolve(config),
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("rpcpin: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path)?;
+    init_logging(config.log.format, &config.log.level)?;
+    runtime()?.block_on(async {
+        let server = Server::bind(config).await?;
+        server.run(shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}: valid", path.display())?;
+    writeln!(out, "backend  {}:{}", config.backend.host, config.backend.epm_port)?;
+    let advertise = config
+        .epm
+        .advertise
+        .map_or_else(|| "the address each client connected to".to_string(), |a| a.to_string());
+    writeln!(out, "epm      listen {}  advertise {}", config.epm.listen, advertise)?;
+    for pin in &config.pins {
+        let public = pin
+            .advertise_port
+            .map_or_else(|| format!("{} (listen port)", pin.listen.port()), |p| p.to_string());
+        let backend = pin
+            .backend_port
+            .map_or_else(|| "resolved through the backend's endpoint mapper".to_string(), |p| format!("fixed {p}"));
+        writeln!(out, "pin {:?}  listen {}  public port {public}  backend port {backend}", pin.name, pin.listen)?;
+        for i in &pin.interfaces {
+            let what = KNOWN.iter().find(|k| k.syntax.uuid == i.uuid).map_or("", |k| k.description);
+            let version = i.version.map_or("any version".to_string(), |(a, b)| format!("{a}.{b} or older minor"));
+            writeln!(out, "    {:<18} {}  {:<28} {}", i.alias.unwrap_or("-"), i.uuid, version, what)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resolve(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path)?;
+    let resolver = Resolver::new(config.backend.clone(), &config.limits);
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<12} {:<14} {:<36} {:<7} {:<12} {:<15} PUBLIC PORT",
+        "PIN", "INTERFACE", "UUID", "VERSION", "BACKEND PORT", "TOWER ADDRESS"
+    )?;
+    let rt = runtime()?;
+    for pin in &config.pins {
+        let public = pin.advertise_port.unwrap_or(pin.listen.port());
+        for i in &pin.interfaces {
+            let q = i.query_syntax();
+            let alias = i.alias.unwrap_or("-");
+            let version = format!("{}.{}", q.major, q.minor);
+            match rt.block_on(resolver.query(q)) {
+                Ok(endpoints) if !endpoints.is_empty() => {
+                    for e in endpoints {
+                        writeln!(
+                            out,
+                            "{:<12} {alias:<14} {:<36} {version:<7} {:<12} {:<15} {public}",
+                            pin.name, i.uuid, e.port, e.addr
+                        )?;
+                    }
+                }
+                Ok(_) => {
+                    failed = true;
+                    writeln!(out, "{:<12} {alias:<14} {:<36} {version:<7} no ncacn_ip_tcp endpoint", pin.name, i.uuid)?;
+                }
+                Err(e) => {
+                    failed = true;
+                    writeln!(out, "{:<12} {alias:<14} {:<36} {version:<7} error: {e:#}", pin.name, i.uuid)?;
+                }
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Sets up the global subscriber; `RUST_LOG` overrides the configured level.
+pub fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .map_err(|e| anyhow::anyhow!("log.level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let installed = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

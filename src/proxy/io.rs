@@ -1,0 +1,118 @@
+//! Reading whole PDUs from a socket, with every wait bounded.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::wire::frame::next_pdu_len;
+
+/// Why a PDU could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The peer closed the connection between PDUs.
+    #[error("closed by peer")]
+    Closed,
+    /// The peer closed the connection in the middle of a PDU.
+    #[error("closed by peer inside a PDU ({0} bytes pending)")]
+    Truncated(usize),
+    /// The peer sent something that is not a valid PDU.
+    #[error("bad pdu: {0}")]
+    Wire(#[from] crate::wire::Error),
+    /// The peer said nothing for too long.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Takes whole PDUs out of a byte stream.
+///
+/// `next` is cancel-safe: bytes read before a cancelled call stay buffered for the next one.
+#[derive(Debug)]
+pub struct PduReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_frag: usize,
+}
+
+impl<R: AsyncRead + Unpin> PduReader<R> {
+    /// A reader that refuses fragments longer than `max_frag`.
+    pub fn new(inner: R, max_frag: usize) -> PduReader<R> {
+        PduReader {
+            inner,
+            // Sized for a typical fragment; grows to max_frag at most while a PDU is pending.
+            buf: BytesMut::with_capacity(8 * 1024),
+            max_frag,
+        }
+    }
+
+    /// The next whole PDU.
+    pub async fn next(&mut self) -> Result<BytesMut, ReadError> {
+        loop {
+            if let Some(len) = next_pdu_len(&self.buf, self.max_frag)? {
+                return Ok(self.buf.split_to(len));
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(8 * 1024);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Err(match self.buf.len() {
+                    0 => ReadError::Closed,
+                    n => ReadError::Truncated(n),
+                });
+            }
+        }
+    }
+
+    /// The next whole PDU, or [`ReadError::Timeout`] after `limit`.
+    pub async fn next_within(&mut self, limit: Duration) -> Result<BytesMut, ReadError> {
+        tokio::time::timeout(limit, self.next())
+            .await
+            .unwrap_or(Err(ReadError::Timeout(limit)))
+    }
+
+    /// Gives back the socket and any bytes read past the last PDU.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAPTURE: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.server.bin");
+
+    #[tokio::test]
+    async fn reads_pdus_split_across_reads() {
+        let (mut tx, rx) = tokio::io::duplex(7);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for chunk in CAPTURE.chunks(5) {
+                tx.write_all(chunk).await.unwrap();
+            }
+        });
+        let mut r = PduReader::new(rx, 65535);
+        assert_eq!(r.next().await.unwrap().len(), 60);
+        assert_eq!(r.next().await.unwrap().len(), 152);
+        assert!(matches!(r.next().await, Err(ReadError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_pdu_is_reported() {
+        let mut r = PduReader::new(&CAPTURE[..70], 65535);
+        r.next().await.unwrap();
+        assert!(matches!(r.next().await, Err(ReadError::Truncated(10))));
+    }
+
+    #[tokio::test]
+    async fn silence_times_out() {
+        let (_tx, rx) = tokio::io::duplex(64);
+        let mut r = PduReader::new(rx, 65535);
+        let limit = Duration::from_millis(20);
+        assert!(matches!(r.next_within(limit).await, Err(ReadError::Timeout(_))));
+    }
+}

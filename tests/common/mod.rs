@@ -1,0 +1,192 @@
+//! Helpers for the end-to-end tests: rpcpin in-process on port 0, and backends that replay
+//! real captured server bytes.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rpcpin::config::Config;
+use rpcpin::proxy::Server;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+pub const NSPI_EPM_CLIENT: &[u8] = include_bytes!("../data/mapi-epm-map-nspi.client.bin");
+pub const NSPI_EPM_SERVER: &[u8] = include_bytes!("../data/mapi-epm-map-nspi.server.bin");
+pub const EMSMDB_EPM_CLIENT: &[u8] = include_bytes!("../data/mapi-epm-map-emsmdb.client.bin");
+pub const EMSMDB_EPM_SERVER: &[u8] = include_bytes!("../data/mapi-epm-map-emsmdb.server.bin");
+pub const NSPI_NTLM_CLIENT: &[u8] = include_bytes!("../data/mapi-nspi-ntlm-session.client.bin");
+pub const NSPI_NTLM_SERVER: &[u8] = include_bytes!("../data/mapi-nspi-ntlm-session.server.bin");
+
+/// Exchange's NSPI port and address in the capture, as they appear on the wire.
+pub const EXCHANGE_NSPI_PORT: [u8; 2] = 4997u16.to_be_bytes();
+pub const EXCHANGE_ADDR: [u8; 4] = [192, 168, 0, 2];
+
+/// winreg 338cd001-2244-31f1-aaaa-900038001003 as it appears little endian in a bind.
+pub const WINREG_LE: [u8; 16] = [
+    0x01, 0xd0, 0x8c, 0x33, 0x44, 0x22, 0xf1, 0x31, 0xaa, 0xaa, 0x90, 0x00, 0x38, 0x00, 0x10, 0x03,
+];
+/// NSPI f5cc5a18-4264-101a-8c59-08002b2f8426 as it appears little endian in a bind.
+pub const NSPI_LE: [u8; 16] = [
+    0x18, 0x5a, 0xcc, 0xf5, 0x64, 0x42, 0x1a, 0x10, 0x8c, 0x59, 0x08, 0x00, 0x2b, 0x2f, 0x84, 0x26,
+];
+
+/// Splits a captured little-endian stream into its PDUs by their frag_length.
+pub fn pdus(stream: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = stream;
+    while rest.len() >= 16 {
+        let len = u16::from_le_bytes([rest[8], rest[9]]) as usize;
+        out.push(&rest[..len]);
+        rest = &rest[len..];
+    }
+    assert!(rest.is_empty(), "a capture ends inside a PDU");
+    out
+}
+
+/// Replaces every occurrence of `from` in `bytes` with `to` (same length); returns how many.
+pub fn replace(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut n = 0;
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            n += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    n
+}
+
+/// Reads one PDU (little-endian frag_length) or `None` at EOF.
+pub async fn read_pdu<R: AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
+    let mut head = [0u8; 16];
+    r.read_exact(&mut head).await.ok()?;
+    let len = u16::from_le_bytes([head[8], head[9]]) as usize;
+    let mut pdu = head.to_vec();
+    pdu.resize(len, 0);
+    r.read_exact(&mut pdu[16..]).await.ok()?;
+    Some(pdu)
+}
+
+/// Reads until EOF, bounded by a timeout.
+pub async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the peer closed within 5 s")
+        .expect("read");
+    out
+}
+
+/// A backend that answers each PDU it receives with the next PDU of a script; PDUs of type
+/// auth3 (16) get no answer, as on a real server. It records everything it received.
+#[derive(Clone)]
+pub struct Replay {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Replay {
+    /// Serves `script(connection_index)` to every connection.
+    pub async fn start<F>(script: F) -> Replay
+    where
+        F: Fn(usize) -> Vec<Vec<u8>> + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let replay = Replay {
+            addr: listener.local_addr().unwrap(),
+            connections: Arc::new(AtomicUsize::new(0)),
+            received: Arc::new(Mutex::new(Vec::new())),
+        };
+        let r = replay.clone();
+        let script = Arc::new(script);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let n = r.connections.fetch_add(1, Ordering::SeqCst);
+                let answers = script(n);
+                let received = r.received.clone();
+                tokio::spawn(async move {
+                    let mut answers = answers.into_iter();
+                    while let Some(pdu) = read_pdu(&mut s).await {
+                        received.lock().unwrap().extend_from_slice(&pdu);
+                        if pdu[2] == 16 {
+                            continue;
+                        }
+                        match answers.next() {
+                            Some(a) => s.write_all(&a).await.unwrap(),
+                            None => break,
+                        }
+                    }
+                });
+            }
+        });
+        replay
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// rpcpin running in-process.
+pub struct Running {
+    pub epm: SocketAddr,
+    pub pins: Vec<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Starts rpcpin with `config` (TOML text; listen on port 0).
+    pub async fn start(config: &str) -> Running {
+        let config = Config::parse(config).expect("test config is valid");
+        let server = Server::bind(config).await.expect("bind");
+        let (epm, pins) = (server.epm_addr(), server.pin_addrs());
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Running {
+            epm,
+            pins,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A config whose EPM backend is `backend` and with the given pins, all on port 0.
+pub fn config(backend: SocketAddr, pins: &[(&str, &str)], extra: &str) -> String {
+    let mut c = format!(
+        "[backend]\nhost = \"{}\"\nepm_port = {}\n[epm]\nlisten = \"127.0.0.1:0\"\n",
+        backend.ip(),
+        backend.port()
+    );
+    for (name, interfaces) in pins {
+        c += &format!("[[pin]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ninterfaces = [{interfaces}]\n");
+    }
+    c + extra
+}
+
+/// A port nothing listens on.
+pub async fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
