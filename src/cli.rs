@@ -61,7 +61,9 @@ impl Cli {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
@@ -78,24 +80,50 @@ fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}: valid", path.display())?;
-    writeln!(out, "backend  {}:{}", config.backend.host, config.backend.epm_port)?;
-    let advertise = config
-        .epm
-        .advertise
-        .map_or_else(|| "the address each client connected to".to_string(), |a| a.to_string());
-    writeln!(out, "epm      listen {}  advertise {}", config.epm.listen, advertise)?;
+    writeln!(
+        out,
+        "backend  {}:{}",
+        config.backend.host, config.backend.epm_port
+    )?;
+    let advertise = config.epm.advertise.map_or_else(
+        || "the address each client connected to".to_string(),
+        |a| a.to_string(),
+    );
+    writeln!(
+        out,
+        "epm      listen {}  advertise {}",
+        config.epm.listen, advertise
+    )?;
     for pin in &config.pins {
-        let public = pin
-            .advertise_port
-            .map_or_else(|| format!("{} (listen port)", pin.listen.port()), |p| p.to_string());
-        let backend = pin
-            .backend_port
-            .map_or_else(|| "resolved through the backend's endpoint mapper".to_string(), |p| format!("fixed {p}"));
-        writeln!(out, "pin {:?}  listen {}  public port {public}  backend port {backend}", pin.name, pin.listen)?;
+        let public = pin.advertise_port.map_or_else(
+            || format!("{} (listen port)", pin.listen.port()),
+            |p| p.to_string(),
+        );
+        let backend = pin.backend_port.map_or_else(
+            || "resolved through the backend's endpoint mapper".to_string(),
+            |p| format!("fixed {p}"),
+        );
+        writeln!(
+            out,
+            "pin {:?}  listen {}  public port {public}  backend port {backend}",
+            pin.name, pin.listen
+        )?;
         for i in &pin.interfaces {
-            let what = KNOWN.iter().find(|k| k.syntax.uuid == i.uuid).map_or("", |k| k.description);
-            let version = i.version.map_or("any version".to_string(), |(a, b)| format!("{a}.{b} or older minor"));
-            writeln!(out, "    {:<18} {}  {:<28} {}", i.alias.unwrap_or("-"), i.uuid, version, what)?;
+            let what = KNOWN
+                .iter()
+                .find(|k| k.syntax.uuid == i.uuid)
+                .map_or("", |k| k.description);
+            let version = i.version.map_or("any version".to_string(), |(a, b)| {
+                format!("{a}.{b} or older minor")
+            });
+            writeln!(
+                out,
+                "    {:<18} {}  {:<28} {}",
+                i.alias.unwrap_or("-"),
+                i.uuid,
+                version,
+                what
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -130,16 +158,28 @@ fn resolve(path: PathBuf) -> anyhow::Result<ExitCode> {
                 }
                 Ok(_) => {
                     failed = true;
-                    writeln!(out, "{:<12} {alias:<14} {:<36} {version:<7} no ncacn_ip_tcp endpoint", pin.name, i.uuid)?;
+                    writeln!(
+                        out,
+                        "{:<12} {alias:<14} {:<36} {version:<7} no ncacn_ip_tcp endpoint",
+                        pin.name, i.uuid
+                    )?;
                 }
                 Err(e) => {
                     failed = true;
-                    writeln!(out, "{:<12} {alias:<14} {:<36} {version:<7} error: {e:#}", pin.name, i.uuid)?;
+                    writeln!(
+                        out,
+                        "{:<12} {alias:<14} {:<36} {version:<7} error: {e:#}",
+                        pin.name, i.uuid
+                    )?;
                 }
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Sets up the global subscriber; `RUST_LOG` overrides the configured level.

@@ -184,8 +184,15 @@ mod tests {
     fn rewrites_exchanges_nspi_answer() {
         let original = &NSPI_SERVER[60..];
         let mut frags = [original.to_vec()];
-        let done =
-            rewrite_call(&mut frags, opnum::MAP, Syntax::Ndr, &exchange_table(), PUBLIC, 1 << 20).unwrap();
+        let done = rewrite_call(
+            &mut frags,
+            opnum::MAP,
+            Syntax::Ndr,
+            &exchange_table(),
+            PUBLIC,
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].backend_port, 4997);
         assert_eq!(done[0].public_port, 6004);
@@ -200,8 +207,15 @@ mod tests {
     #[test]
     fn rewrites_exchanges_emsmdb_answer() {
         let mut frags = [EMSMDB_SERVER[60..].to_vec()];
-        let done =
-            rewrite_call(&mut frags, opnum::MAP, Syntax::Ndr, &exchange_table(), PUBLIC, 1 << 20).unwrap();
+        let done = rewrite_call(
+            &mut frags,
+            opnum::MAP,
+            Syntax::Ndr,
+            &exchange_table(),
+            PUBLIC,
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!((done[0].backend_port, done[0].public_port), (1032, 6001));
         assert_eq!(done[0].pin, "store");
     }
@@ -211,7 +225,8 @@ mod tests {
         let original = NSPI_SERVER[60..].to_vec();
         let mut frags = [original.clone()];
         let table = Table::new(vec![exchange_table().entries[1].clone()]);
-        let done = rewrite_call(&mut frags, opnum::MAP, Syntax::Ndr, &table, PUBLIC, 1 << 20).unwrap();
+        let done =
+            rewrite_call(&mut frags, opnum::MAP, Syntax::Ndr, &table, PUBLIC, 1 << 20).unwrap();
         assert!(done.is_empty());
         assert_eq!(frags[0], original);
     }
@@ -220,8 +235,15 @@ mod tests {
     fn http_tower_of_a_lookup_is_untouched() {
         let original = LOOKUP_SERVER[60..].to_vec();
         let mut frags = [original.clone()];
-        let done =
-            rewrite_call(&mut frags, opnum::LOOKUP, Syntax::Ndr, &exchange_table(), PUBLIC, 1 << 20).unwrap();
+        let done = rewrite_call(
+            &mut frags,
+            opnum::LOOKUP,
+            Syntax::Ndr,
+            &exchange_table(),
+            PUBLIC,
+            1 << 20,
+        )
+        .unwrap();
         assert!(done.is_empty());
         assert_eq!(frags[0], original);
     }
@@ -234,7 +256,8 @@ mod tests {
             .enumerate()
             .map(|(i, part)| {
                 let mut f = pdu[..24].to_vec();
-                f[3] = if i == 0 { flags::FIRST_FRAG } else { 0 } | if i == n - 1 { flags::LAST_FRAG } else { 0 };
+                f[3] = if i == 0 { flags::FIRST_FRAG } else { 0 }
+                    | if i == n - 1 { flags::LAST_FRAG } else { 0 };
                 f.extend_from_slice(part);
                 let len = f.len() as u16;
                 f[8..10].copy_from_slice(&len.to_le_bytes());
@@ -247,13 +270,28 @@ mod tests {
     fn patches_a_tower_that_straddles_fragments() {
         let single = NSPI_SERVER[60..].to_vec();
         let mut expected = [single.clone()];
-        rewrite_call(&mut expected, opnum::MAP, Syntax::Ndr, &exchange_table(), PUBLIC, 1 << 20).unwrap();
+        rewrite_call(
+            &mut expected,
+            opnum::MAP,
+            Syntax::Ndr,
+            &exchange_table(),
+            PUBLIC,
+            1 << 20,
+        )
+        .unwrap();
         // Every split point, so that the port and the address fall across boundaries too.
         for chunk in 1..single.len() - 24 {
             let mut frags = fragment(&single, chunk);
             let lens: Vec<usize> = frags.iter().map(Vec::len).collect();
-            let done =
-                rewrite_call(&mut frags, opnum::MAP, Syntax::Ndr, &exchange_table(), PUBLIC, 1 << 20).unwrap();
+            let done = rewrite_call(
+                &mut frags,
+                opnum::MAP,
+                Syntax::Ndr,
+                &exchange_table(),
+                PUBLIC,
+                1 << 20,
+            )
+            .unwrap();
             assert_eq!(done.len(), 1, "chunk {chunk}");
             assert_eq!(frags.iter().map(Vec::len).collect::<Vec<_>>(), lens);
             let stub: Vec<u8> = frags.iter().flat_map(|f| f[24..].to_vec()).collect();
@@ -264,7 +302,14 @@ mod tests {
     #[test]
     fn reassembly_is_bounded() {
         let mut frags = fragment(&NSPI_SERVER[60..], 16);
-        let r = rewrite_call(&mut frags, opnum::MAP, Syntax::Ndr, &exchange_table(), PUBLIC, 100);
+        let r = rewrite_call(
+            &mut frags,
+            opnum::MAP,
+            Syntax::Ndr,
+            &exchange_table(),
+            PUBLIC,
+            100,
+        );
         assert!(matches!(r, Err(Error::TooLarge { .. })));
     }
 }

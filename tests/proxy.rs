@@ -23,8 +23,14 @@ async fn outlook_ept_map(epm: SocketAddr, client: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn rewrites_exchanges_ept_map_answer_to_the_pinned_port_and_own_address() {
-    let backend = Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("directory", "\"nspi\", \"rfr\"")], "")).await;
+    let backend =
+        Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
+    let rpcpin = Running::start(&config(
+        backend.addr,
+        &[("directory", "\"nspi\", \"rfr\"")],
+        "",
+    ))
+    .await;
     let pin_port = rpcpin.pins[0].port();
 
     let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
@@ -32,7 +38,10 @@ async fn rewrites_exchanges_ept_map_answer_to_the_pinned_port_and_own_address() 
     // Expected: Exchange's bytes with its port and address replaced, found by searching the
     // captured bytes rather than by rpcpin's own walker.
     let mut expected = NSPI_EPM_SERVER.to_vec();
-    assert_eq!(replace(&mut expected, &EXCHANGE_NSPI_PORT, &pin_port.to_be_bytes()), 1);
+    assert_eq!(
+        replace(&mut expected, &EXCHANGE_NSPI_PORT, &pin_port.to_be_bytes()),
+        1
+    );
     assert_eq!(replace(&mut expected, &EXCHANGE_ADDR, &[127, 0, 0, 1]), 1);
     assert_eq!(got, expected);
     // The backend saw exactly what Outlook sent.
@@ -42,24 +51,42 @@ async fn rewrites_exchanges_ept_map_answer_to_the_pinned_port_and_own_address() 
 
 #[tokio::test]
 async fn configured_advertise_address_goes_into_towers() {
-    let backend = Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
+    let backend =
+        Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
     let text = config(backend.addr, &[("store", "\"emsmdb\"")], "")
-        .replace("listen = \"127.0.0.1:0\"\n[[pin]]", "listen = \"127.0.0.1:0\"\nadvertise = \"203.0.113.10\"\n[[pin]]")
-        .replace("interfaces = [\"emsmdb\"]", "interfaces = [\"emsmdb\"]\nadvertise_port = 34567");
+        .replace(
+            "listen = \"127.0.0.1:0\"\n[[pin]]",
+            "listen = \"127.0.0.1:0\"\nadvertise = \"203.0.113.10\"\n[[pin]]",
+        )
+        .replace(
+            "interfaces = [\"emsmdb\"]",
+            "interfaces = [\"emsmdb\"]\nadvertise_port = 34567",
+        );
     let rpcpin = Running::start(&text).await;
 
     let got = outlook_ept_map(rpcpin.epm, EMSMDB_EPM_CLIENT).await;
 
     let mut expected = EMSMDB_EPM_SERVER.to_vec();
-    assert_eq!(replace(&mut expected, &1032u16.to_be_bytes(), &34567u16.to_be_bytes()), 1);
-    assert_eq!(replace(&mut expected, &EXCHANGE_ADDR, &[203, 0, 113, 10]), 1);
+    assert_eq!(
+        replace(
+            &mut expected,
+            &1032u16.to_be_bytes(),
+            &34567u16.to_be_bytes()
+        ),
+        1
+    );
+    assert_eq!(
+        replace(&mut expected, &EXCHANGE_ADDR, &[203, 0, 113, 10]),
+        1
+    );
     assert_eq!(got, expected);
     rpcpin.stop().await;
 }
 
 #[tokio::test]
 async fn leaves_the_tower_of_an_unpinned_interface_alone() {
-    let backend = Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
+    let backend =
+        Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
     let rpcpin = Running::start(&config(backend.addr, &[("directory", "\"nspi\"")], "")).await;
     let got = outlook_ept_map(rpcpin.epm, EMSMDB_EPM_CLIENT).await;
     assert_eq!(got, EMSMDB_EPM_SERVER);
@@ -70,7 +97,11 @@ async fn leaves_the_tower_of_an_unpinned_interface_alone() {
 async fn epm_pointing_at(ports: impl Fn(usize) -> u16 + Send + Sync + 'static) -> Replay {
     Replay::start(move |n| {
         let mut answers: Vec<Vec<u8>> = pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect();
-        replace(&mut answers[1], &EXCHANGE_NSPI_PORT, &ports(n).to_be_bytes());
+        replace(
+            &mut answers[1],
+            &EXCHANGE_NSPI_PORT,
+            &ports(n).to_be_bytes(),
+        );
         answers
     })
     .await
@@ -179,9 +210,13 @@ async fn resolves_again_when_the_cached_port_is_gone() {
 #[tokio::test]
 async fn backend_down_gets_the_client_a_bind_nak() {
     let dead = closed_port().await;
-    let epm_addr: SocketAddr = format!("127.0.0.1:{}", closed_port().await).parse().unwrap();
-    let text = config(epm_addr, &[("directory", "\"nspi\"")], "")
-        .replace("interfaces = [\"nspi\"]", &format!("interfaces = [\"nspi\"]\nbackend_port = {dead}"));
+    let epm_addr: SocketAddr = format!("127.0.0.1:{}", closed_port().await)
+        .parse()
+        .unwrap();
+    let text = config(epm_addr, &[("directory", "\"nspi\"")], "").replace(
+        "interfaces = [\"nspi\"]",
+        &format!("interfaces = [\"nspi\"]\nbackend_port = {dead}"),
+    );
     let rpcpin = Running::start(&text).await;
 
     let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
@@ -193,8 +228,13 @@ async fn backend_down_gets_the_client_a_bind_nak() {
 
 #[tokio::test]
 async fn silent_clients_are_closed_and_do_not_block_others() {
-    let backend = Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let text = config(backend.addr, &[("directory", "\"nspi\"")], "[limits]\nhandshake_timeout = \"300ms\"\n");
+    let backend =
+        Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
+    let text = config(
+        backend.addr,
+        &[("directory", "\"nspi\"")],
+        "[limits]\nhandshake_timeout = \"300ms\"\n",
+    );
     let rpcpin = Running::start(&text).await;
 
     let started = Instant::now();
@@ -205,7 +245,10 @@ async fn silent_clients_are_closed_and_do_not_block_others() {
     // Meanwhile a real client is served at once.
     let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
     assert_eq!(got.len(), NSPI_EPM_SERVER.len());
-    assert!(started.elapsed() < Duration::from_millis(300), "served while the silent wait");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "served while the silent wait"
+    );
     for mut s in silent {
         assert!(read_to_end(&mut s).await.is_empty());
     }

@@ -68,7 +68,10 @@ pub(crate) async fn serve(client: TcpStream, shared: &Shared) -> anyhow::Result<
     note_client_pdu(&assoc, first, &mut out)?;
     for pdu in out.forward.drain(..) {
         use tokio::io::AsyncWriteExt;
-        backend_wr.write_all(&pdu).await.context("writing to the backend")?;
+        backend_wr
+            .write_all(&pdu)
+            .await
+            .context("writing to the backend")?;
         up.fetch_add(pdu.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -101,7 +104,11 @@ fn advertise_for(client: &TcpStream, configured: Option<Ipv4Addr>) -> Ipv4Addr {
 }
 
 /// Records what a client PDU tells about later answers, then forwards it.
-fn note_client_pdu(assoc: &Mutex<Association>, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+fn note_client_pdu(
+    assoc: &Mutex<Association>,
+    pdu: BytesMut,
+    out: &mut Outbox,
+) -> anyhow::Result<()> {
     let p = Pdu::new_checked(&pdu[..])?;
     let mut a = assoc.lock().unwrap_or_else(|e| e.into_inner());
     match p.ptype() {
@@ -243,7 +250,13 @@ impl Answers<'_> {
             Some(reason) => {
                 warn!(event = "epm_answer_refused", call_id, opnum = op, reason);
                 let mut fault = Vec::with_capacity(32);
-                encode_fault(&mut fault, endian, call_id, ctx, status::NCA_S_FAULT_ACCESS_DENIED)?;
+                encode_fault(
+                    &mut fault,
+                    endian,
+                    call_id,
+                    ctx,
+                    status::NCA_S_FAULT_ACCESS_DENIED,
+                )?;
                 out.forward.push(BytesMut::from(&fault[..]));
             }
         }

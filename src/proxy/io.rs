@@ -113,6 +113,9 @@ mod tests {
         let (_tx, rx) = tokio::io::duplex(64);
         let mut r = PduReader::new(rx, 65535);
         let limit = Duration::from_millis(20);
-        assert!(matches!(r.next_within(limit).await, Err(ReadError::Timeout(_))));
+        assert!(matches!(
+            r.next_within(limit).await,
+            Err(ReadError::Timeout(_))
+        ));
     }
 }

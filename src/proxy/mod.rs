@@ -86,7 +86,9 @@ impl Server {
 
     /// The EPM listener's address.
     pub fn epm_addr(&self) -> SocketAddr {
-        self.epm.local_addr().expect("a bound listener has an address")
+        self.epm
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Each pin listener's address, in configuration order.
@@ -117,7 +119,12 @@ impl Server {
                 addr = %listener.local_addr()?,
                 interfaces = %pin.config.interfaces.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             );
-            loops.spawn(accept_loop(listener, shared.clone(), Some(pin), stop_rx.clone()));
+            loops.spawn(accept_loop(
+                listener,
+                shared.clone(),
+                Some(pin),
+                stop_rx.clone(),
+            ));
         }
         shutdown.await;
         info!(event = "shutdown");
@@ -180,7 +187,11 @@ async fn accept_loop(
     }
 }
 
-async fn serve(stream: TcpStream, shared: &Shared, pin: Option<&PinRuntime>) -> anyhow::Result<Summary> {
+async fn serve(
+    stream: TcpStream,
+    shared: &Shared,
+    pin: Option<&PinRuntime>,
+) -> anyhow::Result<Summary> {
     match pin {
         Some(pin) => pin::serve(stream, shared, pin).await,
         None => epm::serve(stream, shared).await,
@@ -197,7 +208,11 @@ pub(crate) struct Summary {
 
 impl Summary {
     /// From the relay's byte counters and how it ended.
-    fn new(from_client: &AtomicU64, to_client: &AtomicU64, ended: anyhow::Result<&'static str>) -> Summary {
+    fn new(
+        from_client: &AtomicU64,
+        to_client: &AtomicU64,
+        ended: anyhow::Result<&'static str>,
+    ) -> Summary {
         Summary {
             from_client: from_client.load(Ordering::Relaxed),
             to_client: to_client.load(Ordering::Relaxed),

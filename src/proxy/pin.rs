@@ -33,13 +33,17 @@ pub(crate) async fn serve(
         .next_within(limits.handshake_timeout)
         .await
         .context("waiting for the client's bind")?;
-    let bind = BindRequest::parse(&bind_pdu).context("the client's first PDU is not a valid bind")?;
+    let bind =
+        BindRequest::parse(&bind_pdu).context("the client's first PDU is not a valid bind")?;
     if bind.pdu().ptype() != PacketType::Bind {
         bail!("the client's first PDU is an alter_context, not a bind");
     }
 
     if let Some(answer) = refusal(&bind, pin)? {
-        client_wr.write_all(&answer).await.context("sending the refusal")?;
+        client_wr
+            .write_all(&answer)
+            .await
+            .context("sending the refusal")?;
         let _ = client_wr.shutdown().await;
         let sent = AtomicU64::new(answer.len() as u64);
         return Ok(Summary::new(&AtomicU64::new(0), &sent, Ok("bind refused")));
@@ -53,7 +57,12 @@ pub(crate) async fn serve(
         Err(e) => {
             let mut nak = Vec::with_capacity(24);
             let p = bind.pdu();
-            encode_bind_nak(&mut nak, p.endian(), p.call_id(), nak_reason::TEMPORARY_CONGESTION)?;
+            encode_bind_nak(
+                &mut nak,
+                p.endian(),
+                p.call_id(),
+                nak_reason::TEMPORARY_CONGESTION,
+            )?;
             let _ = client_wr.write_all(&nak).await;
             let _ = client_wr.shutdown().await;
             return Err(e);
@@ -88,7 +97,11 @@ pub(crate) async fn serve(
 
 /// Connects to the backend port of `interface`: the pin's fixed port, or the one the
 /// backend's endpoint mapper gives, resolved again once if the cached one fails.
-async fn connect(shared: &Shared, pin: &PinRuntime, interface: SyntaxId) -> anyhow::Result<TcpStream> {
+async fn connect(
+    shared: &Shared,
+    pin: &PinRuntime,
+    interface: SyntaxId,
+) -> anyhow::Result<TcpStream> {
     let timeout = shared.config.limits.connect_timeout;
     let resolver = &shared.resolver;
     if let Some(port) = pin.backend_port {

@@ -105,7 +105,9 @@ where
         }
         for answer in out.reply.drain(..) {
             let tx = replies.context("a reply with no way back to the sender")?;
-            tx.send(answer).await.map_err(|_| anyhow!("the other direction has ended"))?;
+            tx.send(answer)
+                .await
+                .map_err(|_| anyhow!("the other direction has ended"))?;
         }
     }
 }
@@ -117,7 +119,11 @@ async fn recv(rx: &mut Option<&mut mpsc::Receiver<BytesMut>>) -> Option<BytesMut
     }
 }
 
-async fn write<W: AsyncWrite + Unpin>(to: &mut W, bytes: &[u8], limit: Duration) -> anyhow::Result<()> {
+async fn write<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    bytes: &[u8],
+    limit: Duration,
+) -> anyhow::Result<()> {
     tokio::time::timeout(limit, to.write_all(bytes))
         .await
         .map_err(|_| anyhow!("peer did not read for {limit:?}"))?

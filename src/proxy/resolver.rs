@@ -69,10 +69,9 @@ impl Resolver {
             }
         }
         let endpoints = self.query(interface).await?;
-        let port = endpoints
-            .first()
-            .map(|e| e.port)
-            .ok_or_else(|| anyhow!("the backend's endpoint mapper returned no ncacn_ip_tcp tower"))?;
+        let port = endpoints.first().map(|e| e.port).ok_or_else(|| {
+            anyhow!("the backend's endpoint mapper returned no ncacn_ip_tcp tower")
+        })?;
         self.cache().insert(interface, (port, Instant::now()));
         Ok((port, false))
     }
@@ -91,7 +90,12 @@ impl Resolver {
     pub async fn query(&self, interface: SyntaxId) -> anyhow::Result<Vec<Endpoint>> {
         tokio::time::timeout(self.timeout, self.query_unbounded(interface))
             .await
-            .map_err(|_| anyhow!("the backend's endpoint mapper did not answer within {:?}", self.timeout))?
+            .map_err(|_| {
+                anyhow!(
+                    "the backend's endpoint mapper did not answer within {:?}",
+                    self.timeout
+                )
+            })?
     }
 
     /// Connects to the backend at `port`, trying each address its name resolves to.
@@ -154,11 +158,16 @@ impl Resolver {
         // per fragment and a few fragments, far more than 4 towers need).
         let mut answer = Vec::new();
         for _ in 0..16 {
-            let pdu = rd.next().await.context("reading the backend's ept_map answer")?;
+            let pdu = rd
+                .next()
+                .await
+                .context("reading the backend's ept_map answer")?;
             let p = Pdu::new_checked(&pdu[..])?;
             match p.ptype() {
                 PacketType::Response => {}
-                PacketType::Fault => bail!("the backend's endpoint mapper answered ept_map with a fault"),
+                PacketType::Fault => {
+                    bail!("the backend's endpoint mapper answered ept_map with a fault")
+                }
                 other => bail!("the backend answered ept_map with a {other}"),
             }
             answer.extend_from_slice(&pdu[response_stub_range(&pdu)?]);
@@ -174,10 +183,15 @@ impl Resolver {
 fn endpoints(stub: &[u8], endian: Endian, interface: SyntaxId) -> anyhow::Result<Vec<Endpoint>> {
     let walk = walk_map_response(stub, endian, Syntax::Ndr)?;
     if walk.status == crate::wire::epm::EPT_S_NOT_REGISTERED {
-        bail!("the backend's endpoint mapper has no endpoint for {interface} (ept_s_not_registered)");
+        bail!(
+            "the backend's endpoint mapper has no endpoint for {interface} (ept_s_not_registered)"
+        );
     }
     if walk.status != 0 {
-        bail!("the backend's endpoint mapper answered status {:#010x}", walk.status);
+        bail!(
+            "the backend's endpoint mapper answered status {:#010x}",
+            walk.status
+        );
     }
     Ok(walk
         .towers

@@ -180,7 +180,9 @@ pub fn config(backend: SocketAddr, pins: &[(&str, &str)], extra: &str) -> String
         backend.port()
     );
     for (name, interfaces) in pins {
-        c += &format!("[[pin]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ninterfaces = [{interfaces}]\n");
+        c += &format!(
+            "[[pin]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ninterfaces = [{interfaces}]\n"
+        );
     }
     c + extra
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine, as root: installs what the interop suite
+# needs (Debian packages, a venv with impacket), builds, runs the unit and end-to-end tests,
+# then the interop suite against real Samba, rpcclient, impacket and tshark.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ $EUID -ne 0 ]]; then
+    echo "scripts/test.sh: run as root (it installs packages and creates network namespaces)" >&2
+    exit 1
+fi
+
+tests/interop/install-deps.sh
+cargo build --release --locked
+cargo test --locked
+tests/interop/run.sh
