@@ -77,7 +77,7 @@ pub(crate) async fn serve(client: TcpStream, shared: &Shared) -> anyhow::Result<
 
     let mut answers = Answers {
         assoc: &assoc,
-        pending: Vec::new(),
+        pending: HashMap::new(),
         pending_len: 0,
         shared,
         advertise,
@@ -140,8 +140,9 @@ fn note_client_pdu(
 /// The backend-to-client direction: learns the accepted contexts and rewrites towers.
 struct Answers<'a> {
     assoc: &'a Mutex<Association>,
-    /// Fragments of a tower-carrying answer, held until its last fragment.
-    pending: Vec<BytesMut>,
+    /// Fragments of tower-carrying answers, by call id, held until their last fragment.
+    pending: HashMap<u32, Vec<BytesMut>>,
+    /// Their total size, bounded by `limits.max_reassembly`.
     pending_len: usize,
     shared: &'a Shared,
     advertise: Ipv4Addr,
@@ -182,7 +183,7 @@ impl Answers<'_> {
                             self.shared.config.limits.max_reassembly
                         );
                     }
-                    self.pending.push(pdu);
+                    self.pending.entry(call_id).or_default().push(pdu);
                     if last {
                         self.finish_call(call_id, ctx, op, syntax, out)?;
                     }
@@ -209,9 +210,12 @@ impl Answers<'_> {
         syntax: Option<Syntax>,
         out: &mut Outbox,
     ) -> anyhow::Result<()> {
-        let mut frags = std::mem::take(&mut self.pending);
-        self.pending_len = 0;
-        let endian = Pdu::new_checked(&frags[0][..])?.endian();
+        let mut frags = self.pending.remove(&call_id).unwrap_or_default();
+        self.pending_len -= frags.iter().map(|f| f.len()).sum::<usize>();
+        let Some(first) = frags.first() else {
+            return Ok(());
+        };
+        let endian = Pdu::new_checked(&first[..])?.endian();
         let protected = frags.iter().any(|f| {
             Pdu::new_checked(&f[..])
                 .ok()

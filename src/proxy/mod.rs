@@ -38,6 +38,8 @@ pub(crate) struct Shared {
 pub(crate) struct PinRuntime {
     config: Pin,
     backend_port: Option<u16>,
+    /// The port clients are sent to: `advertise_port`, or the bound listen port.
+    public_port: u16,
 }
 
 /// A server whose listeners are bound.
@@ -69,6 +71,7 @@ impl Server {
             let runtime = PinRuntime {
                 config: pin.clone(),
                 backend_port: pin.backend_port,
+                public_port: port,
             };
             pins.push((Arc::new(runtime), listener));
         }

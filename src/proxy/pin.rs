@@ -15,7 +15,8 @@ use super::relay::{pump, Activity, End, Outbox};
 use super::{PinRuntime, Shared, Summary};
 use crate::interfaces::alias_of;
 use crate::wire::bind::{
-    encode_bind_ack, encode_bind_nak, nak_reason, reason, BindAckFields, BindRequest, ResultEntry,
+    encode_bind_ack, encode_bind_nak, nak_reason, reason, BindAck, BindAckFields, BindRequest,
+    ResultEntry,
 };
 use crate::wire::{PacketType, Pdu, SyntaxId};
 
@@ -46,7 +47,8 @@ pub(crate) async fn serve(
             .context("sending the refusal")?;
         let _ = client_wr.shutdown().await;
         let sent = AtomicU64::new(answer.len() as u64);
-        return Ok(Summary::new(&AtomicU64::new(0), &sent, Ok("bind refused")));
+        let read = AtomicU64::new(bind_pdu.len() as u64);
+        return Ok(Summary::new(&read, &sent, Ok("bind refused")));
     }
     // Every context names an interface of this pin; the first one chooses the backend port.
     let Some(interface) = bind.contexts().next().map(|c| c.abstract_syntax()) else {
@@ -90,7 +92,7 @@ pub(crate) async fn serve(
         r = pump(&mut client_rd, &mut backend_wr, &activity, &up, Some(&reply_tx), None,
                  |pdu, out| check_client_pdu(pin, pdu, out)) => r.map(|End::Closed| "client closed"),
         r = pump(&mut backend_rd, &mut client_wr, &activity, &down, None, Some(&mut reply_rx),
-                 |pdu, out| { out.forward.push(pdu); Ok(()) }) => r.map(|End::Closed| "backend closed"),
+                 |pdu, out| answer_to_client(pin, pdu, out)) => r.map(|End::Closed| "backend closed"),
     };
     Ok(Summary::new(&up, &down, ended))
 }
@@ -202,4 +204,60 @@ fn check_client_pdu(pin: &PinRuntime, pdu: BytesMut, out: &mut Outbox) -> anyhow
     }
     out.forward.push(pdu);
     Ok(())
+}
+
+/// Forwards the backend's PDUs, with the secondary address of a bind_ack or
+/// alter_context_resp (the backend's port as text, which discloses it) replaced by the
+/// pin's public port.
+fn answer_to_client(pin: &PinRuntime, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+    let ptype = Pdu::new_checked(&pdu[..])?.ptype();
+    if matches!(ptype, PacketType::BindAck | PacketType::AlterContextResp) {
+        let ack = BindAck::parse(&pdu)?;
+        if let Some(addr) = public_secondary_addr(ack.secondary_addr(), pin.public_port) {
+            let mut rewritten = Vec::with_capacity(pdu.len() + 8);
+            ack.encode_with_secondary_addr(&addr, &mut rewritten)?;
+            out.forward.push(BytesMut::from(&rewritten[..]));
+            return Ok(());
+        }
+    }
+    out.forward.push(pdu);
+    Ok(())
+}
+
+/// The secondary address to send instead of `backend`, when `backend` is a port number
+/// (with or without its NUL, kept as it was) other than `public_port`.
+fn public_secondary_addr(backend: &[u8], public_port: u16) -> Option<Vec<u8>> {
+    let (digits, nul) = match backend.split_last() {
+        Some((0, rest)) => (rest, true),
+        _ => (backend, false),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut public = public_port.to_string().into_bytes();
+    if nul {
+        public.push(0);
+    }
+    (public != backend).then_some(public)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_secondary_addr;
+
+    #[test]
+    fn secondary_address_keeps_its_nul_convention() {
+        assert_eq!(
+            public_secondary_addr(b"49154\0", 6004),
+            Some(b"6004\0".to_vec())
+        );
+        assert_eq!(
+            public_secondary_addr(b"49154", 6004),
+            Some(b"6004".to_vec())
+        );
+        assert_eq!(public_secondary_addr(b"6004\0", 6004), None);
+        assert_eq!(public_secondary_addr(b"", 6004), None);
+        assert_eq!(public_secondary_addr(b"\\PIPE\\lsass\0", 6004), None);
+        assert_eq!(public_secondary_addr(b"\0", 6004), None);
+    }
 }

@@ -276,6 +276,30 @@ impl<'a> BindAck<'a> {
         &bytes[HEADER_LEN + 10..HEADER_LEN + 10 + len]
     }
 
+    /// Appends this PDU with its secondary address replaced by `addr`, every other byte
+    /// (results, padding, auth verifier) as it was. The address's length may change, so
+    /// `frag_length` and the padding after the address are recomputed; the results stay
+    /// 4-aligned, and so does the auth trailer after them.
+    pub fn encode_with_secondary_addr(&self, addr: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let bytes = self.pdu.as_bytes();
+        let endian = self.pdu.endian();
+        let start = out.len();
+        if addr.len() == self.secondary_addr().len() {
+            // Same length: patch in place, keeping even the padding's bytes.
+            out.extend_from_slice(bytes);
+            out[start + HEADER_LEN + 10..][..addr.len()].copy_from_slice(addr);
+            return Ok(());
+        }
+        let len = u16::try_from(addr.len())
+            .map_err(|_| Error::Malformed("secondary address too long"))?;
+        out.extend_from_slice(&bytes[..HEADER_LEN + 8]);
+        put16(out, len, endian);
+        out.extend_from_slice(addr);
+        out.resize(start + align4(out.len() - start), 0);
+        out.extend_from_slice(&bytes[self.results_at..]);
+        finish_pdu(&mut out[start..], endian)
+    }
+
     /// The results, one per proposed context and in the same order.
     pub fn results(&self) -> impl Iterator<Item = ResultEntry> + 'a {
         let bytes = self.pdu.into_inner();
@@ -349,6 +373,36 @@ pub fn encode_bind_nak(out: &mut Vec<u8>, endian: Endian, call_id: u32, reason: 
     out.extend_from_slice(&[1, 5, 0]);
     out.resize(start + align4(out.len() - start), 0);
     finish_pdu(&mut out[start..], endian)
+}
+
+/// A checked bind_nak PDU.
+#[derive(Debug, Clone, Copy)]
+pub struct BindNak<'a> {
+    pdu: Pdu<&'a [u8]>,
+}
+
+impl<'a> BindNak<'a> {
+    /// Checks a whole bind_nak PDU (the reason is all rpcpin reads of it).
+    pub fn parse(bytes: &'a [u8]) -> Result<BindNak<'a>> {
+        let pdu = Pdu::new_checked(bytes)?;
+        if pdu.ptype() != PacketType::BindNak {
+            return Err(Error::Unsupported("pdu type (expected bind_nak)"));
+        }
+        if pdu.body_end() < HEADER_LEN + 2 {
+            return Err(Error::Truncated("bind_nak body"));
+        }
+        Ok(BindNak { pdu })
+    }
+
+    /// The PDU itself.
+    pub fn pdu(&self) -> &Pdu<&'a [u8]> {
+        &self.pdu
+    }
+
+    /// Why the bind was refused (`p_reject_reason_t`).
+    pub fn reason(&self) -> u16 {
+        get_u16(self.pdu.into_inner(), HEADER_LEN, self.pdu.endian())
+    }
 }
 
 /// A context to propose in a bind rpcpin sends itself.
@@ -493,6 +547,36 @@ mod tests {
         assert_eq!(ack.results().collect::<Vec<_>>(), results);
         // frag_length is big endian: 16 + 8 + 2 + pad 2 + 4 + 24 = 56.
         assert_eq!(&out[8..10], &[0, 56]);
+    }
+
+    #[test]
+    fn replaces_the_secondary_address_keeping_the_rest() {
+        // Exchange's NTLM bind_ack from mapi.pcap: "4997\0", then results and an NTLM challenge.
+        let session = include_bytes!("../../tests/data/mapi-nspi-ntlm-session.server.bin");
+        let original = &session[..usize::from(u16::from_le_bytes([session[8], session[9]]))];
+        let ack = BindAck::parse(original).unwrap();
+        assert_eq!(ack.secondary_addr(), b"4997\0");
+        let mut out = Vec::new();
+        ack.encode_with_secondary_addr(b"6004\0", &mut out).unwrap();
+        assert_eq!(out.len(), original.len());
+        let changed: Vec<usize> = (0..out.len()).filter(|&i| out[i] != original[i]).collect();
+        assert_eq!(changed, [26, 27, 28, 29], "only 4997 became 6004");
+
+        // Shorter and longer addresses move what follows, re-padded to 4.
+        for addr in [&b"135\0"[..], b"65535", b"", b"1"] {
+            out.clear();
+            ack.encode_with_secondary_addr(addr, &mut out).unwrap();
+            let again = BindAck::parse(&out).unwrap();
+            assert_eq!(again.secondary_addr(), addr);
+            assert_eq!(
+                again.results().collect::<Vec<_>>(),
+                ack.results().collect::<Vec<_>>()
+            );
+            assert_eq!(again.pdu().auth_len(), ack.pdu().auth_len());
+            let tail = original.len() - ack.results_at;
+            assert_eq!(out[out.len() - tail..], original[ack.results_at..]);
+            assert_eq!(again.pdu().frag_len(), out.len());
+        }
     }
 
     #[test]
