@@ -299,6 +299,38 @@ mod tests {
         }
     }
 
+    /// ept_map and ept_lookup answers in NDR and NDR64 built by impacket, and the answers
+    /// impacket builds with the towers a correct rewrite yields (tests/data/impacket).
+    #[test]
+    fn impacket_vectors() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/impacket/");
+        let manifest = std::fs::read_to_string(format!("{dir}manifest.txt")).unwrap();
+        let table = Table::new(vec![
+            exchange_table().entries[0].clone(),
+            exchange_table().entries[1].clone(),
+        ]);
+        let mut seen = 0;
+        for line in manifest.lines() {
+            let (name, rewrites) = line.split_once(' ').unwrap();
+            let input = std::fs::read(format!("{dir}{name}.in.bin")).unwrap();
+            let expected = std::fs::read(format!("{dir}{name}.out.bin")).unwrap();
+            let op = if name.starts_with("lookup") { opnum::LOOKUP } else { opnum::MAP };
+            let syntax = if name.ends_with("ndr64") { Syntax::Ndr64 } else { Syntax::Ndr };
+            let mut stub = input.clone();
+            let done = rewrite_stub(&mut stub, Endian::Little, op, syntax, &table, PUBLIC).unwrap();
+            assert_eq!(done.len(), rewrites.parse::<usize>().unwrap(), "{name}");
+            assert_eq!(stub, expected, "{name}");
+            // Walking NDR64 as NDR (or the reverse) must not silently produce a rewrite.
+            let wrong = if syntax == Syntax::Ndr { Syntax::Ndr64 } else { Syntax::Ndr };
+            let mut again = input.clone();
+            if let Ok(d) = rewrite_stub(&mut again, Endian::Little, op, wrong, &table, PUBLIC) {
+                assert!(d.is_empty() || again != expected, "{name} walked as {wrong:?}");
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 6);
+    }
+
     #[test]
     fn reassembly_is_bounded() {
         let mut frags = fragment(&NSPI_SERVER[60..], 16);
