@@ -50,6 +50,43 @@ async fn rewrites_exchanges_ept_map_answer_to_the_pinned_port_and_own_address() 
 }
 
 #[tokio::test]
+async fn rewrites_a_big_endian_answer_from_samba() {
+    // rpcclient asked Samba (`rpc big endian = yes`) where samr lives: the header integers
+    // and the NDR are big endian, the tower's lengths little endian, its port big endian.
+    let server = include_bytes!("data/samba-be-map-samr.server.bin");
+    let client = include_bytes!("data/samba-be-map-samr.client.bin");
+    let backend = Replay::start(|_| {
+        pdus_be(include_bytes!("data/samba-be-map-samr.server.bin"))
+    })
+    .await;
+    let rpcpin = Running::start(&config(backend.addr, &[("lsad", "\"samr\"")], "")).await;
+    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    s.write_all(client).await.unwrap();
+    let mut got = vec![0u8; server.len()];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut got).await.unwrap();
+
+    let mut expected = server.to_vec();
+    let pin_port = rpcpin.pins[0].port();
+    assert_eq!(replace(&mut expected, &49153u16.to_be_bytes(), &pin_port.to_be_bytes()), 1);
+    assert_eq!(replace(&mut expected, &[127, 0, 0, 3], &[127, 0, 0, 1]), 1);
+    assert_eq!(got, expected);
+    rpcpin.stop().await;
+}
+
+/// Splits a big-endian stream into its PDUs.
+fn pdus_be(stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = stream;
+    while rest.len() >= 16 {
+        assert_eq!(rest[4] & 0x10, 0, "big endian");
+        let len = u16::from_be_bytes([rest[8], rest[9]]) as usize;
+        out.push(rest[..len].to_vec());
+        rest = &rest[len..];
+    }
+    out
+}
+
+#[tokio::test]
 async fn configured_advertise_address_goes_into_towers() {
     let backend =
         Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
