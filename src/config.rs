@@ -43,6 +43,20 @@ pub struct Epm {
     /// The IPv4 address written into returned towers; default: the local address of the
     /// client's connection.
     pub advertise: Option<Ipv4Addr>,
+    /// What to do with an answer whose verifier covers the stub when it needs a rewrite.
+    pub protected_answers: ProtectedAnswers,
+}
+
+/// `epm.protected_answers`: an ept_map or ept_lookup answer signed or sealed by the backend
+/// (auth level packet, integrity or privacy) cannot be rewritten without breaking its
+/// verifier. Either way the client never gets the internal port with a success status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtectedAnswers {
+    /// Answer the call with a fault and keep the connection (the default).
+    Fault,
+    /// Close the client's connection.
+    Close,
 }
 
 /// One `[[pin]]`.
@@ -173,6 +187,7 @@ fn default_epm_port() -> u16 {
 struct RawEpm {
     listen: String,
     advertise: Option<String>,
+    protected_answers: Option<ProtectedAnswers>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +275,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     .map_err(|_| err("epm.advertise", format!("{a:?} is not an IPv4 address")))
             })
             .transpose()?,
+        protected_answers: raw.epm.protected_answers.unwrap_or(ProtectedAnswers::Fault),
     };
     if raw.pin.is_empty() {
         return Err(err("pin", "at least one [[pin]] is needed"));

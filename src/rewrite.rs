@@ -314,17 +314,32 @@ mod tests {
             let (name, rewrites) = line.split_once(' ').unwrap();
             let input = std::fs::read(format!("{dir}{name}.in.bin")).unwrap();
             let expected = std::fs::read(format!("{dir}{name}.out.bin")).unwrap();
-            let op = if name.starts_with("lookup") { opnum::LOOKUP } else { opnum::MAP };
-            let syntax = if name.ends_with("ndr64") { Syntax::Ndr64 } else { Syntax::Ndr };
+            let op = if name.starts_with("lookup") {
+                opnum::LOOKUP
+            } else {
+                opnum::MAP
+            };
+            let syntax = if name.ends_with("ndr64") {
+                Syntax::Ndr64
+            } else {
+                Syntax::Ndr
+            };
             let mut stub = input.clone();
             let done = rewrite_stub(&mut stub, Endian::Little, op, syntax, &table, PUBLIC).unwrap();
             assert_eq!(done.len(), rewrites.parse::<usize>().unwrap(), "{name}");
             assert_eq!(stub, expected, "{name}");
             // Walking NDR64 as NDR (or the reverse) must not silently produce a rewrite.
-            let wrong = if syntax == Syntax::Ndr { Syntax::Ndr64 } else { Syntax::Ndr };
+            let wrong = if syntax == Syntax::Ndr {
+                Syntax::Ndr64
+            } else {
+                Syntax::Ndr
+            };
             let mut again = input.clone();
             if let Ok(d) = rewrite_stub(&mut again, Endian::Little, op, wrong, &table, PUBLIC) {
-                assert!(d.is_empty() || again != expected, "{name} walked as {wrong:?}");
+                assert!(
+                    d.is_empty() || again != expected,
+                    "{name} walked as {wrong:?}"
+                );
             }
             seen += 1;
         }

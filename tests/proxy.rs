@@ -55,19 +55,26 @@ async fn rewrites_a_big_endian_answer_from_samba() {
     // and the NDR are big endian, the tower's lengths little endian, its port big endian.
     let server = include_bytes!("data/samba-be-map-samr.server.bin");
     let client = include_bytes!("data/samba-be-map-samr.client.bin");
-    let backend = Replay::start(|_| {
-        pdus_be(include_bytes!("data/samba-be-map-samr.server.bin"))
-    })
-    .await;
+    let backend =
+        Replay::start(|_| pdus_be(include_bytes!("data/samba-be-map-samr.server.bin"))).await;
     let rpcpin = Running::start(&config(backend.addr, &[("lsad", "\"samr\"")], "")).await;
     let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
     s.write_all(client).await.unwrap();
     let mut got = vec![0u8; server.len()];
-    tokio::io::AsyncReadExt::read_exact(&mut s, &mut got).await.unwrap();
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut got)
+        .await
+        .unwrap();
 
     let mut expected = server.to_vec();
     let pin_port = rpcpin.pins[0].port();
-    assert_eq!(replace(&mut expected, &49153u16.to_be_bytes(), &pin_port.to_be_bytes()), 1);
+    assert_eq!(
+        replace(
+            &mut expected,
+            &49153u16.to_be_bytes(),
+            &pin_port.to_be_bytes()
+        ),
+        1
+    );
     assert_eq!(replace(&mut expected, &[127, 0, 0, 3], &[127, 0, 0, 1]), 1);
     assert_eq!(got, expected);
     rpcpin.stop().await;
@@ -84,6 +91,27 @@ fn pdus_be(stream: &[u8]) -> Vec<Vec<u8>> {
         rest = &rest[len..];
     }
     out
+}
+
+#[tokio::test]
+async fn legacy_answer_without_fragment_flags_is_a_whole_call() {
+    // NT4 sent unfragmented PDUs with both fragment flags clear (ISA 2000 broke on them).
+    let mut answers: Vec<Vec<u8>> = pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect();
+    answers[1][3] = 0;
+    let legacy = answers.clone();
+    let backend = Replay::start(move |_| legacy.clone()).await;
+    let rpcpin = Running::start(&config(backend.addr, &[("directory", "\"nspi\"")], "")).await;
+
+    let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
+    let mut expected = answers.concat();
+    replace(
+        &mut expected,
+        &EXCHANGE_NSPI_PORT,
+        &rpcpin.pins[0].port().to_be_bytes(),
+    );
+    replace(&mut expected, &EXCHANGE_ADDR, &[127, 0, 0, 1]);
+    assert_eq!(got, expected);
+    rpcpin.stop().await;
 }
 
 #[tokio::test]
@@ -309,5 +337,207 @@ async fn silent_clients_are_closed_and_do_not_block_others() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     // No silent client cost a backend connection.
     assert_eq!(backend.connections(), 1);
+    rpcpin.stop().await;
+}
+
+/// A little-endian response PDU around `stub`, built by hand: the 16-byte header, then
+/// alloc_hint, p_cont_id, cancel count and reserved.
+fn response(call_id: u32, ctx: u16, flags: u8, stub: &[u8]) -> Vec<u8> {
+    let len = (24 + stub.len()) as u16;
+    let mut p = vec![5, 0, 2, flags, 0x10, 0, 0, 0];
+    p.extend_from_slice(&len.to_le_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&call_id.to_le_bytes());
+    p.extend_from_slice(&(stub.len() as u32).to_le_bytes());
+    p.extend_from_slice(&ctx.to_le_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(stub);
+    p
+}
+
+/// Outlook's ept_map request with another call id and context id.
+fn request(call_id: u32, ctx: u16) -> Vec<u8> {
+    let mut r = pdus(NSPI_EPM_CLIENT)[1].to_vec();
+    r[12..16].copy_from_slice(&call_id.to_le_bytes());
+    r[20..22].copy_from_slice(&ctx.to_le_bytes());
+    r
+}
+
+fn impacket_vector(name: &str) -> (Vec<u8>, Vec<u8>) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/impacket/");
+    (
+        std::fs::read(format!("{dir}{name}.in.bin")).unwrap(),
+        std::fs::read(format!("{dir}{name}.out.bin")).unwrap(),
+    )
+}
+
+/// Pins as `tests/data/impacket/generate.py` expects them.
+fn impacket_config(backend: SocketAddr) -> String {
+    config(
+        backend,
+        &[("directory", "\"nspi\""), ("store", "\"emsmdb\"")],
+        "",
+    )
+    .replace(
+        "[epm]\nlisten = \"127.0.0.1:0\"",
+        "[epm]\nlisten = \"127.0.0.1:0\"\nadvertise = \"203.0.113.10\"",
+    )
+    .replace(
+        "interfaces = [\"nspi\"]",
+        "interfaces = [\"nspi\"]\nadvertise_port = 6004",
+    )
+    .replace(
+        "interfaces = [\"emsmdb\"]",
+        "interfaces = [\"emsmdb\"]\nadvertise_port = 6001",
+    )
+}
+
+#[tokio::test]
+async fn walks_each_answer_in_the_transfer_syntax_its_context_negotiated() {
+    // Windows' three-context bind (NDR, NDR64, feature negotiation) and the server's answer
+    // rejecting NDR and accepting NDR64 on context 1 (dce_rpc_netlogon.pcapng).
+    let bind = pdus(include_bytes!("data/netlogon-ndr64.client.bin"))[0].to_vec();
+    let ack = pdus(include_bytes!("data/netlogon-ndr64.server.bin"))[0].to_vec();
+    let (ndr64_in, ndr64_out) = impacket_vector("map-ndr64");
+    let (ack2, answer) = (ack.clone(), response(3, 1, 3, &ndr64_in));
+    let backend =
+        Replay::start(move |_| vec![ack2.clone(), answer.clone(), response(4, 0, 3, &ndr64_in)])
+            .await;
+    let rpcpin = Running::start(&impacket_config(backend.addr)).await;
+
+    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    s.write_all(&bind).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap(), ack);
+    // A call on the NDR64 context: its answer is walked as NDR64 and rewritten.
+    s.write_all(&request(3, 1)).await.unwrap();
+    assert_eq!(
+        read_pdu(&mut s).await.unwrap(),
+        response(3, 1, 3, &ndr64_out)
+    );
+    // The same NDR64 bytes on a context that was never accepted cannot be walked: a fault.
+    s.write_all(&request(4, 0)).await.unwrap();
+    let fault = read_pdu(&mut s).await.unwrap();
+    assert_eq!((fault[2], fault[12]), (3, 4), "a fault for call 4");
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_calls_answered_out_of_order_in_fragments() {
+    let handshake = pdus(NSPI_EPM_SERVER)[0].to_vec();
+    let (map_in, map_out) = impacket_vector("map-ndr");
+    let (lookup_in, lookup_out) = impacket_vector("lookup-ndr");
+    // Call 3 (ept_map) and call 4 (ept_lookup, opnum 2) are both outstanding; the backend
+    // answers 4 then 3, each in three fragments cut through towers (flags first, none, last).
+    let fragments = |call: u32, stub: &[u8], cut: usize| {
+        let (a, b) = stub.split_at(cut);
+        let (b, c) = b.split_at(cut.min(b.len()));
+        [
+            response(call, 0, 1, a),
+            response(call, 0, 0, b),
+            response(call, 0, 2, c),
+        ]
+    };
+    let mut answers = Vec::new();
+    answers.extend(fragments(4, &lookup_in, 101).concat());
+    answers.extend(fragments(3, &map_in, 77).concat());
+    let backend =
+        Replay::start(move |_| vec![handshake.clone(), Vec::new(), answers.clone()]).await;
+    let rpcpin = Running::start(&impacket_config(backend.addr)).await;
+
+    let mut lookup = request(4, 0);
+    lookup[22] = 2; // opnum: the stub is not read by the backend here
+    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    s.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
+    read_pdu(&mut s).await.unwrap();
+    s.write_all(&[request(3, 0), lookup].concat())
+        .await
+        .unwrap();
+
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(read_pdu(&mut s).await.unwrap());
+    }
+    let stub = |frags: &[Vec<u8>]| {
+        frags
+            .iter()
+            .flat_map(|f| f[24..].to_vec())
+            .collect::<Vec<u8>>()
+    };
+    assert!(got[..3].iter().all(|f| f[12] == 4) && got[3..].iter().all(|f| f[12] == 3));
+    assert_eq!(stub(&got[..3]), lookup_out);
+    assert_eq!(stub(&got[3..]), map_out);
+    // Fragment sizes and flags are as the backend sent them.
+    let sent = [fragments(4, &lookup_in, 101), fragments(3, &map_in, 77)].concat();
+    for (g, s) in got.iter().zip(&sent) {
+        assert_eq!(g[..24], s[..24]);
+    }
+    rpcpin.stop().await;
+}
+
+/// Exchange's NSPI answer with an 8-byte sec_trailer at `level` and a 16-byte verifier.
+fn signed_answer(level: u8) -> Vec<Vec<u8>> {
+    let mut answers: Vec<Vec<u8>> = pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect();
+    let a = &mut answers[1];
+    a.extend_from_slice(&[10, level, 0, 0, 0, 0, 0, 0]); // NTLM, level, no padding
+    a.extend_from_slice(&[0x5a; 16]);
+    let len = a.len() as u16;
+    a[8..10].copy_from_slice(&len.to_le_bytes());
+    a[10..12].copy_from_slice(&16u16.to_le_bytes());
+    answers
+}
+
+#[tokio::test]
+async fn integrity_protected_answer_needing_a_rewrite_becomes_a_fault() {
+    for (level, pinned, rewritable) in [
+        (5, true, false),
+        (6, true, false),
+        (2, true, true),
+        (6, false, true),
+    ] {
+        let answers = signed_answer(level);
+        let sent = answers.clone();
+        let backend = Replay::start(move |_| sent.clone()).await;
+        let iface = if pinned { "\"nspi\"" } else { "\"emsmdb\"" };
+        let rpcpin = Running::start(&config(backend.addr, &[("p", iface)], "")).await;
+        let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
+        let answer = &got[60..];
+        if !rewritable {
+            // A fault for the call instead of a success naming the internal port 4997.
+            assert_eq!(
+                (answer[2], answer[12]),
+                (3, 1),
+                "level {level}: {answer:02x?}"
+            );
+            assert_eq!(&answer[24..28], &5u32.to_le_bytes(), "access denied");
+        } else if pinned {
+            // Level connect: the verifier does not cover the stub, so it is rewritten.
+            assert_eq!(answer.len(), answers[1].len());
+            assert_ne!(answer, &answers[1][..]);
+        } else {
+            assert_eq!(
+                answer,
+                &answers[1][..],
+                "nothing to rewrite: passed untouched"
+            );
+        }
+        rpcpin.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn protected_answers_close_policy_closes_the_connection() {
+    let answers = signed_answer(6);
+    let backend = Replay::start(move |_| answers.clone()).await;
+    let text = config(backend.addr, &[("p", "\"nspi\"")], "")
+        .replace("[epm]\n", "[epm]\nprotected_answers = \"close\"\n");
+    let rpcpin = Running::start(&text).await;
+    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    s.write_all(NSPI_EPM_CLIENT).await.unwrap();
+    let got = read_to_end(&mut s).await;
+    assert_eq!(
+        got,
+        pdus(NSPI_EPM_SERVER)[0],
+        "only the bind_ack, then the close"
+    );
     rpcpin.stop().await;
 }

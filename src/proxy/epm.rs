@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use super::io::PduReader;
 use super::relay::{pump, Activity, End, Outbox};
 use super::{Shared, Summary};
+use crate::config::ProtectedAnswers;
 use crate::interfaces::alias_of;
 use crate::rewrite::{carries_towers, rewrite_call};
 use crate::wire::bind::{BindAck, BindRequest, ContextResult};
@@ -35,8 +36,18 @@ struct Association {
     proposed: HashMap<u32, Vec<(u16, Vec<SyntaxId>)>>,
     /// Accepted contexts and their transfer syntax (`None`: one rpcpin cannot walk).
     contexts: HashMap<u16, Option<Syntax>>,
-    /// Outstanding calls: call id → (context id, opnum).
-    calls: HashMap<u32, (u16, u16)>,
+    /// Outstanding calls, by call id.
+    calls: HashMap<u32, Call>,
+}
+
+/// A call the client made whose answer has not ended yet.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    context: u16,
+    opnum: u16,
+    /// Whether a fragment of the answer has been seen (so a PDU with neither fragment flag
+    /// is a middle fragment, not a legacy whole call).
+    answering: bool,
 }
 
 /// Serves one client of the EPM listener.
@@ -123,12 +134,17 @@ fn note_client_pdu(
             }
             a.proposed.insert(p.call_id(), contexts);
         }
-        PacketType::Request if p.is_first_frag() => {
+        PacketType::Request => {
             let req = Request::parse(&pdu)?;
             if a.calls.len() >= MAX_OUTSTANDING {
                 bail!("more than {MAX_OUTSTANDING} outstanding calls");
             }
-            a.calls.insert(p.call_id(), (req.context_id(), req.opnum()));
+            // Later fragments of a request repeat its context and opnum.
+            a.calls.entry(p.call_id()).or_insert(Call {
+                context: req.context_id(),
+                opnum: req.opnum(),
+                answering: false,
+            });
         }
         _ => {}
     }
@@ -151,7 +167,7 @@ struct Answers<'a> {
 impl Answers<'_> {
     fn handle(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
         let p = Pdu::new_checked(&pdu[..])?;
-        let (ptype, call_id, last) = (p.ptype(), p.call_id(), p.is_last_frag());
+        let (ptype, call_id) = (p.ptype(), p.call_id());
         let mut a = self.assoc.lock().unwrap_or_else(|e| e.into_inner());
         match ptype {
             PacketType::BindAck | PacketType::AlterContextResp => {
@@ -166,9 +182,12 @@ impl Answers<'_> {
                 }
             }
             PacketType::Response => {
-                let Some(&(ctx, op)) = a.calls.get(&call_id) else {
+                let Some(call) = a.calls.get_mut(&call_id) else {
                     bail!("a response to call {call_id}, which the client never made");
                 };
+                let (ctx, op) = (call.context, call.opnum);
+                let last = p.ends_call(call.answering);
+                call.answering = true;
                 if last {
                     a.calls.remove(&call_id);
                 }
@@ -230,7 +249,20 @@ impl Answers<'_> {
         };
         let refusal = match outcome {
             Ok(done) if done.is_empty() => None,
-            Ok(_) if protected => Some("the answer is integrity-protected and needs a rewrite"),
+            Ok(_) if protected => {
+                let reason = "the answer is integrity-protected and needs a rewrite";
+                if self.shared.config.epm.protected_answers == ProtectedAnswers::Close {
+                    warn!(
+                        event = "epm_answer_refused",
+                        call_id,
+                        opnum = op,
+                        reason,
+                        action = "close"
+                    );
+                    bail!("{reason}");
+                }
+                Some(reason)
+            }
             Ok(done) => {
                 for r in &done {
                     info!(
@@ -252,7 +284,13 @@ impl Answers<'_> {
         match refusal {
             None => out.forward.extend(frags),
             Some(reason) => {
-                warn!(event = "epm_answer_refused", call_id, opnum = op, reason);
+                warn!(
+                    event = "epm_answer_refused",
+                    call_id,
+                    opnum = op,
+                    reason,
+                    action = "fault"
+                );
                 let mut fault = Vec::with_capacity(32);
                 encode_fault(
                     &mut fault,

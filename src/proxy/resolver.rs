@@ -157,7 +157,7 @@ impl Resolver {
         // The answer may come in several fragments: gather its stub (bounded by MAX_FRAG
         // per fragment and a few fragments, far more than 4 towers need).
         let mut answer = Vec::new();
-        for _ in 0..16 {
+        for fragment in 0..16 {
             let pdu = rd
                 .next()
                 .await
@@ -171,7 +171,7 @@ impl Resolver {
                 other => bail!("the backend answered ept_map with a {other}"),
             }
             answer.extend_from_slice(&pdu[response_stub_range(&pdu)?]);
-            if p.is_last_frag() {
+            if p.ends_call(fragment > 0) {
                 let _ = wr.shutdown().await;
                 return endpoints(&answer, p.endian(), interface);
             }

@@ -500,6 +500,83 @@ mod tests {
         );
     }
 
+    /// The first PDU of a captured little-endian stream.
+    fn first_pdu(stream: &[u8]) -> &[u8] {
+        &stream[..usize::from(u16::from_le_bytes([stream[8], stream[9]]))]
+    }
+
+    #[test]
+    fn parses_a_windows_three_context_bind_and_its_ndr64_acceptance() {
+        // dce_rpc_netlogon.pcapng: NDR, NDR64 and bind-time feature negotiation proposed;
+        // the server rejects NDR, accepts NDR64 and acknowledges the negotiation.
+        let client = include_bytes!("../../tests/data/netlogon-ndr64.client.bin");
+        let server = include_bytes!("../../tests/data/netlogon-ndr64.server.bin");
+        let bind = BindRequest::parse(first_pdu(client)).unwrap();
+        let netlogon = SyntaxId::new("12345678-1234-abcd-ef00-01234567cffb", 1, 0);
+        let ctx: Vec<_> = bind.contexts().collect();
+        assert_eq!(ctx.len(), 3);
+        assert!(ctx.iter().all(|c| c.abstract_syntax() == netlogon));
+        let offered: Vec<SyntaxId> = ctx.iter().flat_map(|c| c.transfer_syntaxes()).collect();
+        assert_eq!(offered[..2], [SyntaxId::NDR, SyntaxId::NDR64]);
+        assert!(offered[2].is_feature_negotiation());
+        let ack = BindAck::parse(first_pdu(server)).unwrap();
+        let results: Vec<_> = ack.results().collect();
+        assert_eq!(
+            results.iter().map(|r| r.result).collect::<Vec<_>>(),
+            [
+                ContextResult::ProviderRejection,
+                ContextResult::Acceptance,
+                ContextResult::NegotiateAck
+            ]
+        );
+        assert_eq!(results[1].transfer_syntax, SyntaxId::NDR64);
+    }
+
+    #[test]
+    fn parses_every_bind_and_answer_of_the_captures() {
+        let streams: [&[u8]; 6] = [
+            include_bytes!("../../tests/data/win7-drsuapi.client.bin"),
+            include_bytes!("../../tests/data/win7-drsuapi.server.bin"),
+            include_bytes!("../../tests/data/dcom-ntlm-alter-context.client.bin"),
+            include_bytes!("../../tests/data/dcom-ntlm-alter-context.server.bin"),
+            include_bytes!("../../tests/data/dcom-kerberos-135.client.bin"),
+            include_bytes!("../../tests/data/dcom-kerberos-135.server.bin"),
+        ];
+        let (mut binds, mut acks) = (0, 0);
+        for stream in streams {
+            let mut rest = stream;
+            while !rest.is_empty() {
+                let len = crate::wire::frame::next_pdu_len(rest, 65535)
+                    .unwrap()
+                    .unwrap();
+                let pdu = &rest[..len];
+                match Pdu::new_checked(pdu).unwrap().ptype() {
+                    PacketType::Bind | PacketType::AlterContext => {
+                        let b = BindRequest::parse(pdu).unwrap();
+                        assert!(b.contexts().count() >= 1);
+                        binds += 1;
+                    }
+                    PacketType::BindAck | PacketType::AlterContextResp => {
+                        BindAck::parse(pdu).unwrap().results().for_each(drop);
+                        acks += 1;
+                    }
+                    _ => {}
+                }
+                rest = &rest[len..];
+            }
+        }
+        assert_eq!((binds, acks), (7, 6));
+    }
+
+    #[test]
+    fn secondary_address_without_its_nul_in_band() {
+        // bind-ack-no-inband-null.pcap: "ABC" with the length 3, padding after it.
+        let server = include_bytes!("../../tests/data/spoolss-no-inband-null.server.bin");
+        let ack = BindAck::parse(first_pdu(server)).unwrap();
+        assert_eq!(ack.secondary_addr(), b"ABC");
+        assert_eq!(ack.results().count(), 1);
+    }
+
     #[test]
     fn encodes_a_bind_ack_like_exchange() {
         let results = [ResultEntry {

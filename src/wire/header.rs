@@ -222,17 +222,12 @@ impl<T: AsRef<[u8]>> Pdu<T> {
         get_u32(self.buffer.as_ref(), field::CALL_ID, self.endian())
     }
 
-    /// Whether this is the first fragment of its call. A legacy PDU with both fragment
-    /// flags clear is treated as a whole call, as NT4 sent them.
-    pub fn is_first_frag(&self) -> bool {
-        let f = self.flags();
-        f & flags::FIRST_FRAG != 0 || f & (flags::FIRST_FRAG | flags::LAST_FRAG) == 0
-    }
-
-    /// Whether this is the last fragment of its call (see [`Pdu::is_first_frag`]).
-    pub fn is_last_frag(&self) -> bool {
-        let f = self.flags();
-        f & flags::LAST_FRAG != 0 || f & (flags::FIRST_FRAG | flags::LAST_FRAG) == 0
+    /// Whether this fragment ends its call. Both fragment flags clear means a middle
+    /// fragment of a call in progress, or a whole call from a legacy (NT4) peer: only the
+    /// caller knows whether earlier fragments of this call were seen.
+    pub fn ends_call(&self, call_in_progress: bool) -> bool {
+        let f = self.flags() & (flags::FIRST_FRAG | flags::LAST_FRAG);
+        f & flags::LAST_FRAG != 0 || (f == 0 && !call_in_progress)
     }
 
     /// The bytes after the header and before the auth verifier (if any).
@@ -396,13 +391,15 @@ mod tests {
     }
 
     #[test]
-    fn legacy_pdu_without_fragment_flags_is_a_whole_call() {
+    fn pdu_without_fragment_flags_is_a_whole_call_unless_one_is_in_progress() {
         let mut bytes = hex(BIND_ACK);
         bytes[3] = 0;
         let pdu = Pdu::new_checked(&bytes[..]).unwrap();
-        assert!(pdu.is_first_frag() && pdu.is_last_frag());
+        assert!(pdu.ends_call(false), "legacy whole call");
+        assert!(!pdu.ends_call(true), "middle fragment");
         bytes[3] = flags::FIRST_FRAG;
-        let pdu = Pdu::new_checked(&bytes[..]).unwrap();
-        assert!(pdu.is_first_frag() && !pdu.is_last_frag());
+        assert!(!Pdu::new_checked(&bytes[..]).unwrap().ends_call(false));
+        bytes[3] = flags::LAST_FRAG;
+        assert!(Pdu::new_checked(&bytes[..]).unwrap().ends_call(true));
     }
 }

@@ -64,8 +64,15 @@ pub fn replace(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
     n
 }
 
-/// Reads one PDU (little-endian frag_length) or `None` at EOF.
+/// Reads one PDU (little-endian frag_length) or `None` at EOF or after 5 s of silence.
 pub async fn read_pdu<R: AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
+    tokio::time::timeout(Duration::from_secs(5), read_pdu_unbounded(r))
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn read_pdu_unbounded<R: AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
     let mut head = [0u8; 16];
     r.read_exact(&mut head).await.ok()?;
     let len = u16::from_le_bytes([head[8], head[9]]) as usize;
