@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine, as root: installs what the interop suite
 # needs (Debian packages, a venv with impacket), builds, runs the unit and end-to-end tests,
-# then the interop suite against real Samba, rpcclient, impacket and tshark.
+# the impacket/tshark judges of the endpoint-mapper rewriting, then the interop suite against
+# real Samba, rpcclient, impacket and tshark.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,4 +14,7 @@ fi
 tests/interop/install-deps.sh
 cargo build --release --locked
 cargo test --locked
+# Independent judges on loopback: impacket's encoders behind rpcpin, its decoders and
+# tshark in front.
+target/interop-venv/bin/python tests/interop/judge_ndr.py target/release/rpcpin
 tests/interop/run.sh

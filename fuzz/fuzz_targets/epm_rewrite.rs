@@ -25,24 +25,24 @@ const MAX_STUB: usize = 1 << 20;
 const AUTH_LEN: usize = 16;
 
 fn table() -> Table {
-    let pin = |text: &str, name: &str, port| {
-        Interface::parse(text)
-            .unwrap()
-            .into_iter()
-            .map(move |interface| Target {
+    let pins = [
+        ("nspi", "directory", 6004),
+        ("emsmdb", "store", 6001),
+        ("samr", "sam", 6005),
+        // A versioned entry: lsarpc 0.0 only.
+        ("12345778-1234-abcd-ef00-0123456789ab@0.0", "lsa", 6006),
+    ];
+    let mut entries = Vec::new();
+    for (text, name, port) in pins {
+        for interface in Interface::parse(text).unwrap() {
+            entries.push(Target {
                 interface,
                 pin: name.to_string(),
                 port,
-            })
-    };
-    Table::new(
-        pin("nspi", "directory", 6004)
-            .chain(pin("emsmdb", "store", 6001))
-            .chain(pin("samr", "sam", 6005))
-            // A versioned entry: lsarpc 0.0 only.
-            .chain(pin("12345778-1234-abcd-ef00-0123456789ab@0.0", "lsa", 6006))
-            .collect(),
-    )
+            });
+        }
+    }
+    Table::new(entries)
 }
 
 fuzz_target!(|data: &[u8]| {

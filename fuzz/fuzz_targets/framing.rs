@@ -1,5 +1,7 @@
 //! Framing: a byte stream cut into PDUs whole and in input-chosen chunks must give the same
-//! PDUs; every whole PDU must pass `Pdu::new_checked`, and no accessor may panic.
+//! PDUs; every whole PDU must pass `Pdu::new_checked`, and its accessors must agree with its
+//! bytes (ptype, flags, frag_len, auth_len, call_id, body, body_end, auth_trailer, ends_call),
+//! as must `Request::parse`, `Response::parse` and `response_stub_range`.
 //!
 //! Input: `sel`, then `sel & 0x0f` chunk-size bytes (chunk = byte + 1; none: 1 byte at a time),
 //! then the stream. `sel >> 4` bounds the fragment size: 0 is `MAX_FRAG_LEN`, else `n * 32`.
@@ -110,9 +112,11 @@ fn check_pdu(bytes: &[u8], len: usize) {
             assert_eq!(t, (bytes[body_end], bytes[body_end + 1], bytes[body_end + 2]));
         }
     }
-    let both = f & (flags::FIRST_FRAG | flags::LAST_FRAG) == 0;
-    assert_eq!(pdu.is_first_frag(), both || f & flags::FIRST_FRAG != 0);
-    assert_eq!(pdu.is_last_frag(), both || f & flags::LAST_FRAG != 0);
+    // LAST_FRAG ends a call; neither flag ends one only when none is in progress (NT4).
+    let last = f & flags::LAST_FRAG != 0;
+    let neither = f & (flags::FIRST_FRAG | flags::LAST_FRAG) == 0;
+    assert_eq!(pdu.ends_call(true), last);
+    assert_eq!(pdu.ends_call(false), last || neither);
     let _ = format!("{ptype}");
 
     // A copy with frag_length set to what it already is must be the same bytes.

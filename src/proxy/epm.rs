@@ -95,9 +95,9 @@ pub(crate) async fn serve(client: TcpStream, shared: &Shared) -> anyhow::Result<
     };
     let ended = tokio::select! {
         r = pump(&mut client_rd, &mut backend_wr, &activity, &up, None, None,
-                 |pdu, out| note_client_pdu(&assoc, pdu, out)) => r.map(|End::Closed| "client closed"),
+                 |pdu, out| note_client_pdu(&assoc, pdu, out)) => r.map(|End::Closed| "client closed").context("client → backend"),
         r = pump(&mut backend_rd, &mut client_wr, &activity, &down, None, None,
-                 |pdu, out| answers.handle(pdu, out)) => r.map(|End::Closed| "backend closed"),
+                 |pdu, out| answers.handle(pdu, out)) => r.map(|End::Closed| "backend closed").context("backend → client"),
     };
     Ok(Summary::new(&up, &down, ended))
 }

@@ -18,13 +18,13 @@ pub enum ReadError {
     #[error("closed by peer inside a PDU ({0} bytes pending)")]
     Truncated(usize),
     /// The peer sent something that is not a valid PDU.
-    #[error("bad pdu: {0}")]
+    #[error("bad pdu")]
     Wire(#[from] crate::wire::Error),
     /// The peer said nothing for too long.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     /// The socket failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

@@ -170,19 +170,22 @@ async fn accept_loop(
                     _ = stop.wait_for(|&s| s) => Ok(Summary::shutdown()),
                 };
                 let duration_ms = started.elapsed().as_millis() as u64;
-                match served {
-                    Ok(s) => info!(
-                        event = "connection_closed",
-                        bytes_from_client = s.from_client,
-                        bytes_to_client = s.to_client,
-                        duration_ms,
-                        reason = %s.reason,
-                    ),
-                    Err(e) => warn!(
-                        event = "connection_closed",
-                        duration_ms,
-                        reason = %format!("{e:#}"),
-                    ),
+                let s = served.unwrap_or_else(Summary::failed);
+                macro_rules! closed {
+                    ($level:ident) => {
+                        $level!(
+                            event = "connection_closed",
+                            bytes_from_client = s.from_client,
+                            bytes_to_client = s.to_client,
+                            duration_ms,
+                            reason = %s.reason,
+                        )
+                    };
+                }
+                if s.clean {
+                    closed!(info)
+                } else {
+                    closed!(warn)
                 }
             }
             .instrument(span),
@@ -207,6 +210,9 @@ pub(crate) struct Summary {
     from_client: u64,
     to_client: u64,
     reason: Cow<'static, str>,
+    /// Whether the connection ended the way connections do (a peer closed, a refusal
+    /// rpcpin meant, shutdown) rather than on an error.
+    clean: bool,
 }
 
 impl Summary {
@@ -219,6 +225,7 @@ impl Summary {
         Summary {
             from_client: from_client.load(Ordering::Relaxed),
             to_client: to_client.load(Ordering::Relaxed),
+            clean: ended.is_ok(),
             reason: match ended {
                 Ok(r) => Cow::Borrowed(r),
                 Err(e) => Cow::Owned(format!("{e:#}")),
@@ -226,11 +233,16 @@ impl Summary {
         }
     }
 
+    /// A connection that failed before relaying anything.
+    fn failed(e: anyhow::Error) -> Summary {
+        Summary::new(&AtomicU64::new(0), &AtomicU64::new(0), Err(e))
+    }
+
     fn shutdown() -> Summary {
-        Summary {
-            from_client: 0,
-            to_client: 0,
-            reason: Cow::Borrowed("rpcpin shutting down"),
-        }
+        Summary::new(
+            &AtomicU64::new(0),
+            &AtomicU64::new(0),
+            Ok("rpcpin shutting down"),
+        )
     }
 }

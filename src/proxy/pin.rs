@@ -90,9 +90,9 @@ pub(crate) async fn serve(
     let (reply_tx, mut reply_rx) = mpsc::channel(4);
     let ended = tokio::select! {
         r = pump(&mut client_rd, &mut backend_wr, &activity, &up, Some(&reply_tx), None,
-                 |pdu, out| check_client_pdu(pin, pdu, out)) => r.map(|End::Closed| "client closed"),
+                 |pdu, out| check_client_pdu(pin, pdu, out)) => r.map(|End::Closed| "client closed").context("client → backend"),
         r = pump(&mut backend_rd, &mut client_wr, &activity, &down, None, Some(&mut reply_rx),
-                 |pdu, out| answer_to_client(pin, pdu, out)) => r.map(|End::Closed| "backend closed"),
+                 |pdu, out| answer_to_client(pin, pdu, out)) => r.map(|End::Closed| "backend closed").context("backend → client"),
     };
     Ok(Summary::new(&up, &down, ended))
 }

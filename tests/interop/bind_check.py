@@ -79,20 +79,23 @@ def recv_pdu(sock):
 
 
 def raw_bind(host, port, names, timeout):
-    """Returns (ptype, [(result, reason)]) or (None, []) if the peer closed."""
+    """Returns (ptype, [(result, reason)], secondary address) or (None, [], None)
+    if the peer closed."""
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.settimeout(timeout)
         s.sendall(raw_bind_pdu(names))
         pdu = recv_pdu(s)
     if not pdu:
-        return None, []
+        return None, [], None
     ptype = pdu[2]
     if pdu[4] & 0x10 == 0:
         raise ValueError("big-endian reply not handled")
     if ptype != BIND_ACK:
-        return ptype, []
+        return ptype, [], None
     off = 16 + 8                                   # max_xmit, max_recv, assoc_group
     (sec_len,) = struct.unpack_from("<H", pdu, off)
+    # port_any_t: the server's port as a NUL-terminated string.
+    sec_addr = pdu[off + 2: off + 2 + sec_len].rstrip(b"\0").decode("ascii", "replace")
     off += 2 + sec_len
     off += (-off) % 4                              # p_result_list is 4-aligned
     n_results = pdu[off]
@@ -101,7 +104,7 @@ def raw_bind(host, port, names, timeout):
     for _ in range(n_results):
         results.append(struct.unpack_from("<HH", pdu, off))
         off += 4 + 20                              # result, reason, transfer syntax
-    return ptype, results
+    return ptype, results, sec_addr
 
 
 def main():
@@ -114,6 +117,8 @@ def main():
     ap.add_argument("--raw", action="store_true", help="one hand-built bind, several contexts")
     ap.add_argument("--refused", default="", help="with --raw: interfaces whose context "
                     "must be provider_rejection/abstract_syntax_not_supported")
+    ap.add_argument("--secaddr-not", type=int, metavar="PORT", help="with --raw: the "
+                    "bind_ack's secondary address must not be this port")
     ap.add_argument("--timeout", type=float, default=10)
     args = ap.parse_args()
     names = args.ifaces.split(",")
@@ -130,7 +135,7 @@ def main():
             return 0 if (not accepted and "provider_rejection" in text
                          and "abstract_syntax_not_supported" in text) else 1
 
-        ptype, results = raw_bind(args.host, args.port, names, args.timeout)
+        ptype, results, sec_addr = raw_bind(args.host, args.port, names, args.timeout)
     except Exception as e:  # noqa: BLE001 - cannot connect, malformed reply, ...
         print("ERROR: bind %s at %s:%d: %s" % (args.ifaces, args.host, args.port, e))
         return 2
@@ -144,6 +149,11 @@ def main():
               % (args.ifaces, args.host, args.port, ptype))
         return 1
     ok = len(results) == len(names)
+    print("raw bind %s at %s:%d: bind_ack secondary address %r"
+          % (args.ifaces, args.host, args.port, sec_addr))
+    if args.secaddr_not is not None and sec_addr == str(args.secaddr_not):
+        print("  MISMATCH: secondary address discloses port %d" % args.secaddr_not)
+        ok = False
     for name, (result, reason) in zip(names, results):
         print("raw bind %s at %s:%d: context %s: %s / %s" % (
             args.ifaces, args.host, args.port, name,
