@@ -26,6 +26,8 @@ const RESULT_LEN: usize = 4 + SyntaxId::LEN;
 pub struct BindRequest<'a> {
     pdu: Pdu<&'a [u8]>,
     n_contexts: usize,
+    /// Where the context list ends (the auth verifier's padding, if any, follows).
+    contexts_end: usize,
 }
 
 impl<'a> BindRequest<'a> {
@@ -58,7 +60,11 @@ impl<'a> BindRequest<'a> {
                 return Err(Error::Truncated("transfer syntaxes"));
             }
         }
-        Ok(BindRequest { pdu, n_contexts })
+        Ok(BindRequest {
+            pdu,
+            n_contexts,
+            contexts_end: at,
+        })
     }
 
     /// The PDU itself.
@@ -95,6 +101,27 @@ impl<'a> BindRequest<'a> {
             at += len;
             ctx
         })
+    }
+}
+
+impl BindRequest<'_> {
+    /// Appends this PDU with only the contexts whose entry in `keep` is true (one entry per
+    /// context, in order), every other byte (fixed fields, auth verifier) as it was. Every
+    /// context element is a multiple of 4 bytes long, so the auth trailer stays aligned.
+    pub fn encode_keeping(&self, keep: &[bool], out: &mut Vec<u8>) -> Result<()> {
+        if keep.len() != self.n_contexts {
+            return Err(Error::Malformed("one keep flag per context"));
+        }
+        let bytes = self.pdu.as_bytes();
+        let start = out.len();
+        out.extend_from_slice(&bytes[..HEADER_LEN + 8]);
+        out.push(keep.iter().filter(|&&k| k).count() as u8);
+        out.extend_from_slice(&bytes[HEADER_LEN + 9..CONTEXTS_AT]);
+        for (ctx, _) in self.contexts().zip(keep).filter(|(_, &k)| k) {
+            out.extend_from_slice(ctx.bytes);
+        }
+        out.extend_from_slice(&bytes[self.contexts_end..]);
+        finish_pdu(&mut out[start..], self.pdu.endian())
     }
 }
 
@@ -297,6 +324,26 @@ impl<'a> BindAck<'a> {
         out.extend_from_slice(addr);
         out.resize(start + align4(out.len() - start), 0);
         out.extend_from_slice(&bytes[self.results_at..]);
+        finish_pdu(&mut out[start..], endian)
+    }
+
+    /// Appends this PDU with its result list replaced by `results`, every other byte
+    /// (secondary address, auth verifier) as it was. Each result is 24 bytes, so the auth
+    /// trailer stays aligned.
+    pub fn encode_with_results(&self, results: &[ResultEntry], out: &mut Vec<u8>) -> Result<()> {
+        let bytes = self.pdu.as_bytes();
+        let endian = self.pdu.endian();
+        let n = u8::try_from(results.len()).map_err(|_| Error::Malformed("too many results"))?;
+        let start = out.len();
+        out.extend_from_slice(&bytes[..self.results_at]);
+        out.push(n);
+        out.extend_from_slice(&bytes[self.results_at + 1..self.results_at + 4]);
+        for r in results {
+            put16(out, r.result.into(), endian);
+            put16(out, r.reason, endian);
+            r.transfer_syntax.write(out, endian);
+        }
+        out.extend_from_slice(&bytes[self.results_at + 4 + self.n_results * RESULT_LEN..]);
         finish_pdu(&mut out[start..], endian)
     }
 
@@ -654,6 +701,38 @@ mod tests {
             assert_eq!(out[out.len() - tail..], original[ack.results_at..]);
             assert_eq!(again.pdu().frag_len(), out.len());
         }
+    }
+
+    #[test]
+    fn drops_contexts_and_splices_results_keeping_the_auth_verifier() {
+        // Windows' three-context netlogon bind, and its answer (dce_rpc_netlogon.pcapng).
+        let client = include_bytes!("../../tests/data/netlogon-ndr64.client.bin");
+        let server = include_bytes!("../../tests/data/netlogon-ndr64.server.bin");
+        let bind = BindRequest::parse(first_pdu(client)).unwrap();
+        let mut out = Vec::new();
+        bind.encode_keeping(&[true, false, true], &mut out).unwrap();
+        let kept = BindRequest::parse(&out).unwrap();
+        let ids: Vec<u16> = kept.contexts().map(|c| c.id()).collect();
+        assert_eq!(ids, [0, 2]);
+        assert_eq!(out.len(), first_pdu(client).len() - 44);
+        assert_eq!(kept.pdu().auth_len(), bind.pdu().auth_len());
+        out.clear();
+        bind.encode_keeping(&[true; 3], &mut out).unwrap();
+        assert_eq!(out, first_pdu(client), "keeping everything changes nothing");
+        assert!(bind.encode_keeping(&[true], &mut out).is_err());
+
+        let ack = BindAck::parse(first_pdu(server)).unwrap();
+        let all: Vec<ResultEntry> = ack.results().collect();
+        out.clear();
+        ack.encode_with_results(&all, &mut out).unwrap();
+        assert_eq!(out, first_pdu(server), "the same results change nothing");
+        out.clear();
+        let fewer = [all[1], ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED)];
+        ack.encode_with_results(&fewer, &mut out).unwrap();
+        let again = BindAck::parse(&out).unwrap();
+        assert_eq!(again.results().collect::<Vec<_>>(), fewer);
+        assert_eq!(again.secondary_addr(), ack.secondary_addr());
+        assert_eq!(out.len(), first_pdu(server).len() - 24);
     }
 
     #[test]

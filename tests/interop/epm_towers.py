@@ -27,14 +27,14 @@ from impacket.dcerpc.v5.rpcrt import DCERPCException
 from impacket.uuid import bin_to_string, string_to_bin
 
 # Interfaces the suite asks about: the lsad and classic groups that are
-# pinned, and winreg, which no pin carries.
+# pinned; winreg (its own Samba process) and netdfs (served by the same Samba
+# process as srvsvc), which no pin carries.
 INTERFACES = {
     "samr": ("12345778-1234-abcd-ef00-0123456789ac", 1, 0),
     "lsarpc": ("12345778-1234-abcd-ef00-0123456789ab", 0, 0),
     "srvsvc": ("4b324fc8-1670-01d3-1278-5a47bf6ee188", 3, 0),
     "wkssvc": ("6bffd098-a112-3610-9833-46c3f87e345a", 1, 0),
     "winreg": ("338cd001-2244-31f1-aaaa-900038001003", 1, 0),
-    "netlogon": ("12345678-1234-abcd-ef00-01234567cffb", 1, 0),
     "netdfs": ("4fc742e0-4a10-11cf-8273-00aa004ae673", 3, 0),
 }
 

@@ -140,6 +140,21 @@ kill_ns_pids() {
         # shellcheck disable=SC2086
         kill -KILL $pids 2>/dev/null || true
     fi
+    for _ in $(seq 30); do
+        [[ -z "$(ip netns pids "$ns" 2>/dev/null)" ]] && return 0
+        sleep 0.1
+    done
+}
+
+# Remove the account this run created. Samba's workers run calls as the
+# authenticated user, and userdel refuses while any process (even one being
+# reaped) still has that uid: retry briefly.
+remove_user() {
+    for _ in $(seq 25); do
+        userdel "$RPC_USER" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    userdel "$RPC_USER" || echo "--- warning: could not remove user $RPC_USER"
 }
 
 # --- cleanup (always runs) ----------------------------------------------------
@@ -156,7 +171,7 @@ cleanup() {
             ip netns del "$ns"
         fi
     done
-    ((created_user)) && userdel "$RPC_USER" 2>/dev/null
+    ((created_user)) && remove_user
     if [[ -n "$error_at" ]]; then
         fail "suite aborted by an unexpected error (exit $rc) at $error_at"
     elif ((rc != 0 && failed == 0)); then
@@ -504,8 +519,8 @@ main() {
     start_samba "$RANGE1" 1
 
     # --- baseline: Samba, asked directly from the DMZ ---------------------------
-    check "Samba's EPM (asked from the DMZ) puts samr/srvsvc/winreg on $LAN_IP dynamic ports, not the pinned ones" \
-        client "$NS_DMZ" "$PY" "$script_dir/epm_towers.py" "$LAN_IP" samr srvsvc winreg \
+    check "Samba's EPM (asked from the DMZ) puts samr/srvsvc/winreg/netdfs on $LAN_IP dynamic ports, not the pinned ones" \
+        client "$NS_DMZ" "$PY" "$script_dir/epm_towers.py" "$LAN_IP" samr srvsvc winreg netdfs \
         --expect-ip "$LAN_IP" --not-port "samr=$PIN_LSAD" --not-port "srvsvc=$PIN_CLASSIC"
     local samr1 srvsvc1 winreg1
     samr1=$(samba_port samr) || true
@@ -514,8 +529,15 @@ main() {
     [[ -n "$samr1" && -n "$srvsvc1" && -n "$winreg1" ]] || die "could not read Samba's ports"
     log "Samba: samr $LAN_IP:$samr1, srvsvc $LAN_IP:$srvsvc1, winreg $LAN_IP:$winreg1"
 
+    # The interfaces the pins must refuse are really served, so a refusal
+    # through rpcpin is rpcpin's doing: winreg by its own process, netdfs by
+    # the very process (and port) that serves srvsvc.
     check "Samba serves winreg: direct bind from the DMZ to $LAN_IP:$winreg1 is accepted" \
         client "$NS_DMZ" "$PY" "$script_dir/bind_check.py" "$LAN_IP" "$winreg1" winreg --expect accept
+    check "Samba serves netdfs next to srvsvc: direct bind to $LAN_IP:$srvsvc1 is accepted" \
+        client "$NS_DMZ" "$PY" "$script_dir/bind_check.py" "$LAN_IP" "$srvsvc1" netdfs --expect accept
+    check "Samba accepts an alter_context srvsvc -> netdfs on $LAN_IP:$srvsvc1" \
+        client "$NS_DMZ" "$PY" "$script_dir/bind_check.py" "$LAN_IP" "$srvsvc1" srvsvc --alter netdfs --expect accept
     check "rpcclient enumdomains works directly against Samba from the DMZ (credentials and Samba sane)" \
         rpcclient_ok "$NS_DMZ" "ncacn_ip_tcp:${LAN_IP}[seal]" enumdomains 'name:[RIGSRV]' 'name:[Builtin]'
 
@@ -568,9 +590,18 @@ main() {
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --expect accept
     check "bind to samr via pin classic :$PIN_CLASSIC (the other pin's interface) is refused" \
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" samr --expect reject
+    check "bind to netdfs via pin classic :$PIN_CLASSIC (same Samba process as srvsvc, not pinned) is refused" \
+        client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" netdfs --expect reject
+    check "one bind proposing srvsvc + netdfs via pin classic :$PIN_CLASSIC is refused as a whole" \
+        client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc,netdfs \
+        --raw --refused netdfs --expect reject
     check "one bind proposing samr + winreg via pin lsad :$PIN_LSAD is refused as a whole" \
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_LSAD" samr,winreg \
         --raw --refused winreg --expect reject
+    check "alter_context srvsvc -> netdfs via pin classic :$PIN_CLASSIC is refused" \
+        client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --alter netdfs --expect reject
+    check "alter_context srvsvc -> wkssvc (same pin) via pin classic :$PIN_CLASSIC is accepted (control)" \
+        client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --alter wkssvc --expect accept
 
     # --- c. Samba moves its ports; rpcpin untouched follows -----------------------
     stop_samba
