@@ -69,8 +69,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
     init_logging(config.log.format, &config.log.level)?;
+    let user = config.process.user.clone();
     runtime()?.block_on(async {
         let server = Server::bind(config).await?;
+        if let Some(user) = user {
+            crate::proxy::privileges::drop_to(&user)?;
+        }
         server.run(shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)

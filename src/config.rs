@@ -24,6 +24,15 @@ pub struct Config {
     pub log: Log,
     /// Timeouts and size bounds.
     pub limits: Limits,
+    /// The process itself.
+    pub process: Process,
+}
+
+/// `[process]`.
+#[derive(Debug, Clone, Default)]
+pub struct Process {
+    /// The user to switch to once every listener is bound (rpcpin must start as root).
+    pub user: Option<String>,
 }
 
 /// `[backend]`.
@@ -45,6 +54,10 @@ pub struct Epm {
     pub advertise: Option<Ipv4Addr>,
     /// What to do with an answer whose verifier covers the stub when it needs a rewrite.
     pub protected_answers: ProtectedAnswers,
+    /// Whether interfaces no pin carries are hidden from ept_map and ept_lookup answers.
+    pub hide_unpinned: bool,
+    /// Whether each connection starts with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
 }
 
 /// `epm.protected_answers`: an ept_map or ept_lookup answer signed or sealed by the backend
@@ -72,12 +85,23 @@ pub struct Pin {
     pub advertise_port: Option<u16>,
     /// A fixed backend port, skipping endpoint-mapper resolution.
     pub backend_port: Option<u16>,
+    /// Per-interface opnum allow-lists; an interface without one allows every opnum.
+    pub opnums: HashMap<crate::wire::Uuid, Vec<u16>>,
+    /// Whether each connection starts with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
 }
 
 impl Pin {
     /// Whether a client may use `syntax` on this pin.
     pub fn allows(&self, syntax: &crate::wire::SyntaxId) -> bool {
         self.interfaces.iter().any(|i| i.matches(syntax))
+    }
+
+    /// Whether a client may call `opnum` of `interface` on this pin.
+    pub fn allows_opnum(&self, interface: &crate::wire::SyntaxId, opnum: u16) -> bool {
+        self.opnums
+            .get(&interface.uuid)
+            .is_none_or(|allowed| allowed.contains(&opnum))
     }
 }
 
@@ -117,6 +141,12 @@ pub struct Limits {
     pub max_fragment: usize,
     /// The largest endpoint-mapper response reassembled for rewriting.
     pub max_reassembly: usize,
+    /// The most client connections open at once, over all listeners.
+    pub max_connections: usize,
+    /// The most client connections open at once from one source address.
+    pub max_connections_per_ip: usize,
+    /// TCP keepalive idle time on both legs of every connection.
+    pub keepalive: Duration,
 }
 
 impl Default for Limits {
@@ -129,6 +159,9 @@ impl Default for Limits {
             resolve_cache: Duration::from_secs(30),
             max_fragment: crate::wire::frame::MAX_FRAG_LEN,
             max_reassembly: 1 << 20,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            keepalive: Duration::from_secs(60),
         }
     }
 }
@@ -168,6 +201,14 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    process: RawProcess,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +229,9 @@ struct RawEpm {
     listen: String,
     advertise: Option<String>,
     protected_answers: Option<ProtectedAnswers>,
+    hide_unpinned: Option<bool>,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +242,10 @@ struct RawPin {
     interfaces: Vec<String>,
     advertise_port: Option<u16>,
     backend_port: Option<u16>,
+    #[serde(default)]
+    opnums: std::collections::BTreeMap<String, Vec<u16>>,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -217,6 +265,9 @@ struct RawLimits {
     resolve_cache: Option<String>,
     max_fragment: Option<usize>,
     max_reassembly: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    keepalive: Option<String>,
 }
 
 impl Config {
@@ -276,6 +327,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             })
             .transpose()?,
         protected_answers: raw.epm.protected_answers.unwrap_or(ProtectedAnswers::Fault),
+        hide_unpinned: raw.epm.hide_unpinned.unwrap_or(true),
+        proxy_protocol: raw.epm.proxy_protocol,
     };
     if raw.pin.is_empty() {
         return Err(err("pin", "at least one [[pin]] is needed"));
@@ -334,12 +387,24 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 return Err(err(key(k), "must be a port number from 1 to 65535"));
             }
         }
+        let mut opnums = HashMap::new();
+        for (text, allowed) in &p.opnums {
+            let okey = format!("pin[{i}].opnums.{text}");
+            for iface in Interface::parse(text).map_err(|r| err(&okey, r))? {
+                if !interfaces.iter().any(|i| i.uuid == iface.uuid) {
+                    return Err(err(okey, "names an interface this pin does not carry"));
+                }
+                opnums.insert(iface.uuid, allowed.clone());
+            }
+        }
         pins.push(Pin {
             name,
             listen,
             interfaces,
             advertise_port: p.advertise_port,
             backend_port: p.backend_port,
+            opnums,
+            proxy_protocol: p.proxy_protocol,
         });
     }
     check_not_looped(&backend, &epm)?;
@@ -352,6 +417,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             level: raw.log.level.unwrap_or_else(|| "info".to_string()),
         },
         limits: limits(raw.limits)?,
+        process: Process {
+            user: match raw.process.user {
+                Some(u) if u.trim().is_empty() => {
+                    return Err(err("process.user", "must not be empty"))
+                }
+                u => u,
+            },
+        },
     })
 }
 
@@ -406,7 +479,20 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
             "must be at least limits.max_fragment and at most 64 MiB",
         ));
     }
+    let max_connections = raw.max_connections.unwrap_or(d.max_connections);
+    if max_connections == 0 {
+        return Err(err("limits.max_connections", "must be at least 1"));
+    }
+    let max_connections_per_ip = raw
+        .max_connections_per_ip
+        .unwrap_or(d.max_connections_per_ip);
+    if max_connections_per_ip == 0 {
+        return Err(err("limits.max_connections_per_ip", "must be at least 1"));
+    }
     Ok(Limits {
+        max_connections,
+        max_connections_per_ip,
+        keepalive: dur("keepalive", raw.keepalive, d.keepalive)?,
         handshake_timeout: dur(
             "handshake_timeout",
             raw.handshake_timeout,
@@ -445,6 +531,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::SyntaxId;
 
     const MINIMAL: &str = r#"
 [backend]
@@ -516,6 +603,27 @@ interfaces = ["emsmdb", "async_emsmdb"]
         )
         .unwrap_err();
         assert_eq!(e.key, "epm.advertise");
+    }
+
+    #[test]
+    fn opnum_lists_name_interfaces_of_their_pin() {
+        let c = with("").unwrap();
+        assert!(c.pins[0].opnums.is_empty());
+        let text = MINIMAL.replace(
+            "interfaces = [\"nspi\", \"rfr\"]",
+            "interfaces = [\"nspi\", \"rfr\"]\nopnums = { nspi = [0, 1], \"1544f5e0-613c-11d1-93df-00c04fd7bd09\" = [0] }",
+        );
+        let c = Config::parse(&text).unwrap();
+        let nspi = SyntaxId::new("f5cc5a18-4264-101a-8c59-08002b2f8426", 56, 0);
+        let rfr = SyntaxId::new("1544f5e0-613c-11d1-93df-00c04fd7bd09", 1, 0);
+        assert!(c.pins[0].allows_opnum(&nspi, 1) && !c.pins[0].allows_opnum(&nspi, 2));
+        assert!(c.pins[0].allows_opnum(&rfr, 0) && !c.pins[0].allows_opnum(&rfr, 1));
+        assert!(
+            c.pins[1].allows_opnum(&SyntaxId { major: 0, ..nspi }, 99),
+            "no list: all"
+        );
+        let e = Config::parse(&text.replace("nspi = [0, 1]", "emsmdb = [0]")).unwrap_err();
+        assert_eq!(e.key, "pin[0].opnums.emsmdb");
     }
 
     #[test]

@@ -8,5 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod interfaces;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod rewrite;
 pub mod wire;

@@ -8,11 +8,15 @@
 use std::net::Ipv4Addr;
 
 use crate::interfaces::Interface;
-use crate::wire::epm::{opnum, walk_lookup_response, walk_map_response};
+use crate::wire::epm::{
+    encode_answer, opnum, walk_lookup_response, walk_map_response, Answer, EntryRef,
+    EPT_S_NOT_REGISTERED,
+};
+use crate::wire::header::{finish_pdu, flags, write_header};
 use crate::wire::ndr::Syntax;
 use crate::wire::pdu::response_stub_range;
 use crate::wire::tower::Tower;
-use crate::wire::{Endian, Error, Result, SyntaxId};
+use crate::wire::{Endian, Error, PacketType, Pdu, Result, SyntaxId};
 
 /// Where towers of the pinned interfaces must point.
 #[derive(Debug, Clone, Default)]
@@ -60,32 +64,151 @@ pub struct Rewritten {
     pub advertised: Ipv4Addr,
 }
 
-/// Whether a call's response carries towers rpcpin rewrites.
+/// Whether a call's response carries towers rpcpin rewrites: ept_map, ept_map_auth (the
+/// same answer) and ept_lookup.
 pub fn carries_towers(op: u16) -> bool {
-    matches!(op, opnum::MAP | opnum::LOOKUP)
+    matches!(op, opnum::MAP | opnum::MAP_AUTH | opnum::LOOKUP)
 }
 
-/// Rewrites, in place, every ncacn_ip_tcp tower of a pinned interface in the response
-/// fragments of one ept_map or ept_lookup call.
+/// How answers are rewritten.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// Where pinned interfaces point.
+    pub table: &'a Table,
+    /// The IPv4 address written into rewritten towers.
+    pub advertise: Ipv4Addr,
+    /// Whether entries of interfaces no pin carries are removed from answers.
+    pub hide_unpinned: bool,
+}
+
+/// What a rewrite did to one answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Done {
+    /// Each tower pointed at rpcpin.
+    pub rewritten: Vec<Rewritten>,
+    /// How many entries were removed (towers or ept_lookup entries of unpinned interfaces).
+    pub hidden: usize,
+    /// The re-encoded stub, when entries were removed; otherwise the stub was patched in place.
+    pub reencoded: Option<Vec<u8>>,
+}
+
+/// Rewrites the towers of one reassembled ept_map or ept_lookup answer stub.
 ///
-/// `fragments` are whole response PDUs of one call, in order. The stub they carry is at most
-/// `max_stub` bytes. Towers of unpinned interfaces and towers of other protocols
-/// (ncacn_http, named pipes) are left as they are.
+/// Every ncacn_ip_tcp tower of a pinned interface gets the pin's port and the advertised
+/// address, in place. Towers of other protocols (ncacn_http, named pipes) of a pinned
+/// interface stay as they are. With `hide_unpinned`, entries whose tower names no pinned
+/// interface are removed, which re-encodes the answer (an ept_map left with no tower answers
+/// `ept_s_not_registered`); without it they stay untouched.
+pub fn rewrite_stub(
+    stub: &mut [u8],
+    endian: Endian,
+    op: u16,
+    syntax: Syntax,
+    rules: Rules<'_>,
+) -> Result<Done> {
+    let lookup = op == opnum::LOOKUP;
+    let walk = match op {
+        opnum::MAP | opnum::MAP_AUTH => walk_map_response(stub, endian, syntax)?,
+        opnum::LOOKUP => walk_lookup_response(stub, endian, syntax)?,
+        _ => return Ok(Done::default()),
+    };
+    let mut done = Done::default();
+    let mut visible = vec![true; walk.entries.len()];
+    for (entry, keep) in walk.entries.iter().zip(visible.iter_mut()) {
+        let tower = entry
+            .tower
+            .and_then(|i| Tower::new_checked(&mut stub[walk.towers[i].clone()]).ok());
+        let pinned = tower
+            .as_ref()
+            .and_then(|t| t.interface())
+            .and_then(|i| rules.table.target(&i));
+        match (tower, pinned) {
+            (Some(mut tower), Some(target)) => {
+                if let Some(r) = point_at(&mut tower, target, rules.advertise) {
+                    done.rewritten.push(r);
+                }
+            }
+            _ => *keep = !rules.hide_unpinned,
+        }
+    }
+    done.hidden = visible.iter().filter(|&&v| !v).count();
+    if done.hidden > 0 {
+        let refs: Vec<EntryRef<'_>> = walk
+            .entries
+            .iter()
+            .zip(&visible)
+            .filter(|(_, &v)| v)
+            .map(|(e, _)| EntryRef {
+                object: e.object.clone().map_or(&[][..], |r| &stub[r]),
+                annotation: e.annotation.clone().map_or(&[][..], |r| &stub[r]),
+                tower: e.tower.map(|i| &stub[walk.towers[i].clone()]),
+            })
+            .collect();
+        let status = match walk.status {
+            0 if refs.is_empty() && !lookup => EPT_S_NOT_REGISTERED,
+            s => s,
+        };
+        let mut out = Vec::with_capacity(stub.len());
+        let answer = Answer {
+            lookup,
+            handle: &stub[walk.handle.clone()],
+            max_count: walk.max_count,
+            entries: &refs,
+            status,
+        };
+        encode_answer(&mut out, endian, syntax, &answer);
+        done.reencoded = Some(out);
+    }
+    Ok(done)
+}
+
+/// Points an ncacn_ip_tcp tower at its pin; other protocols are left alone.
+fn point_at(
+    tower: &mut Tower<&mut [u8]>,
+    target: &Target,
+    advertise: Ipv4Addr,
+) -> Option<Rewritten> {
+    if !tower.is_ncacn_ip_tcp() {
+        return None;
+    }
+    let (interface, backend_port, backend_addr) =
+        (tower.interface()?, tower.tcp_port()?, tower.ipv4()?);
+    tower.set_tcp_port(target.port);
+    tower.set_ipv4(advertise);
+    Some(Rewritten {
+        interface,
+        pin: target.pin.clone(),
+        backend_port,
+        public_port: target.port,
+        backend_addr,
+        advertised: advertise,
+    })
+}
+
+/// Rewrites the answer carried by the response fragments of one ept_map or ept_lookup call.
+///
+/// `fragments` are whole response PDUs of one call, in order, carrying at most `max_stub`
+/// bytes of stub. When towers only need patching, the patched stub is put back into the
+/// fragments where it came from (a tower may straddle a boundary) and every length stays as
+/// it was. When entries are hidden, the answer is re-encoded and cut into new fragments no
+/// larger than the backend's largest, returned in `Done::reencoded` as whole PDUs joined
+/// together (the caller forwards them instead).
 pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
     fragments: &mut [F],
     op: u16,
     syntax: Syntax,
-    table: &Table,
-    advertise: Ipv4Addr,
+    rules: Rules<'_>,
     max_stub: usize,
-) -> Result<Vec<Rewritten>> {
+) -> Result<Done> {
     let Some(first) = fragments.first() else {
-        return Ok(Vec::new());
+        return Ok(Done::default());
     };
-    let endian = crate::wire::Pdu::new_checked(first.as_ref())?.endian();
+    let endian = Pdu::new_checked(first.as_ref())?.endian();
     let mut stub = Vec::new();
+    let mut largest = 0;
     for f in fragments.iter() {
         let r = response_stub_range(f.as_ref())?;
+        largest = largest.max(r.len());
         if stub.len() + r.len() > max_stub {
             return Err(Error::TooLarge {
                 what: "reassembled response",
@@ -95,8 +218,10 @@ pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
         }
         stub.extend_from_slice(&f.as_ref()[r]);
     }
-    let done = rewrite_stub(&mut stub, endian, op, syntax, table, advertise)?;
-    if !done.is_empty() {
+    let mut done = rewrite_stub(&mut stub, endian, op, syntax, rules)?;
+    if let Some(new_stub) = done.reencoded.take() {
+        done.reencoded = Some(refragment(first.as_ref(), &new_stub, largest.max(8))?);
+    } else if !done.rewritten.is_empty() {
         let mut at = 0;
         for f in fragments.iter_mut() {
             let r = response_stub_range(f.as_ref())?;
@@ -108,72 +233,72 @@ pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
     Ok(done)
 }
 
-/// Rewrites the towers of one reassembled stub in place.
-pub fn rewrite_stub(
-    stub: &mut [u8],
-    endian: Endian,
-    op: u16,
-    syntax: Syntax,
-    table: &Table,
-    advertise: Ipv4Addr,
-) -> Result<Vec<Rewritten>> {
-    let walk = match op {
-        opnum::MAP => walk_map_response(stub, endian, syntax)?,
-        opnum::LOOKUP => walk_lookup_response(stub, endian, syntax)?,
-        _ => return Ok(Vec::new()),
+/// Cuts `stub` into response PDUs modelled on `template` (call id, context, drep), each
+/// carrying at most `per_fragment` stub bytes, without auth verifier.
+fn refragment(template: &[u8], stub: &[u8], per_fragment: usize) -> Result<Vec<u8>> {
+    let t = Pdu::new_checked(template)?;
+    let endian = t.endian();
+    let other_flags = t.flags() & !(flags::FIRST_FRAG | flags::LAST_FRAG);
+    let mut out = Vec::with_capacity(stub.len() + 24 * (stub.len() / per_fragment + 1));
+    let chunks: Vec<&[u8]> = if stub.is_empty() {
+        vec![stub]
+    } else {
+        stub.chunks(per_fragment).collect()
     };
-    let mut done = Vec::new();
-    for range in walk.towers {
-        // A tower that does not parse is not one rpcpin can point anywhere: leave it.
-        let Ok(mut tower) = Tower::new_checked(&mut stub[range]) else {
-            continue;
-        };
-        if !tower.is_ncacn_ip_tcp() {
-            continue;
+    let n = chunks.len();
+    let mut remaining = stub.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let start = out.len();
+        let mut f = other_flags;
+        if i == 0 {
+            f |= flags::FIRST_FRAG;
         }
-        let Some(interface) = tower.interface() else {
-            continue;
-        };
-        let Some(target) = table.target(&interface) else {
-            continue;
-        };
-        let (Some(backend_port), Some(backend_addr)) = (tower.tcp_port(), tower.ipv4()) else {
-            continue;
-        };
-        tower.set_tcp_port(target.port);
-        tower.set_ipv4(advertise);
-        done.push(Rewritten {
-            interface,
-            pin: target.pin.clone(),
-            backend_port,
-            public_port: target.port,
-            backend_addr,
-            advertised: advertise,
-        });
+        if i == n - 1 {
+            f |= flags::LAST_FRAG;
+        }
+        write_header(&mut out, PacketType::Response, f, endian, t.call_id());
+        out[start + 1] = template[1];
+        let mut w = crate::wire::ndr::Writer::new(&mut out, endian, Syntax::Ndr);
+        w.u32(remaining as u32); // alloc_hint: what is left of the answer
+        out.extend_from_slice(&template[20..24]); // p_cont_id, cancel count, reserved
+        out.extend_from_slice(chunk);
+        finish_pdu(&mut out[start..], endian)?;
+        remaining -= chunk.len();
     }
-    Ok(done)
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::header::flags;
 
     const NSPI_SERVER: &[u8] = include_bytes!("../tests/data/mapi-epm-map-nspi.server.bin");
     const EMSMDB_SERVER: &[u8] = include_bytes!("../tests/data/mapi-epm-map-emsmdb.server.bin");
     const LOOKUP_SERVER: &[u8] = include_bytes!("../tests/data/mapi-epm-lookup.server.bin");
     const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    const MAX: usize = 1 << 20;
+
+    fn target(alias: &str, pin: &str, port: u16) -> Target {
+        Target {
+            interface: Interface::parse(alias).unwrap()[0],
+            pin: pin.into(),
+            port,
+        }
+    }
 
     fn exchange_table() -> Table {
-        let pin = |alias: &str, name: &str, port| Target {
-            interface: Interface::parse(alias).unwrap()[0],
-            pin: name.into(),
-            port,
-        };
         Table::new(vec![
-            pin("nspi", "directory", 6004),
-            pin("emsmdb", "store", 6001),
+            target("nspi", "directory", 6004),
+            target("emsmdb", "store", 6001),
         ])
+    }
+
+    fn rules(table: &Table, hide_unpinned: bool) -> Rules<'_> {
+        Rules {
+            table,
+            advertise: PUBLIC,
+            hide_unpinned,
+        }
     }
 
     fn changed(a: &[u8], b: &[u8]) -> Vec<usize> {
@@ -184,19 +309,22 @@ mod tests {
     fn rewrites_exchanges_nspi_answer() {
         let original = &NSPI_SERVER[60..];
         let mut frags = [original.to_vec()];
+        let table = exchange_table();
         let done = rewrite_call(
             &mut frags,
             opnum::MAP,
             Syntax::Ndr,
-            &exchange_table(),
-            PUBLIC,
-            1 << 20,
+            rules(&table, true),
+            MAX,
         )
         .unwrap();
-        assert_eq!(done.len(), 1);
-        assert_eq!(done[0].backend_port, 4997);
-        assert_eq!(done[0].public_port, 6004);
-        assert_eq!(done[0].backend_addr, Ipv4Addr::new(192, 168, 0, 2));
+        assert_eq!(
+            (done.rewritten.len(), done.hidden, done.reencoded),
+            (1, 0, None)
+        );
+        let r = &done.rewritten[0];
+        assert_eq!((r.backend_port, r.public_port), (4997, 6004));
+        assert_eq!(r.backend_addr, Ipv4Addr::new(192, 168, 0, 2));
         // Only the port (2 bytes) and the address (4 bytes) of the tower changed.
         let offs = changed(original, &frags[0]);
         assert_eq!(offs.len(), 6, "{offs:?}");
@@ -207,44 +335,94 @@ mod tests {
     #[test]
     fn rewrites_exchanges_emsmdb_answer() {
         let mut frags = [EMSMDB_SERVER[60..].to_vec()];
+        let table = exchange_table();
         let done = rewrite_call(
             &mut frags,
             opnum::MAP,
             Syntax::Ndr,
-            &exchange_table(),
-            PUBLIC,
-            1 << 20,
+            rules(&table, true),
+            MAX,
         )
         .unwrap();
-        assert_eq!((done[0].backend_port, done[0].public_port), (1032, 6001));
-        assert_eq!(done[0].pin, "store");
+        let r = &done.rewritten[0];
+        assert_eq!(
+            (r.backend_port, r.public_port, r.pin.as_str()),
+            (1032, 6001, "store")
+        );
     }
 
     #[test]
-    fn unpinned_interface_is_untouched() {
+    fn ept_map_auth_is_rewritten_like_ept_map() {
+        let mut frags = [NSPI_SERVER[60..].to_vec()];
+        let table = exchange_table();
+        let done = rewrite_call(
+            &mut frags,
+            opnum::MAP_AUTH,
+            Syntax::Ndr,
+            rules(&table, true),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(done.rewritten.len(), 1);
+        assert!(carries_towers(opnum::MAP_AUTH) && !carries_towers(opnum::LOOKUP_HANDLE_FREE));
+    }
+
+    #[test]
+    fn unpinned_interface_is_untouched_unless_hidden() {
         let original = NSPI_SERVER[60..].to_vec();
+        let table = Table::new(vec![target("emsmdb", "store", 6001)]);
         let mut frags = [original.clone()];
-        let table = Table::new(vec![exchange_table().entries[1].clone()]);
-        let done =
-            rewrite_call(&mut frags, opnum::MAP, Syntax::Ndr, &table, PUBLIC, 1 << 20).unwrap();
-        assert!(done.is_empty());
+        let done = rewrite_call(
+            &mut frags,
+            opnum::MAP,
+            Syntax::Ndr,
+            rules(&table, false),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(done, Done::default());
         assert_eq!(frags[0], original);
+
+        // Hidden: the answer is re-encoded as "not registered" with no tower, in one
+        // fragment with Exchange's call id and context.
+        let done = rewrite_call(
+            &mut frags,
+            opnum::MAP,
+            Syntax::Ndr,
+            rules(&table, true),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!((done.rewritten.len(), done.hidden), (0, 1));
+        let pdus = done.reencoded.unwrap();
+        let p = Pdu::new_checked(&pdus[..]).unwrap();
+        assert_eq!(
+            (p.frag_len(), p.call_id(), p.flags() & 3),
+            (pdus.len(), 1, 3)
+        );
+        let stub = &pdus[24..];
+        let walk = walk_map_response(stub, Endian::Little, Syntax::Ndr).unwrap();
+        assert_eq!(
+            (walk.status, walk.towers.len(), walk.max_count),
+            (EPT_S_NOT_REGISTERED, 0, 4)
+        );
+        assert_eq!(stub[..20], original[24..44], "the entry handle is kept");
     }
 
     #[test]
-    fn http_tower_of_a_lookup_is_untouched() {
+    fn http_tower_of_a_pinned_interface_is_untouched() {
         let original = LOOKUP_SERVER[60..].to_vec();
         let mut frags = [original.clone()];
+        let table = exchange_table();
         let done = rewrite_call(
             &mut frags,
             opnum::LOOKUP,
             Syntax::Ndr,
-            &exchange_table(),
-            PUBLIC,
-            1 << 20,
+            rules(&table, true),
+            MAX,
         )
         .unwrap();
-        assert!(done.is_empty());
+        assert_eq!(done, Done::default());
         assert_eq!(frags[0], original);
     }
 
@@ -269,14 +447,14 @@ mod tests {
     #[test]
     fn patches_a_tower_that_straddles_fragments() {
         let single = NSPI_SERVER[60..].to_vec();
+        let table = exchange_table();
         let mut expected = [single.clone()];
         rewrite_call(
             &mut expected,
             opnum::MAP,
             Syntax::Ndr,
-            &exchange_table(),
-            PUBLIC,
-            1 << 20,
+            rules(&table, true),
+            MAX,
         )
         .unwrap();
         // Every split point, so that the port and the address fall across boundaries too.
@@ -287,16 +465,65 @@ mod tests {
                 &mut frags,
                 opnum::MAP,
                 Syntax::Ndr,
-                &exchange_table(),
-                PUBLIC,
-                1 << 20,
+                rules(&table, true),
+                MAX,
             )
             .unwrap();
-            assert_eq!(done.len(), 1, "chunk {chunk}");
+            assert_eq!(done.rewritten.len(), 1, "chunk {chunk}");
             assert_eq!(frags.iter().map(Vec::len).collect::<Vec<_>>(), lens);
             let stub: Vec<u8> = frags.iter().flat_map(|f| f[24..].to_vec()).collect();
             assert_eq!(stub, expected[0][24..], "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn hidden_entries_are_refragmented_within_the_backends_fragment_size() {
+        let (input, _) = vector("lookup-ndr");
+        let mut pdu = NSPI_SERVER[60..84].to_vec();
+        pdu.extend_from_slice(&input);
+        let len = pdu.len() as u16;
+        pdu[8..10].copy_from_slice(&len.to_le_bytes());
+        let table = exchange_table();
+        let mut frags = fragment(&pdu, 100);
+        let done = rewrite_call(
+            &mut frags,
+            opnum::LOOKUP,
+            Syntax::Ndr,
+            rules(&table, true),
+            MAX,
+        )
+        .unwrap();
+        // samr (unpinned) is removed; nspi tcp, emsmdb twice and nspi http remain.
+        assert_eq!((done.hidden, done.rewritten.len()), (1, 3));
+        let out = done.reencoded.unwrap();
+        let mut stub = Vec::new();
+        let mut rest = &out[..];
+        let mut n = 0;
+        while !rest.is_empty() {
+            let p = Pdu::new_checked(rest).unwrap();
+            assert!(p.frag_len() - 24 <= 100);
+            assert_eq!(p.flags() & 1 != 0, n == 0);
+            stub.extend_from_slice(&rest[24..p.frag_len()]);
+            n += 1;
+            rest = &rest[p.frag_len()..];
+        }
+        assert!(Pdu::new_checked(&out[out.len() - 124..]).is_err() || n > 1);
+        let walk = walk_lookup_response(&stub, Endian::Little, Syntax::Ndr).unwrap();
+        assert_eq!(walk.entries.len(), 4);
+        let ports: Vec<u16> = walk
+            .towers
+            .iter()
+            .filter_map(|r| Tower::new_checked(&stub[r.clone()]).ok()?.tcp_port())
+            .collect();
+        assert_eq!(ports, [6004, 6001, 6001]);
+    }
+
+    fn vector(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/impacket/");
+        (
+            std::fs::read(format!("{dir}{name}.in.bin")).unwrap(),
+            std::fs::read(format!("{dir}{name}.out.bin")).unwrap(),
+        )
     }
 
     /// ept_map and ept_lookup answers in NDR and NDR64 built by impacket, and the answers
@@ -305,15 +532,11 @@ mod tests {
     fn impacket_vectors() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/impacket/");
         let manifest = std::fs::read_to_string(format!("{dir}manifest.txt")).unwrap();
-        let table = Table::new(vec![
-            exchange_table().entries[0].clone(),
-            exchange_table().entries[1].clone(),
-        ]);
+        let table = exchange_table();
         let mut seen = 0;
         for line in manifest.lines() {
             let (name, rewrites) = line.split_once(' ').unwrap();
-            let input = std::fs::read(format!("{dir}{name}.in.bin")).unwrap();
-            let expected = std::fs::read(format!("{dir}{name}.out.bin")).unwrap();
+            let (input, expected) = vector(name);
             let op = if name.starts_with("lookup") {
                 opnum::LOOKUP
             } else {
@@ -325,8 +548,14 @@ mod tests {
                 Syntax::Ndr
             };
             let mut stub = input.clone();
-            let done = rewrite_stub(&mut stub, Endian::Little, op, syntax, &table, PUBLIC).unwrap();
-            assert_eq!(done.len(), rewrites.parse::<usize>().unwrap(), "{name}");
+            // Unpinned entries stay (hiding off) so that impacket's answer is the judge.
+            let done =
+                rewrite_stub(&mut stub, Endian::Little, op, syntax, rules(&table, false)).unwrap();
+            assert_eq!(
+                done.rewritten.len(),
+                rewrites.parse::<usize>().unwrap(),
+                "{name}"
+            );
             assert_eq!(stub, expected, "{name}");
             // Walking NDR64 as NDR (or the reverse) must not silently produce a rewrite.
             let wrong = if syntax == Syntax::Ndr {
@@ -335,9 +564,10 @@ mod tests {
                 Syntax::Ndr
             };
             let mut again = input.clone();
-            if let Ok(d) = rewrite_stub(&mut again, Endian::Little, op, wrong, &table, PUBLIC) {
+            if let Ok(d) = rewrite_stub(&mut again, Endian::Little, op, wrong, rules(&table, false))
+            {
                 assert!(
-                    d.is_empty() || again != expected,
+                    d.rewritten.is_empty() || again != expected,
                     "{name} walked as {wrong:?}"
                 );
             }
@@ -349,12 +579,12 @@ mod tests {
     #[test]
     fn reassembly_is_bounded() {
         let mut frags = fragment(&NSPI_SERVER[60..], 16);
+        let table = exchange_table();
         let r = rewrite_call(
             &mut frags,
             opnum::MAP,
             Syntax::Ndr,
-            &exchange_table(),
-            PUBLIC,
+            rules(&table, true),
             100,
         );
         assert!(matches!(r, Err(Error::TooLarge { .. })));

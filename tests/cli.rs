@@ -83,3 +83,52 @@ fn prints_its_version() {
         format!("rpcpin {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// The real uid of a process, from /proc.
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn run_switches_to_process_user_after_binding() {
+    let dir = std::env::temp_dir().join(format!("rpcpin-user-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("user.toml");
+    std::fs::write(
+        &path,
+        "[backend]\nhost = \"127.0.0.1\"\nepm_port = 1\n[epm]\nlisten = \"127.0.0.1:0\"\n\
+         [[pin]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\ninterfaces = [\"nspi\"]\n\
+         [process]\nuser = \"nobody\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rpcpin"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let root = uid_of(std::process::id()) == Some(0);
+    let nobody = 65534;
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = uid_of(child.id());
+        if seen == Some(nobody) || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    if root {
+        assert_eq!(seen, Some(nobody), "{}", text(&out.stderr));
+    } else {
+        // Not root: rpcpin refuses to start rather than run with privileges it cannot drop.
+        assert!(
+            text(&out.stderr).contains("not root"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

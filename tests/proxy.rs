@@ -149,13 +149,40 @@ async fn configured_advertise_address_goes_into_towers() {
 }
 
 #[tokio::test]
-async fn leaves_the_tower_of_an_unpinned_interface_alone() {
+async fn hides_an_unpinned_interface_unless_told_not_to() {
     let backend =
         Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("directory", "\"nspi\"")], "")).await;
-    let got = outlook_ept_map(rpcpin.epm, EMSMDB_EPM_CLIENT).await;
-    assert_eq!(got, EMSMDB_EPM_SERVER);
-    rpcpin.stop().await;
+    let pins = [("directory", "\"nspi\"")];
+    let shown = Running::start(
+        &config(backend.addr, &pins, "").replace("[epm]\n", "[epm]\nhide_unpinned = false\n"),
+    )
+    .await;
+    let got = outlook_ept_map(shown.epm, EMSMDB_EPM_CLIENT).await;
+    assert_eq!(got, EMSMDB_EPM_SERVER, "hiding off: untouched");
+    shown.stop().await;
+
+    // By default, EMSMDB (pinned nowhere) is not registered, and the tower is gone:
+    // handle (20), num_towers 0, max 4, offset 0, actual 0, status.
+    let hidden = Running::start(&config(backend.addr, &pins, "")).await;
+    let got = outlook_ept_map(hidden.epm, EMSMDB_EPM_CLIENT).await;
+    let answer = &got[60..];
+    assert_eq!(answer[..8], EMSMDB_EPM_SERVER[60..68]);
+    assert_eq!(
+        u16::from_le_bytes([answer[8], answer[9]]) as usize,
+        answer.len()
+    );
+    let stub = &answer[24..];
+    assert_eq!(
+        stub[..20],
+        EMSMDB_EPM_SERVER[84..104],
+        "the entry handle is kept"
+    );
+    let ints: Vec<u32> = stub[20..]
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(ints, [0, 4, 0, 0, 0x16c9_a0d6]);
+    hidden.stop().await;
 }
 
 /// A backend EPM that sends NSPI clients to `port`, answering with Exchange's bytes.
@@ -380,7 +407,8 @@ fn impacket_config(backend: SocketAddr) -> String {
     )
     .replace(
         "[epm]\nlisten = \"127.0.0.1:0\"",
-        "[epm]\nlisten = \"127.0.0.1:0\"\nadvertise = \"203.0.113.10\"",
+        // Unpinned entries stay, so that impacket's expected answers are the judge.
+        "[epm]\nlisten = \"127.0.0.1:0\"\nadvertise = \"203.0.113.10\"\nhide_unpinned = false",
     )
     .replace(
         "interfaces = [\"nspi\"]",
@@ -396,7 +424,9 @@ fn impacket_config(backend: SocketAddr) -> String {
 async fn walks_each_answer_in_the_transfer_syntax_its_context_negotiated() {
     // Windows' three-context bind (NDR, NDR64, feature negotiation) and the server's answer
     // rejecting NDR and accepting NDR64 on context 1 (dce_rpc_netlogon.pcapng).
-    let bind = pdus(include_bytes!("data/netlogon-ndr64.client.bin"))[0].to_vec();
+    // Its interface (netlogon) is swapped for the endpoint mapper's, which port 135 serves.
+    let mut bind = pdus(include_bytes!("data/netlogon-ndr64.client.bin"))[0].to_vec();
+    assert_eq!(replace(&mut bind, &NETLOGON_SYNTAX_LE, &EPM_SYNTAX_LE), 3);
     let ack = pdus(include_bytes!("data/netlogon-ndr64.server.bin"))[0].to_vec();
     let (ndr64_in, ndr64_out) = impacket_vector("map-ndr64");
     let (ack2, answer) = (ack.clone(), response(3, 1, 3, &ndr64_in));
@@ -498,7 +528,9 @@ async fn integrity_protected_answer_needing_a_rewrite_becomes_a_fault() {
         let sent = answers.clone();
         let backend = Replay::start(move |_| sent.clone()).await;
         let iface = if pinned { "\"nspi\"" } else { "\"emsmdb\"" };
-        let rpcpin = Running::start(&config(backend.addr, &[("p", iface)], "")).await;
+        let text = config(backend.addr, &[("p", iface)], "")
+            .replace("[epm]\n", "[epm]\nhide_unpinned = false\n");
+        let rpcpin = Running::start(&text).await;
         let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
         let answer = &got[60..];
         if !rewritable {

@@ -1,23 +1,27 @@
-//! The endpoint-mapper listener: relays a client's EPM association to the backend's and
-//! rewrites the towers in its ept_map and ept_lookup answers.
+//! The endpoint-mapper listener: relays a client's EPM association to the backend's,
+//! lets through only the endpoint mapper and its lookup operations, and rewrites (or hides)
+//! the towers in its ept_map and ept_lookup answers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::gate::{Gate, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
 use super::relay::{pump, Activity, End, Outbox};
-use super::{Shared, Summary};
+use super::{lock, Client, Shared, Summary};
 use crate::config::ProtectedAnswers;
 use crate::interfaces::alias_of;
-use crate::rewrite::{carries_towers, rewrite_call};
+use crate::rewrite::{carries_towers, rewrite_call, Rules};
 use crate::wire::bind::{BindAck, BindRequest, ContextResult};
+use crate::wire::epm::{opnum, EPM};
 use crate::wire::ndr::Syntax;
 use crate::wire::pdu::{encode_fault, status, Request, Response};
 use crate::wire::{PacketType, Pdu, SyntaxId};
@@ -29,11 +33,34 @@ const MAX_OUTSTANDING: usize = 64;
 /// privacy): a rewrite would break it.
 const AUTH_LEVEL_PKT: u8 = 4;
 
+/// The endpoint-mapper operations a client may call through rpcpin, and the fault status
+/// for those it may not. Lookups pass (ept_map_auth answers like ept_map and is rewritten
+/// the same way); registration and management never reach the backend; ept_inq_object is
+/// refused too: no RPC runtime needs it to find an endpoint, and it discloses the server's
+/// endpoint-mapper object.
+fn opnum_refusal(op: u16) -> Option<(u32, &'static str)> {
+    match op {
+        opnum::LOOKUP | opnum::MAP | opnum::LOOKUP_HANDLE_FREE | opnum::MAP_AUTH => None,
+        opnum::INSERT | opnum::DELETE | opnum::MGMT_DELETE => Some((
+            status::NCA_S_FAULT_ACCESS_DENIED,
+            "endpoint-mapper management",
+        )),
+        opnum::INQ_OBJECT => Some((
+            status::NCA_S_FAULT_ACCESS_DENIED,
+            "ept_inq_object is not served",
+        )),
+        _ => Some((
+            status::NCA_S_OP_RNG_ERROR,
+            "unknown endpoint-mapper operation",
+        )),
+    }
+}
+
 /// What the client side has announced that the backend's answers refer to.
 #[derive(Debug, Default)]
 struct Association {
-    /// Contexts proposed in a bind or alter_context, by its call id.
-    proposed: HashMap<u32, Vec<(u16, Vec<SyntaxId>)>>,
+    /// Contexts forwarded in a bind or alter_context, by its call id.
+    proposed: HashMap<u32, Vec<u16>>,
     /// Accepted contexts and their transfer syntax (`None`: one rpcpin cannot walk).
     contexts: HashMap<u16, Option<Syntax>>,
     /// Outstanding calls, by call id.
@@ -51,111 +78,189 @@ struct Call {
 }
 
 /// Serves one client of the EPM listener.
-pub(crate) async fn serve(client: TcpStream, shared: &Shared) -> anyhow::Result<Summary> {
+pub(crate) async fn serve(client: Client, shared: &Shared) -> anyhow::Result<Summary> {
     let limits = &shared.config.limits;
     let advertise = advertise_for(&client, shared.config.epm.advertise);
-    let (client_rd, mut client_wr) = client.into_split();
-    let mut client_rd = PduReader::new(client_rd, limits.max_fragment);
+    let (client_rd, mut client_wr) = client.stream.into_split();
+    let mut client_rd = PduReader::with_buffered(client_rd, client.buffered, limits.max_fragment);
     // A client that says nothing never costs a backend connection.
     let first = client_rd
         .next_within(limits.handshake_timeout)
         .await
         .context("waiting for the client's first PDU")?;
 
+    let assoc = Mutex::new(Association::default());
+    let gate = Gate::new(
+        |s: &SyntaxId| s.uuid == EPM.uuid && s.major == EPM.major,
+        WhenNoneAllowed::Nak,
+        "port 135 serves the endpoint mapper only",
+    );
+    let mut requests = Requests {
+        assoc: &assoc,
+        gate: &gate,
+        refused: HashSet::new(),
+    };
+    let (up, down) = (AtomicU64::new(first.len() as u64), AtomicU64::new(0));
+    let mut out = Outbox::default();
+    requests.handle(first, &mut out)?;
+    if out.forward.is_empty() {
+        // Refused before anything reached the backend, which is never contacted.
+        for answer in &out.reply {
+            client_wr
+                .write_all(answer)
+                .await
+                .context("sending the refusal")?;
+            down.fetch_add(answer.len() as u64, Ordering::Relaxed);
+        }
+        let _ = client_wr.shutdown().await;
+        return Ok(Summary::new(&up, &down, Ok("refused")));
+    }
+
     let backend = shared
         .resolver
         .connect(shared.config.backend.epm_port, limits.connect_timeout)
         .await?;
-    let _ = backend.set_nodelay(true);
+    super::tune(&backend, limits);
     let (backend_rd, mut backend_wr) = backend.into_split();
     let mut backend_rd = PduReader::new(backend_rd, limits.max_fragment);
-
-    let assoc = Mutex::new(Association::default());
-    let activity = Activity::new(limits.idle_timeout);
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-
-    // The first PDU goes the same way as every later one.
-    let mut out = Outbox::default();
-    note_client_pdu(&assoc, first, &mut out)?;
     for pdu in out.forward.drain(..) {
-        use tokio::io::AsyncWriteExt;
         backend_wr
             .write_all(&pdu)
             .await
             .context("writing to the backend")?;
-        up.fetch_add(pdu.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
+    let activity = Activity::new(limits.idle_timeout);
     let mut answers = Answers {
         assoc: &assoc,
+        gate: &gate,
         pending: HashMap::new(),
         pending_len: 0,
         shared,
         advertise,
     };
+    // Refusals of later PDUs travel back through the backend-to-client writer.
+    let (reply_tx, mut reply_rx) = mpsc::channel(4);
     let ended = tokio::select! {
-        r = pump(&mut client_rd, &mut backend_wr, &activity, &up, None, None,
-                 |pdu, out| note_client_pdu(&assoc, pdu, out)) => r.map(|End::Closed| "client closed").context("client → backend"),
-        r = pump(&mut backend_rd, &mut client_wr, &activity, &down, None, None,
-                 |pdu, out| answers.handle(pdu, out)) => r.map(|End::Closed| "backend closed").context("backend → client"),
+        r = pump(&mut client_rd, &mut backend_wr, &activity, &up, Some(&reply_tx), None,
+                 |pdu, out| requests.handle(pdu, out)) =>
+            r.map(|End::Closed| "client closed").context("client → backend"),
+        r = pump(&mut backend_rd, &mut client_wr, &activity, &down, None, Some(&mut reply_rx),
+                 |pdu, out| answers.handle(pdu, out)) =>
+            r.map(|End::Closed| "backend closed").context("backend → client"),
     };
     Ok(Summary::new(&up, &down, ended))
 }
 
 /// The address to write into towers: configured, or the one the client reached us on.
-fn advertise_for(client: &TcpStream, configured: Option<Ipv4Addr>) -> Ipv4Addr {
+fn advertise_for(client: &Client, configured: Option<Ipv4Addr>) -> Ipv4Addr {
     if let Some(a) = configured {
         return a;
     }
-    match client.local_addr().map(|a| a.ip().to_canonical()) {
-        Ok(IpAddr::V4(v4)) => v4,
+    match client.local.ip().to_canonical() {
+        IpAddr::V4(v4) => v4,
         // An IPv6 client needs `[epm] advertise`; never leak the backend's address.
-        _ => Ipv4Addr::UNSPECIFIED,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
     }
 }
 
-/// Records what a client PDU tells about later answers, then forwards it.
-fn note_client_pdu(
-    assoc: &Mutex<Association>,
-    pdu: BytesMut,
-    out: &mut Outbox,
-) -> anyhow::Result<()> {
-    let p = Pdu::new_checked(&pdu[..])?;
-    let mut a = assoc.lock().unwrap_or_else(|e| e.into_inner());
-    match p.ptype() {
-        PacketType::Bind | PacketType::AlterContext => {
-            let bind = BindRequest::parse(&pdu)?;
-            let contexts = bind
-                .contexts()
-                .map(|c| (c.id(), c.transfer_syntaxes().collect()))
-                .collect();
-            if a.proposed.len() >= MAX_OUTSTANDING {
-                bail!("more than {MAX_OUTSTANDING} unanswered binds");
-            }
-            a.proposed.insert(p.call_id(), contexts);
-        }
-        PacketType::Request => {
-            let req = Request::parse(&pdu)?;
-            if a.calls.len() >= MAX_OUTSTANDING {
-                bail!("more than {MAX_OUTSTANDING} outstanding calls");
-            }
-            // Later fragments of a request repeat its context and opnum.
-            a.calls.entry(p.call_id()).or_insert(Call {
-                context: req.context_id(),
-                opnum: req.opnum(),
-                answering: false,
-            });
-        }
-        _ => {}
-    }
-    drop(a);
-    out.forward.push(pdu);
-    Ok(())
-}
-
-/// The backend-to-client direction: learns the accepted contexts and rewrites towers.
-struct Answers<'a> {
+/// The client-to-backend direction: the gate for binds, the opnum policy for calls, and a
+/// record of what later answers refer to.
+struct Requests<'a, F> {
     assoc: &'a Mutex<Association>,
+    gate: &'a Gate<F>,
+    /// Refused calls whose later request fragments must be dropped too.
+    refused: HashSet<u32>,
+}
+
+impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
+    fn handle(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+        let p = Pdu::new_checked(&pdu[..])?;
+        let call_id = p.call_id();
+        match p.ptype() {
+            PacketType::Bind | PacketType::AlterContext => match self.gate.judge(pdu)? {
+                Verdict::Forward(pdu) => {
+                    let ids = BindRequest::parse(&pdu)?
+                        .contexts()
+                        .map(|c| c.id())
+                        .collect();
+                    let mut a = lock(self.assoc);
+                    if a.proposed.len() >= MAX_OUTSTANDING {
+                        bail!("more than {MAX_OUTSTANDING} unanswered binds");
+                    }
+                    a.proposed.insert(call_id, ids);
+                    drop(a);
+                    out.forward.push(pdu);
+                }
+                Verdict::Answer(answer) => out.reply.push(answer),
+            },
+            PacketType::Request => {
+                let req = Request::parse(&pdu)?;
+                let in_progress = self.refused.contains(&call_id);
+                if in_progress || opnum_refusal(req.opnum()).is_some() {
+                    let last = p.ends_call(in_progress);
+                    if !in_progress {
+                        self.refuse(&req, out)?;
+                    }
+                    if last {
+                        self.refused.remove(&call_id);
+                    } else if self.refused.len() < MAX_OUTSTANDING {
+                        self.refused.insert(call_id);
+                    } else {
+                        bail!("more than {MAX_OUTSTANDING} refused calls in progress");
+                    }
+                    return Ok(());
+                }
+                let mut a = lock(self.assoc);
+                if a.calls.len() >= MAX_OUTSTANDING {
+                    bail!("more than {MAX_OUTSTANDING} outstanding calls");
+                }
+                // Later fragments of a request repeat its context and opnum.
+                a.calls.entry(call_id).or_insert(Call {
+                    context: req.context_id(),
+                    opnum: req.opnum(),
+                    answering: false,
+                });
+                drop(a);
+                out.forward.push(pdu);
+            }
+            _ => out.forward.push(pdu),
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, req: &Request<'_>, out: &mut Outbox) -> anyhow::Result<()> {
+        let Some((fault, reason)) = opnum_refusal(req.opnum()) else {
+            return Ok(());
+        };
+        warn!(
+            event = "refused",
+            policy = "opnum",
+            interface = %EPM.uuid,
+            alias = "epm",
+            opnum = req.opnum(),
+            call_id = req.pdu().call_id(),
+            reason,
+        );
+        let p = req.pdu();
+        let mut answer = Vec::with_capacity(32);
+        encode_fault(
+            &mut answer,
+            p.endian(),
+            p.call_id(),
+            req.context_id(),
+            fault,
+        )?;
+        out.reply.push(BytesMut::from(&answer[..]));
+        Ok(())
+    }
+}
+
+/// The backend-to-client direction: learns the accepted contexts, splices the gate's
+/// refusals into bind answers, and rewrites towers.
+struct Answers<'a, F> {
+    assoc: &'a Mutex<Association>,
+    gate: &'a Gate<F>,
     /// Fragments of tower-carrying answers, by call id, held until their last fragment.
     pending: HashMap<u32, Vec<BytesMut>>,
     /// Their total size, bounded by `limits.max_reassembly`.
@@ -164,22 +269,25 @@ struct Answers<'a> {
     advertise: Ipv4Addr,
 }
 
-impl Answers<'_> {
+impl<F: Fn(&SyntaxId) -> bool> Answers<'_, F> {
     fn handle(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
         let p = Pdu::new_checked(&pdu[..])?;
         let (ptype, call_id) = (p.ptype(), p.call_id());
-        let mut a = self.assoc.lock().unwrap_or_else(|e| e.into_inner());
+        let mut a = lock(self.assoc);
         match ptype {
             PacketType::BindAck | PacketType::AlterContextResp => {
                 if let Some(proposed) = a.proposed.remove(&call_id) {
                     let ack = BindAck::parse(&pdu)?;
-                    for ((id, _), result) in proposed.iter().zip(ack.results()) {
+                    for (id, result) in proposed.iter().zip(ack.results()) {
                         if result.result == ContextResult::Acceptance {
                             let syntax = Syntax::from_transfer_syntax(&result.transfer_syntax);
                             a.contexts.insert(*id, syntax);
                         }
                     }
                 }
+                drop(a);
+                out.forward.push(self.gate.answer(pdu)?);
+                return Ok(());
             }
             PacketType::Response => {
                 let Some(call) = a.calls.get_mut(&call_id) else {
@@ -195,12 +303,10 @@ impl Answers<'_> {
                     let syntax = a.contexts.get(&ctx).copied().flatten();
                     drop(a);
                     Response::parse(&pdu)?;
+                    let max = self.shared.config.limits.max_reassembly;
                     self.pending_len += pdu.len();
-                    if self.pending_len > self.shared.config.limits.max_reassembly {
-                        bail!(
-                            "endpoint-mapper answer larger than limits.max_reassembly ({} bytes)",
-                            self.shared.config.limits.max_reassembly
-                        );
+                    if self.pending_len > max {
+                        bail!("endpoint-mapper answer larger than limits.max_reassembly ({max} bytes)");
                     }
                     self.pending.entry(call_id).or_default().push(pdu);
                     if last {
@@ -235,23 +341,35 @@ impl Answers<'_> {
             return Ok(());
         };
         let endian = Pdu::new_checked(&first[..])?.endian();
-        let protected = frags.iter().any(|f| {
-            Pdu::new_checked(&f[..])
-                .ok()
-                .and_then(|p| p.auth_trailer())
-                .is_some_and(|(_, level, _)| level >= AUTH_LEVEL_PKT)
-        });
-        let max = self.shared.config.limits.max_reassembly;
+        let levels: Vec<u8> = frags
+            .iter()
+            .filter_map(|f| {
+                Pdu::new_checked(&f[..])
+                    .ok()?
+                    .auth_trailer()
+                    .map(|(_, level, _)| level)
+            })
+            .collect();
+        let config = &self.shared.config;
+        let rules = Rules {
+            table: &self.shared.table,
+            advertise: self.advertise,
+            hide_unpinned: config.epm.hide_unpinned,
+        };
         let outcome = match syntax {
             None => Err("the context's transfer syntax is not NDR or NDR64"),
-            Some(s) => rewrite_call(&mut frags, op, s, &self.shared.table, self.advertise, max)
+            Some(s) => rewrite_call(&mut frags, op, s, rules, config.limits.max_reassembly)
                 .map_err(|_| "the answer does not parse"),
         };
         let refusal = match outcome {
-            Ok(done) if done.is_empty() => None,
-            Ok(_) if protected => {
+            Ok(done) if done.rewritten.is_empty() && done.hidden == 0 => None,
+            // A verifier covers the stub, or the answer carries one that re-encoding drops.
+            Ok(done)
+                if levels.iter().any(|&l| l >= AUTH_LEVEL_PKT)
+                    || (done.hidden > 0 && !levels.is_empty()) =>
+            {
                 let reason = "the answer is integrity-protected and needs a rewrite";
-                if self.shared.config.epm.protected_answers == ProtectedAnswers::Close {
+                if config.epm.protected_answers == ProtectedAnswers::Close {
                     warn!(
                         event = "epm_answer_refused",
                         call_id,
@@ -264,7 +382,7 @@ impl Answers<'_> {
                 Some(reason)
             }
             Ok(done) => {
-                for r in &done {
+                for r in &done.rewritten {
                     info!(
                         event = "tower_rewritten",
                         call_id,
@@ -276,6 +394,18 @@ impl Answers<'_> {
                         backend_addr = %r.backend_addr,
                         advertised = %r.advertised,
                     );
+                }
+                if let Some(reencoded) = done.reencoded {
+                    warn!(
+                        event = "refused",
+                        policy = "hide_unpinned",
+                        call_id,
+                        opnum = op,
+                        hidden = done.hidden,
+                        reason = "entries of interfaces no pin carries removed from the answer",
+                    );
+                    out.forward.push(BytesMut::from(&reencoded[..]));
+                    return Ok(());
                 }
                 None
             }

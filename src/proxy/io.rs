@@ -49,6 +49,14 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         }
     }
 
+    /// A reader that starts with `buffered`, bytes already read from `inner` (after a PROXY
+    /// protocol header, say).
+    pub fn with_buffered(inner: R, buffered: BytesMut, max_frag: usize) -> PduReader<R> {
+        let mut r = PduReader::new(inner, max_frag);
+        r.buf.extend_from_slice(&buffered);
+        r
+    }
+
     /// The next whole PDU.
     pub async fn next(&mut self) -> Result<BytesMut, ReadError> {
         loop {

@@ -1,27 +1,33 @@
-//! The proxy: listeners, one task per connection, shutdown.
+//! The proxy: listeners, one task per connection, limits, shutdown.
 //!
 //! [`Server::bind`] opens every listener first, so that a port already in use is reported
 //! before anything runs; [`Server::run`] then serves until its shutdown future completes.
 
 mod epm;
+mod gate;
 pub mod io;
 mod pin;
+pub mod privileges;
 pub mod relay;
 pub mod resolver;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::config::{Config, Pin};
+use crate::config::{Config, Limits, Pin};
+use crate::proxy_protocol;
 use crate::rewrite::{Table, Target};
 use resolver::Resolver;
 
@@ -31,15 +37,30 @@ pub(crate) struct Shared {
     config: Config,
     table: Table,
     resolver: Resolver,
+    /// Open client connections, bounded by `limits.max_connections`.
+    connections: Arc<Semaphore>,
+    /// Open client connections per source address, bounded by `limits.max_connections_per_ip`.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// A pin as it runs: its configuration and the port it was bound to.
+/// A pin as it runs: its configuration and the port clients are sent to.
 #[derive(Debug)]
 pub(crate) struct PinRuntime {
     config: Pin,
-    backend_port: Option<u16>,
     /// The port clients are sent to: `advertise_port`, or the bound listen port.
     public_port: u16,
+}
+
+/// An accepted client connection.
+#[derive(Debug)]
+pub(crate) struct Client {
+    stream: TcpStream,
+    /// The client: the TCP peer, or the one a PROXY protocol header names.
+    peer: SocketAddr,
+    /// The address the client connected to: ours, or the one a PROXY header names.
+    local: SocketAddr,
+    /// Bytes read past a PROXY protocol header.
+    buffered: BytesMut,
 }
 
 /// A server whose listeners are bound.
@@ -70,7 +91,6 @@ impl Server {
             }));
             let runtime = PinRuntime {
                 config: pin.clone(),
-                backend_port: pin.backend_port,
                 public_port: port,
             };
             pins.push((Arc::new(runtime), listener));
@@ -78,6 +98,8 @@ impl Server {
         let shared = Shared {
             resolver: Resolver::new(config.backend.clone(), &config.limits),
             table: Table::new(targets),
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            per_ip: Mutex::new(HashMap::new()),
             config,
         };
         Ok(Server {
@@ -144,29 +166,47 @@ async fn accept_loop(
     stop: watch::Receiver<bool>,
 ) {
     let local = listener.local_addr().ok();
+    let name = pin
+        .as_ref()
+        .map_or("epm", |p| p.config.name.as_str())
+        .to_string();
+    let proxied = pin.as_ref().map_or(shared.config.epm.proxy_protocol, |p| {
+        p.config.proxy_protocol
+    });
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
                 warn!(event = "accept_failed", error = %e);
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        // Over the limit: close at once, without spending a task on it.
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            warn!(
+                event = "refused",
+                policy = "max_connections",
+                peer = %peer,
+                pin = %name,
+                reason = "limits.max_connections reached",
+            );
+            continue;
         };
         let span = info_span!(
             "conn",
             peer = %peer,
             listener = %local.map_or_else(String::new, |a| a.to_string()),
-            pin = pin.as_ref().map_or("epm", |p| p.config.name.as_str()),
+            pin = %name,
+            client = tracing::field::Empty,
         );
         let (shared, pin, mut stop) = (shared.clone(), pin.clone(), stop.clone());
         tokio::spawn(
             async move {
                 let started = Instant::now();
-                let _ = stream.set_nodelay(true);
                 let served = tokio::select! {
-                    r = serve(stream, &shared, pin.as_deref()) => r,
+                    r = serve(stream, peer, proxied, &shared, pin.as_deref(), permit) => r,
                     _ = stop.wait_for(|&s| s) => Ok(Summary::shutdown()),
                 };
                 let duration_ms = started.elapsed().as_millis() as u64;
@@ -195,13 +235,122 @@ async fn accept_loop(
 
 async fn serve(
     stream: TcpStream,
+    peer: SocketAddr,
+    proxied: bool,
     shared: &Shared,
     pin: Option<&PinRuntime>,
+    _permit: OwnedSemaphorePermit,
 ) -> anyhow::Result<Summary> {
+    tune(&stream, &shared.config.limits);
+    let client = accept_client(stream, peer, proxied, &shared.config.limits).await?;
+    let _slot = PerIp::take(shared, client.peer.ip())?;
     match pin {
-        Some(pin) => pin::serve(stream, shared, pin).await,
-        None => epm::serve(stream, shared).await,
+        Some(pin) => pin::serve(client, shared, pin).await,
+        None => epm::serve(client, shared).await,
     }
+}
+
+/// Reads the PROXY protocol header when the listener expects one, within the handshake
+/// timeout, and names the real client in the connection's span.
+async fn accept_client(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    proxied: bool,
+    limits: &Limits,
+) -> anyhow::Result<Client> {
+    let local = stream.local_addr()?;
+    let mut buffered = BytesMut::new();
+    if !proxied {
+        return Ok(Client {
+            stream,
+            peer,
+            local,
+            buffered,
+        });
+    }
+    let header = tokio::time::timeout(limits.handshake_timeout, async {
+        loop {
+            if let Some(h) = proxy_protocol::parse(&buffered)? {
+                return anyhow::Ok(h);
+            }
+            if buffered.len() >= proxy_protocol::V2_MAX
+                || stream.read_buf(&mut buffered).await? == 0
+            {
+                return Err(anyhow!("closed before a complete PROXY protocol header"));
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "no PROXY protocol header within {:?}",
+            limits.handshake_timeout
+        )
+    })??;
+    let _ = buffered.split_to(header.len);
+    let (peer, local) = header.addrs.unwrap_or((peer, local));
+    tracing::Span::current().record("client", tracing::field::display(peer));
+    Ok(Client {
+        stream,
+        peer,
+        local,
+        buffered,
+    })
+}
+
+/// One connection's place in the per-address count; released on drop.
+struct PerIp<'a> {
+    shared: &'a Shared,
+    ip: IpAddr,
+}
+
+impl<'a> PerIp<'a> {
+    fn take(shared: &'a Shared, ip: IpAddr) -> anyhow::Result<PerIp<'a>> {
+        let max = shared.config.limits.max_connections_per_ip;
+        let mut counts = lock(&shared.per_ip);
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            warn!(
+                event = "refused",
+                policy = "max_connections_per_ip",
+                client = %ip,
+                reason = "limits.max_connections_per_ip reached",
+            );
+            return Err(anyhow!(
+                "{ip} already has {max} connections (limits.max_connections_per_ip)"
+            ));
+        }
+        *n += 1;
+        Ok(PerIp { shared, ip })
+    }
+}
+
+impl Drop for PerIp<'_> {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.shared.per_ip);
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Socket options for both legs of a connection: no Nagle delay (RPC is request/response),
+/// and TCP keepalive so that a peer that vanished is noticed.
+pub(crate) fn tune(stream: &TcpStream, limits: &Limits) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(limits.keepalive)
+        .with_interval(limits.keepalive / 4 + Duration::from_secs(1))
+        .with_retries(4);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// Locks a mutex whose data a panic elsewhere cannot leave half-updated.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How a connection ended, for its closing log event.

@@ -1,7 +1,8 @@
-//! A pin listener: checks the client's bind against the pin, finds the backend's current
-//! port for the interface, and relays.
+//! A pin listener: lets through only the pin's interfaces (and, where configured, only some
+//! of their operations), finds the backend's current port for the interface, and relays.
 
-use std::sync::atomic::AtomicU64;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
@@ -10,47 +11,55 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::gate::{Gate, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
 use super::relay::{pump, Activity, End, Outbox};
-use super::{PinRuntime, Shared, Summary};
+use super::{Client, PinRuntime, Shared, Summary};
 use crate::interfaces::alias_of;
-use crate::wire::bind::{
-    encode_bind_ack, encode_bind_nak, nak_reason, reason, BindAck, BindAckFields, BindRequest,
-    ResultEntry,
-};
+use crate::wire::bind::{encode_bind_nak, nak_reason, BindAck, BindRequest};
+use crate::wire::pdu::{encode_fault, status, Request};
 use crate::wire::{PacketType, Pdu, SyntaxId};
+
+/// More refused calls in progress than this on one connection is not a real client.
+const MAX_REFUSED: usize = 64;
 
 /// Serves one client of a pin listener.
 pub(crate) async fn serve(
-    client: TcpStream,
+    client: Client,
     shared: &Shared,
     pin: &PinRuntime,
 ) -> anyhow::Result<Summary> {
     let limits = &shared.config.limits;
-    let activity = Activity::new(limits.idle_timeout);
-    let (client_rd, mut client_wr) = client.into_split();
-    let mut client_rd = PduReader::new(client_rd, limits.max_fragment);
-    let bind_pdu = client_rd
+    let (client_rd, mut client_wr) = client.stream.into_split();
+    let mut client_rd = PduReader::with_buffered(client_rd, client.buffered, limits.max_fragment);
+    let first = client_rd
         .next_within(limits.handshake_timeout)
         .await
         .context("waiting for the client's bind")?;
-    let bind =
-        BindRequest::parse(&bind_pdu).context("the client's first PDU is not a valid bind")?;
-    if bind.pdu().ptype() != PacketType::Bind {
-        bail!("the client's first PDU is an alter_context, not a bind");
+    let up = AtomicU64::new(first.len() as u64);
+    let down = AtomicU64::new(0);
+    if Pdu::new_checked(&first[..])?.ptype() != PacketType::Bind {
+        bail!("the client's first PDU is not a bind");
     }
-
-    if let Some(answer) = refusal(&bind, pin)? {
-        client_wr
-            .write_all(&answer)
-            .await
-            .context("sending the refusal")?;
-        let _ = client_wr.shutdown().await;
-        let sent = AtomicU64::new(answer.len() as u64);
-        let read = AtomicU64::new(bind_pdu.len() as u64);
-        return Ok(Summary::new(&read, &sent, Ok("bind refused")));
-    }
-    // Every context names an interface of this pin; the first one chooses the backend port.
+    let gate = Gate::new(
+        |s: &SyntaxId| pin.config.allows(s),
+        WhenNoneAllowed::RejectEach,
+        "interface not carried by this pin",
+    );
+    let bind_pdu = match gate.judge(first)? {
+        Verdict::Forward(pdu) => pdu,
+        Verdict::Answer(answer) => {
+            client_wr
+                .write_all(&answer)
+                .await
+                .context("sending the refusal")?;
+            let _ = client_wr.shutdown().await;
+            down.store(answer.len() as u64, Ordering::Relaxed);
+            return Ok(Summary::new(&up, &down, Ok("bind refused")));
+        }
+    };
+    let bind = BindRequest::parse(&bind_pdu)?;
+    // Every context left names an interface of this pin; the first chooses the backend port.
     let Some(interface) = bind.contexts().next().map(|c| c.abstract_syntax()) else {
         bail!("the client's bind proposes no presentation context");
     };
@@ -70,6 +79,7 @@ pub(crate) async fn serve(
             return Err(e);
         }
     };
+    super::tune(&backend, limits);
     info!(
         event = "bind_accepted",
         interface = %interface.uuid,
@@ -84,15 +94,21 @@ pub(crate) async fn serve(
         .write_all(&bind_pdu)
         .await
         .context("forwarding the bind to the backend")?;
-    let up = AtomicU64::new(bind_pdu.len() as u64);
-    let down = AtomicU64::new(0);
-    // Refusals of an alter_context travel back through the backend-to-client writer.
+    let activity = Activity::new(limits.idle_timeout);
+    let mut requests = Requests {
+        pin,
+        gate: &gate,
+        refused: HashSet::new(),
+    };
+    // Refusals of later PDUs travel back through the backend-to-client writer.
     let (reply_tx, mut reply_rx) = mpsc::channel(4);
     let ended = tokio::select! {
         r = pump(&mut client_rd, &mut backend_wr, &activity, &up, Some(&reply_tx), None,
-                 |pdu, out| check_client_pdu(pin, pdu, out)) => r.map(|End::Closed| "client closed").context("client → backend"),
+                 |pdu, out| requests.handle(pdu, out)) =>
+            r.map(|End::Closed| "client closed").context("client → backend"),
         r = pump(&mut backend_rd, &mut client_wr, &activity, &down, None, Some(&mut reply_rx),
-                 |pdu, out| answer_to_client(pin, pdu, out)) => r.map(|End::Closed| "backend closed").context("backend → client"),
+                 |pdu, out| answer_to_client(pin, &gate, pdu, out)) =>
+            r.map(|End::Closed| "backend closed").context("backend → client"),
     };
     Ok(Summary::new(&up, &down, ended))
 }
@@ -106,7 +122,7 @@ async fn connect(
 ) -> anyhow::Result<TcpStream> {
     let timeout = shared.config.limits.connect_timeout;
     let resolver = &shared.resolver;
-    if let Some(port) = pin.backend_port {
+    if let Some(port) = pin.config.backend_port {
         return resolver.connect(port, timeout).await;
     }
     for attempt in 0..2 {
@@ -124,10 +140,7 @@ async fn connect(
             elapsed_us = started.elapsed().as_micros() as u64,
         );
         match resolver.connect(port, timeout).await {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
+            Ok(s) => return Ok(s),
             Err(e) if attempt == 0 => {
                 warn!(event = "backend_connect_failed", backend_port = port, error = %e, retry = true);
                 resolver.forget(&interface);
@@ -138,89 +151,90 @@ async fn connect(
     Err(anyhow!("unreachable: the loop returns"))
 }
 
-/// The answer that refuses a bind or alter_context, when one of its contexts names an
-/// interface this pin does not carry. Logs each refused interface.
-fn refusal(bind: &BindRequest<'_>, pin: &PinRuntime) -> anyhow::Result<Option<Vec<u8>>> {
-    let mut refused = false;
-    let results: Vec<ResultEntry> = bind
-        .contexts()
-        .map(|c| {
-            let s = c.abstract_syntax();
-            if pin.config.allows(&s) {
-                ResultEntry::rejected(reason::NOT_SPECIFIED)
-            } else {
-                refused = true;
-                warn!(
-                    event = "bind_refused",
-                    interface = %s.uuid,
-                    alias = alias_of(&s.uuid).unwrap_or("-"),
-                    version = %format_args!("{}.{}", s.major, s.minor),
-                    context_id = c.id(),
-                    kind = %bind.pdu().ptype(),
-                    reason = "interface not carried by this pin",
-                );
-                ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED)
-            }
-        })
-        .collect();
-    if !refused {
-        return Ok(None);
-    }
-    let p = bind.pdu();
-    let ptype = match p.ptype() {
-        PacketType::AlterContext => PacketType::AlterContextResp,
-        _ => PacketType::BindAck,
-    };
-    let mut out = Vec::with_capacity(32 + 24 * results.len());
-    encode_bind_ack(
-        &mut out,
-        &BindAckFields {
-            ptype,
-            endian: p.endian(),
-            call_id: p.call_id(),
-            max_xmit_frag: bind.max_xmit_frag(),
-            max_recv_frag: bind.max_recv_frag(),
-            assoc_group_id: bind.assoc_group_id(),
-            secondary_addr: b"",
-            results: &results,
-        },
-    )?;
-    Ok(Some(out))
+/// The client-to-backend direction on an established association: alter_context goes
+/// through the gate, a call must be allowed by the pin's opnum list, and a second bind is a
+/// protocol violation.
+struct Requests<'a, F> {
+    pin: &'a PinRuntime,
+    gate: &'a Gate<F>,
+    /// Refused calls whose later request fragments must be dropped too.
+    refused: HashSet<u32>,
 }
 
-/// Checks what the client sends on an established association: an alter_context must name
-/// interfaces of the pin too, and a second bind is a protocol violation.
-fn check_client_pdu(pin: &PinRuntime, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
-    match Pdu::new_checked(&pdu[..])?.ptype() {
-        PacketType::AlterContext => {
-            let alter = BindRequest::parse(&pdu)?;
-            if let Some(answer) = refusal(&alter, pin)? {
-                out.reply.push(BytesMut::from(&answer[..]));
-                return Ok(());
+impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
+    fn handle(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+        match Pdu::new_checked(&pdu[..])?.ptype() {
+            PacketType::AlterContext => match self.gate.judge(pdu)? {
+                Verdict::Forward(pdu) => out.forward.push(pdu),
+                Verdict::Answer(answer) => out.reply.push(answer),
+            },
+            PacketType::Bind => bail!("a second bind on an established association"),
+            PacketType::Request => {
+                let req = Request::parse(&pdu)?;
+                let call_id = req.pdu().call_id();
+                let in_progress = self.refused.contains(&call_id);
+                let interface = self.gate.interface_of(req.context_id());
+                let allowed =
+                    interface.is_none_or(|i| self.pin.config.allows_opnum(&i, req.opnum()));
+                if allowed && !in_progress {
+                    out.forward.push(pdu);
+                    return Ok(());
+                }
+                if !in_progress {
+                    let i = interface.unwrap_or(SyntaxId::NDR);
+                    warn!(
+                        event = "refused",
+                        policy = "opnum",
+                        interface = %i.uuid,
+                        alias = alias_of(&i.uuid).unwrap_or("-"),
+                        opnum = req.opnum(),
+                        call_id,
+                        reason = "operation not in this pin's opnums list",
+                    );
+                    let p = req.pdu();
+                    let mut fault = Vec::with_capacity(32);
+                    let denied = status::NCA_S_FAULT_ACCESS_DENIED;
+                    encode_fault(&mut fault, p.endian(), call_id, req.context_id(), denied)?;
+                    out.reply.push(BytesMut::from(&fault[..]));
+                }
+                if req.pdu().ends_call(in_progress) {
+                    self.refused.remove(&call_id);
+                } else if self.refused.len() < MAX_REFUSED {
+                    self.refused.insert(call_id);
+                } else {
+                    bail!("more than {MAX_REFUSED} refused calls in progress");
+                }
             }
+            _ => out.forward.push(pdu),
         }
-        PacketType::Bind => bail!("a second bind on an established association"),
-        _ => {}
+        Ok(())
     }
-    out.forward.push(pdu);
-    Ok(())
 }
 
-/// Forwards the backend's PDUs, with the secondary address of a bind_ack or
-/// alter_context_resp (the backend's port as text, which discloses it) replaced by the
-/// pin's public port.
-fn answer_to_client(pin: &PinRuntime, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+/// Forwards the backend's PDUs. A bind_ack or alter_context_resp gets the gate's refusals
+/// spliced in, and its secondary address (the backend's port as text, which discloses it)
+/// replaced by the pin's public port.
+fn answer_to_client<F: Fn(&SyntaxId) -> bool>(
+    pin: &PinRuntime,
+    gate: &Gate<F>,
+    pdu: BytesMut,
+    out: &mut Outbox,
+) -> anyhow::Result<()> {
     let ptype = Pdu::new_checked(&pdu[..])?.ptype();
-    if matches!(ptype, PacketType::BindAck | PacketType::AlterContextResp) {
-        let ack = BindAck::parse(&pdu)?;
-        if let Some(addr) = public_secondary_addr(ack.secondary_addr(), pin.public_port) {
+    if !matches!(ptype, PacketType::BindAck | PacketType::AlterContextResp) {
+        out.forward.push(pdu);
+        return Ok(());
+    }
+    let pdu = gate.answer(pdu)?;
+    let ack = BindAck::parse(&pdu)?;
+    match public_secondary_addr(ack.secondary_addr(), pin.public_port) {
+        Some(addr) => {
             let mut rewritten = Vec::with_capacity(pdu.len() + 8);
             ack.encode_with_secondary_addr(&addr, &mut rewritten)?;
             out.forward.push(BytesMut::from(&rewritten[..]));
-            return Ok(());
         }
+        None => out.forward.push(pdu),
     }
-    out.forward.push(pdu);
     Ok(())
 }
 

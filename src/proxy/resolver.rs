@@ -82,8 +82,7 @@ impl Resolver {
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SyntaxId, (u16, Instant)>> {
-        // A panic elsewhere cannot leave this map inconsistent: keep using it.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.cache)
     }
 
     /// Every ncacn_ip_tcp endpoint the backend's endpoint mapper has for `interface`.

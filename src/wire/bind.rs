@@ -727,7 +727,10 @@ mod tests {
         ack.encode_with_results(&all, &mut out).unwrap();
         assert_eq!(out, first_pdu(server), "the same results change nothing");
         out.clear();
-        let fewer = [all[1], ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED)];
+        let fewer = [
+            all[1],
+            ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED),
+        ];
         ack.encode_with_results(&fewer, &mut out).unwrap();
         let again = BindAck::parse(&out).unwrap();
         assert_eq!(again.results().collect::<Vec<_>>(), fewer);

@@ -56,10 +56,27 @@ const MAX_ANNOTATION: usize = 64;
 /// Where the parts of an ept_map or ept_lookup response lie in its stub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Walk {
+    /// The entry handle.
+    pub handle: Range<usize>,
+    /// The array's maximum count (the `max_towers` or `max_ents` the client asked for).
+    pub max_count: usize,
+    /// One per array element, in order.
+    pub entries: Vec<Entry>,
     /// The octets of each non-null tower, in order.
     pub towers: Vec<Range<usize>>,
     /// The call's status (0: success).
     pub status: u32,
+}
+
+/// One element of an answer: a tower pointer (ept_map), or an `ept_entry_t` (ept_lookup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The object UUID's 16 bytes (ept_lookup only).
+    pub object: Option<Range<usize>>,
+    /// The annotation's characters, NUL included when sent (ept_lookup only).
+    pub annotation: Option<Range<usize>>,
+    /// The index of its tower in [`Walk::towers`], or `None` for a null pointer.
+    pub tower: Option<usize>,
 }
 
 /// Finds the towers of an ept_map response stub.
@@ -67,19 +84,25 @@ pub fn walk_map_response(stub: &[u8], endian: Endian, syntax: Syntax) -> Result<
     let mut c = Cursor::new(stub, endian, syntax);
     c.skip(HANDLE_LEN, "ept_map entry_handle")?;
     let num = c.u32("ept_map num_towers")? as usize;
-    let referents = array_header(&mut c, "ept_map towers")?;
+    let (max_count, referents) = array_header(&mut c, "ept_map towers")?;
     if referents > num {
         return Err(Error::Malformed("ept_map tower count beyond num_towers"));
     }
-    let mut non_null = 0;
+    let mut entries = Vec::with_capacity(referents.min(c.remaining() / syntax.wide()));
     for _ in 0..referents {
-        if c.pointer("ept_map tower pointer")? != 0 {
-            non_null += 1;
-        }
+        let non_null = c.pointer("ept_map tower pointer")? != 0;
+        entries.push(Entry {
+            object: None,
+            annotation: None,
+            tower: non_null.then_some(
+                entries
+                    .iter()
+                    .filter(|e: &&Entry| e.tower.is_some())
+                    .count(),
+            ),
+        });
     }
-    let towers = deferred_towers(&mut c, non_null)?;
-    let status = c.u32("ept_map status")?;
-    Ok(Walk { towers, status })
+    finish(c, max_count, entries, "ept_map status")
 }
 
 /// Finds the towers of an ept_lookup response stub.
@@ -87,39 +110,65 @@ pub fn walk_lookup_response(stub: &[u8], endian: Endian, syntax: Syntax) -> Resu
     let mut c = Cursor::new(stub, endian, syntax);
     c.skip(HANDLE_LEN, "ept_lookup entry_handle")?;
     let num = c.u32("ept_lookup num_ents")? as usize;
-    let entries = array_header(&mut c, "ept_lookup entries")?;
-    if entries > num {
+    let (max_count, n) = array_header(&mut c, "ept_lookup entries")?;
+    if n > num {
         return Err(Error::Malformed("ept_lookup entry count beyond num_ents"));
     }
+    let mut entries = Vec::with_capacity(n.min(c.remaining() / 24));
     let mut non_null = 0;
-    for _ in 0..entries {
+    for _ in 0..n {
         // A struct holding a pointer takes the pointer's alignment.
         c.align(syntax.wide())?;
+        let object = c.position()..c.position() + 16;
         c.skip(16, "ept_entry object")?;
-        if c.pointer("ept_entry tower pointer")? != 0 {
+        let tower = (c.pointer("ept_entry tower pointer")? != 0).then(|| {
             non_null += 1;
-        }
+            non_null - 1
+        });
         let _offset = c.count("ept_entry annotation offset")?;
         let len = c.count("ept_entry annotation length")?;
         if len > MAX_ANNOTATION {
             return Err(Error::Malformed("ept_entry annotation longer than 64"));
         }
+        let annotation = c.position()..c.position() + len;
         c.skip(len, "ept_entry annotation")?;
+        entries.push(Entry {
+            object: Some(object),
+            annotation: Some(annotation),
+            tower,
+        });
     }
-    let towers = deferred_towers(&mut c, non_null)?;
-    let status = c.u32("ept_lookup status")?;
-    Ok(Walk { towers, status })
+    finish(c, max_count, entries, "ept_lookup status")
 }
 
-/// Reads a conformant varying array's header and returns its actual count.
-fn array_header(c: &mut Cursor<'_>, what: &'static str) -> Result<usize> {
+/// Reads the deferred towers and the status that end both answers.
+fn finish(
+    mut c: Cursor<'_>,
+    max_count: usize,
+    entries: Vec<Entry>,
+    what: &'static str,
+) -> Result<Walk> {
+    let non_null = entries.iter().filter(|e| e.tower.is_some()).count();
+    let towers = deferred_towers(&mut c, non_null)?;
+    let status = c.u32(what)?;
+    Ok(Walk {
+        handle: 0..HANDLE_LEN,
+        max_count,
+        entries,
+        towers,
+        status,
+    })
+}
+
+/// Reads a conformant varying array's header: its maximum and actual counts.
+fn array_header(c: &mut Cursor<'_>, what: &'static str) -> Result<(usize, usize)> {
     let max = c.count(what)?;
     let offset = c.count(what)?;
     let actual = c.count(what)?;
     if offset != 0 || actual > max {
         return Err(Error::Malformed(what));
     }
-    Ok(actual)
+    Ok((max, actual))
 }
 
 /// Reads `n` deferred `twr_t` pointees and returns where each one's octets lie.
@@ -137,6 +186,75 @@ fn deferred_towers(c: &mut Cursor<'_>, n: usize) -> Result<Vec<Range<usize>>> {
         towers.push(start..start + len);
     }
     Ok(towers)
+}
+
+/// One element of an answer to encode.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryRef<'a> {
+    /// The object UUID's 16 wire bytes (ept_lookup only; ignored for ept_map).
+    pub object: &'a [u8],
+    /// The annotation's characters (ept_lookup only; ignored for ept_map).
+    pub annotation: &'a [u8],
+    /// The tower's octets, or `None` for a null pointer.
+    pub tower: Option<&'a [u8]>,
+}
+
+/// An ept_map or ept_lookup answer to encode.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    /// ept_lookup (`true`) or ept_map.
+    pub lookup: bool,
+    /// The entry handle's 20 bytes.
+    pub handle: &'a [u8],
+    /// The array's maximum count (at least the number of entries is written).
+    pub max_count: usize,
+    /// The elements.
+    pub entries: &'a [EntryRef<'a>],
+    /// The call's status.
+    pub status: u32,
+}
+
+/// Appends an answer stub in the given syntax and byte order: the layouts
+/// [`walk_map_response`] and [`walk_lookup_response`] read.
+pub fn encode_answer(out: &mut Vec<u8>, endian: Endian, syntax: Syntax, answer: &Answer<'_>) {
+    let Answer {
+        lookup,
+        handle,
+        max_count,
+        entries,
+        status,
+    } = *answer;
+    let mut w = super::ndr::Writer::new(out, endian, syntax);
+    w.bytes(handle);
+    w.u32(entries.len() as u32);
+    w.count(max_count.max(entries.len()));
+    w.count(0);
+    w.count(entries.len());
+    // Referent ids as MIDL numbers them; any non-zero value will do.
+    let mut referent = 0x0002_0000u64;
+    let mut next = || {
+        referent += 4;
+        referent
+    };
+    for e in entries {
+        let pointer = e.tower.map_or(0, |_| next());
+        if lookup {
+            w.align(syntax.wide());
+            w.bytes(e.object);
+            w.pointer(pointer);
+            w.count(0);
+            w.count(e.annotation.len());
+            w.bytes(e.annotation);
+        } else {
+            w.pointer(pointer);
+        }
+    }
+    for tower in entries.iter().filter_map(|e| e.tower) {
+        w.count(tower.len());
+        w.u32(tower.len() as u32);
+        w.bytes(tower);
+    }
+    w.u32(status);
 }
 
 /// Appends an NDR ept_map request stub asking for the towers of `query` (a tower as built
@@ -220,6 +338,58 @@ mod tests {
         let stub = super::tests::stub(&LOOKUP_SERVER[60..]);
         for cut in 0..stub.len() {
             assert!(walk_lookup_response(&stub[..cut], Endian::Little, Syntax::Ndr).is_err());
+        }
+    }
+
+    #[test]
+    fn encoded_answers_walk_back_to_the_same_parts() {
+        let map = stub(&NSPI_SERVER[60..]);
+        let lookup = super::tests::stub(&LOOKUP_SERVER[60..]);
+        for (answer, is_lookup) in [(map, false), (lookup, true)] {
+            let walk = if is_lookup {
+                walk_lookup_response(answer, Endian::Little, Syntax::Ndr)
+            } else {
+                walk_map_response(answer, Endian::Little, Syntax::Ndr)
+            }
+            .unwrap();
+            let refs: Vec<EntryRef<'_>> = walk
+                .entries
+                .iter()
+                .map(|e| EntryRef {
+                    object: e.object.clone().map_or(&[][..], |r| &answer[r]),
+                    annotation: e.annotation.clone().map_or(&[][..], |r| &answer[r]),
+                    tower: e.tower.map(|i| &answer[walk.towers[i].clone()]),
+                })
+                .collect();
+            for endian in [Endian::Little, Endian::Big] {
+                for syntax in [Syntax::Ndr, Syntax::Ndr64] {
+                    let mut out = Vec::new();
+                    let a = Answer {
+                        lookup: is_lookup,
+                        handle: &answer[walk.handle.clone()],
+                        max_count: walk.max_count,
+                        entries: &refs,
+                        status: 7,
+                    };
+                    encode_answer(&mut out, endian, syntax, &a);
+                    let again = if is_lookup {
+                        walk_lookup_response(&out, endian, syntax)
+                    } else {
+                        walk_map_response(&out, endian, syntax)
+                    }
+                    .unwrap();
+                    assert_eq!(again.status, 7);
+                    assert_eq!(again.max_count, walk.max_count);
+                    assert_eq!(again.entries.len(), walk.entries.len());
+                    for (a, b) in again.towers.iter().zip(&walk.towers) {
+                        assert_eq!(out[a.clone()], answer[b.clone()]);
+                    }
+                    if endian == Endian::Little && syntax == Syntax::Ndr && !is_lookup {
+                        // Exchange's own referent ids differ; everything else is the same.
+                        assert_eq!(out.len(), answer.len());
+                    }
+                }
+            }
         }
     }
 

@@ -139,6 +139,77 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Appends NDR or NDR64 to a buffer; alignment is relative to where the stub started.
+#[derive(Debug)]
+pub struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    endian: Endian,
+    syntax: Syntax,
+}
+
+impl<'a> Writer<'a> {
+    /// A writer whose stub starts at the end of `out`.
+    pub fn new(out: &'a mut Vec<u8>, endian: Endian, syntax: Syntax) -> Writer<'a> {
+        let start = out.len();
+        Writer {
+            out,
+            start,
+            endian,
+            syntax,
+        }
+    }
+
+    /// Pads with zeros to the next multiple of `n` (a power of two).
+    pub fn align(&mut self, n: usize) {
+        let len = self.out.len() - self.start;
+        let aligned = (len + n - 1) & !(n - 1);
+        self.out.resize(self.start + aligned, 0);
+    }
+
+    /// Raw bytes.
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(b);
+    }
+
+    /// An aligned `u32` in drep order.
+    pub fn u32(&mut self, v: u32) {
+        self.align(4);
+        self.out.extend_from_slice(&match self.endian {
+            Endian::Little => v.to_le_bytes(),
+            Endian::Big => v.to_be_bytes(),
+        });
+    }
+
+    /// A conformance count, offset or actual count (4 or 8 bytes by syntax).
+    pub fn count(&mut self, v: usize) {
+        self.wide(v as u64);
+    }
+
+    /// A referent id (4 or 8 bytes by syntax).
+    pub fn pointer(&mut self, referent: u64) {
+        self.wide(referent);
+    }
+
+    fn wide(&mut self, v: u64) {
+        match self.syntax {
+            Syntax::Ndr => self.u32(v as u32),
+            Syntax::Ndr64 => {
+                self.align(8);
+                self.out.extend_from_slice(&match self.endian {
+                    Endian::Little => v.to_le_bytes(),
+                    Endian::Big => v.to_be_bytes(),
+                });
+            }
+        }
+    }
+
+    /// The transfer syntax being written.
+    pub fn syntax(&self) -> Syntax {
+        self.syntax
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

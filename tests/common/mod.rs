@@ -34,6 +34,17 @@ pub const NSPI_LE: [u8; 16] = [
     0x18, 0x5a, 0xcc, 0xf5, 0x64, 0x42, 0x1a, 0x10, 0x8c, 0x59, 0x08, 0x00, 0x2b, 0x2f, 0x84, 0x26,
 ];
 
+/// netlogon 12345678-1234-abcd-ef00-01234567cffb v1.0 as a little-endian `p_syntax_id_t`.
+pub const NETLOGON_SYNTAX_LE: [u8; 20] = [
+    0x78, 0x56, 0x34, 0x12, 0x34, 0x12, 0xcd, 0xab, 0xef, 0x00, 0x01, 0x23, 0x45, 0x67, 0xcf, 0xfb,
+    1, 0, 0, 0,
+];
+/// The endpoint mapper e1af8308-5d1f-11c9-91a4-08002b14a0fa v3.0, the same way.
+pub const EPM_SYNTAX_LE: [u8; 20] = [
+    0x08, 0x83, 0xaf, 0xe1, 0x1f, 0x5d, 0xc9, 0x11, 0x91, 0xa4, 0x08, 0x00, 0x2b, 0x14, 0xa0, 0xfa,
+    3, 0, 0, 0,
+];
+
 /// Splits a captured little-endian stream into its PDUs by their frag_length.
 pub fn pdus(stream: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
@@ -82,13 +93,17 @@ async fn read_pdu_unbounded<R: AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> 
     Some(pdu)
 }
 
-/// Reads until EOF, bounded by a timeout.
+/// Reads until the peer closes (a reset counts as a close), bounded by a timeout.
 pub async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
         .await
-        .expect("the peer closed within 5 s")
-        .expect("read");
+        .expect("the peer closed within 5 s");
+    match read {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("read: {e}"),
+    }
     out
 }
 

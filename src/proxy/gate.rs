@@ -1,0 +1,183 @@
+//! The interface gate: which presentation contexts of a client's bind or alter_context may
+//! reach the backend, and rpcpin's own answer for those that may not.
+//!
+//! A bind that mixes allowed and refused contexts is forwarded with the refused ones removed,
+//! and the backend's bind_ack gets a provider rejection spliced back in at each removed
+//! context's place, so the client sees one result per context it proposed and the backend
+//! never sees a refused interface.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use anyhow::bail;
+use bytes::BytesMut;
+use tracing::warn;
+
+use super::lock;
+use crate::interfaces::alias_of;
+use crate::wire::bind::{
+    encode_bind_ack, encode_bind_nak, nak_reason, reason, BindAck, BindAckFields, BindRequest,
+    ResultEntry,
+};
+use crate::wire::{PacketType, SyntaxId};
+
+/// More binds awaiting their answer than this on one connection is not a real client.
+const MAX_PENDING: usize = 16;
+/// More presentation contexts than this on one connection is not a real client.
+const MAX_CONTEXTS: usize = 256;
+
+/// How a bind with no acceptable context is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenNoneAllowed {
+    /// A bind_ack rejecting every context (`abstract_syntax_not_supported`): clients report
+    /// which interface is not offered.
+    RejectEach,
+    /// A bind_nak: nothing about the listener is disclosed.
+    Nak,
+}
+
+/// What to do with a client's bind or alter_context.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Forward this PDU (the original, or a copy without the refused contexts).
+    Forward(BytesMut),
+    /// Refuse it: send this answer to the client, forward nothing.
+    Answer(BytesMut),
+}
+
+/// Per-connection gate state.
+#[derive(Debug)]
+pub(crate) struct Gate<F> {
+    allows: F,
+    when_none: WhenNoneAllowed,
+    /// Why a refused context is refused, for the audit log.
+    why: &'static str,
+    /// Binds forwarded with contexts removed, by call id: which contexts were kept.
+    filtered: Mutex<HashMap<u32, Vec<bool>>>,
+    /// The interface each forwarded context id was proposed for.
+    contexts: Mutex<HashMap<u16, SyntaxId>>,
+}
+
+impl<F: Fn(&SyntaxId) -> bool> Gate<F> {
+    /// A gate that lets through the contexts for which `allows` is true.
+    pub(crate) fn new(allows: F, when_none: WhenNoneAllowed, why: &'static str) -> Gate<F> {
+        Gate {
+            allows,
+            when_none,
+            why,
+            filtered: Mutex::new(HashMap::new()),
+            contexts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Judges a client's bind or alter_context, logging every refused context.
+    pub(crate) fn judge(&self, pdu: BytesMut) -> anyhow::Result<Verdict> {
+        let bind = BindRequest::parse(&pdu)?;
+        let keep: Vec<bool> = bind
+            .contexts()
+            .map(|c| {
+                let s = c.abstract_syntax();
+                let ok = (self.allows)(&s);
+                if !ok {
+                    warn!(
+                        event = "refused",
+                        policy = "interface",
+                        interface = %s.uuid,
+                        alias = alias_of(&s.uuid).unwrap_or("-"),
+                        version = %format_args!("{}.{}", s.major, s.minor),
+                        context_id = c.id(),
+                        kind = %bind.pdu().ptype(),
+                        reason = self.why,
+                    );
+                }
+                ok
+            })
+            .collect();
+        if keep.is_empty() {
+            bail!("a {} without presentation contexts", bind.pdu().ptype());
+        }
+        if !keep.contains(&true) {
+            return Ok(Verdict::Answer(self.refusal(&bind)?));
+        }
+        {
+            let mut contexts = lock(&self.contexts);
+            for (c, _) in bind.contexts().zip(&keep).filter(|(_, &k)| k) {
+                contexts.insert(c.id(), c.abstract_syntax());
+            }
+            if contexts.len() > MAX_CONTEXTS {
+                bail!("more than {MAX_CONTEXTS} presentation contexts");
+            }
+        }
+        if !keep.contains(&false) {
+            return Ok(Verdict::Forward(pdu));
+        }
+        let mut filtered = lock(&self.filtered);
+        if filtered.len() >= MAX_PENDING {
+            bail!("more than {MAX_PENDING} unanswered binds");
+        }
+        let mut out = Vec::with_capacity(pdu.len());
+        bind.encode_keeping(&keep, &mut out)?;
+        filtered.insert(bind.pdu().call_id(), keep);
+        Ok(Verdict::Forward(BytesMut::from(&out[..])))
+    }
+
+    /// The backend's answer to a bind or alter_context, with a rejection spliced back in for
+    /// each context the gate removed from it.
+    pub(crate) fn answer(&self, ack_pdu: BytesMut) -> anyhow::Result<BytesMut> {
+        let ack = BindAck::parse(&ack_pdu)?;
+        let Some(keep) = lock(&self.filtered).remove(&ack.pdu().call_id()) else {
+            return Ok(ack_pdu);
+        };
+        let mut backend = ack.results();
+        let refused = ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED);
+        let results: Vec<ResultEntry> = keep
+            .iter()
+            .map(|&k| {
+                if k {
+                    backend.next().unwrap_or(refused)
+                } else {
+                    refused
+                }
+            })
+            .collect();
+        let mut out = Vec::with_capacity(ack_pdu.len() + 24 * results.len());
+        ack.encode_with_results(&results, &mut out)?;
+        Ok(BytesMut::from(&out[..]))
+    }
+
+    /// The interface a forwarded context id was proposed for.
+    pub(crate) fn interface_of(&self, context_id: u16) -> Option<SyntaxId> {
+        lock(&self.contexts).get(&context_id).copied()
+    }
+
+    fn refusal(&self, bind: &BindRequest<'_>) -> anyhow::Result<BytesMut> {
+        let p = bind.pdu();
+        let mut out = Vec::with_capacity(64);
+        if p.ptype() == PacketType::Bind && self.when_none == WhenNoneAllowed::Nak {
+            encode_bind_nak(&mut out, p.endian(), p.call_id(), nak_reason::NOT_SPECIFIED)?;
+            return Ok(BytesMut::from(&out[..]));
+        }
+        let ptype = match p.ptype() {
+            PacketType::AlterContext => PacketType::AlterContextResp,
+            _ => PacketType::BindAck,
+        };
+        let results = vec![
+            ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED);
+            bind.contexts().count()
+        ];
+        encode_bind_ack(
+            &mut out,
+            &BindAckFields {
+                ptype,
+                endian: p.endian(),
+                call_id: p.call_id(),
+                max_xmit_frag: bind.max_xmit_frag(),
+                max_recv_frag: bind.max_recv_frag(),
+                assoc_group_id: bind.assoc_group_id(),
+                secondary_addr: b"",
+                results: &results,
+            },
+        )?;
+        Ok(BytesMut::from(&out[..]))
+    }
+}

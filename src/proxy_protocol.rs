@@ -1,0 +1,198 @@
+//! The PROXY protocol header (HAProxy's `proxy-protocol.txt`, versions 1 and 2), sans IO.
+//!
+//! Behind an L4 load balancer the TCP peer is the balancer; the header it sends first names
+//! the real client and the address the client connected to.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The v2 signature.
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// The longest v1 line, CRLF included.
+const V1_MAX: usize = 107;
+/// The longest v2 header rpcpin accepts (addresses plus generous TLVs).
+pub const V2_MAX: usize = 16 + 520;
+
+/// What a complete header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Bytes the header takes at the front of the stream.
+    pub len: usize,
+    /// `(client, destination)`, or `None` for a LOCAL/UNKNOWN connection (a health check):
+    /// then the TCP peer stands for itself.
+    pub addrs: Option<(SocketAddr, SocketAddr)>,
+}
+
+/// Why a header is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The stream does not start with a PROXY header.
+    #[error("no PROXY protocol header")]
+    Missing,
+    /// The header is malformed.
+    #[error("malformed PROXY protocol header: {0}")]
+    Malformed(&'static str),
+}
+
+/// Parses the header at the front of `buf`: `Ok(None)` while more bytes are needed.
+pub fn parse(buf: &[u8]) -> Result<Option<Header>, Error> {
+    let n = buf.len().min(V2_SIGNATURE.len());
+    if buf[..n] == V2_SIGNATURE[..n] {
+        return if n < V2_SIGNATURE.len() {
+            Ok(None)
+        } else {
+            parse_v2(buf)
+        };
+    }
+    let n = buf.len().min(6);
+    if buf[..n] == b"PROXY "[..n] {
+        return if n < 6 { Ok(None) } else { parse_v1(buf) };
+    }
+    Err(Error::Missing)
+}
+
+fn parse_v1(buf: &[u8]) -> Result<Option<Header>, Error> {
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return if buf.len() >= V1_MAX {
+            Err(Error::Malformed("v1 line too long"))
+        } else {
+            Ok(None)
+        };
+    };
+    if end + 2 > V1_MAX {
+        return Err(Error::Malformed("v1 line too long"));
+    }
+    let line =
+        std::str::from_utf8(&buf[6..end]).map_err(|_| Error::Malformed("v1 line is not text"))?;
+    let fields: Vec<&str> = line.split(' ').collect();
+    let len = end + 2;
+    match fields.as_slice() {
+        ["UNKNOWN", ..] => Ok(Some(Header { len, addrs: None })),
+        [proto @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
+            let ip = |s: &str| -> Result<IpAddr, Error> {
+                let ip: IpAddr = s.parse().map_err(|_| Error::Malformed("v1 address"))?;
+                match (*proto, ip) {
+                    ("TCP4", IpAddr::V4(_)) | ("TCP6", IpAddr::V6(_)) => Ok(ip),
+                    _ => Err(Error::Malformed("v1 address family")),
+                }
+            };
+            let port = |s: &str| s.parse::<u16>().map_err(|_| Error::Malformed("v1 port"));
+            Ok(Some(Header {
+                len,
+                addrs: Some((
+                    SocketAddr::new(ip(src)?, port(sport)?),
+                    SocketAddr::new(ip(dst)?, port(dport)?),
+                )),
+            }))
+        }
+        _ => Err(Error::Malformed("v1 fields")),
+    }
+}
+
+fn parse_v2(buf: &[u8]) -> Result<Option<Header>, Error> {
+    if buf.len() < 16 {
+        return Ok(None);
+    }
+    let (ver_cmd, family) = (buf[12], buf[13]);
+    if ver_cmd >> 4 != 2 {
+        return Err(Error::Malformed("v2 version"));
+    }
+    let body = u16::from_be_bytes([buf[14], buf[15]]) as usize;
+    let len = 16 + body;
+    if len > V2_MAX {
+        return Err(Error::Malformed("v2 header too long"));
+    }
+    if buf.len() < len {
+        return Ok(None);
+    }
+    let a = &buf[16..len];
+    let addrs = match (ver_cmd & 0x0f, family) {
+        (0, _) => None, // LOCAL: a health check from the balancer itself
+        (1, 0x11) if a.len() >= 12 => Some((
+            SocketAddr::new(
+                Ipv4Addr::new(a[0], a[1], a[2], a[3]).into(),
+                u16::from_be_bytes([a[8], a[9]]),
+            ),
+            SocketAddr::new(
+                Ipv4Addr::new(a[4], a[5], a[6], a[7]).into(),
+                u16::from_be_bytes([a[10], a[11]]),
+            ),
+        )),
+        (1, 0x21) if a.len() >= 36 => {
+            let v6 = |b: &[u8]| {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(&b[..16]);
+                IpAddr::V6(Ipv6Addr::from(o))
+            };
+            Some((
+                SocketAddr::new(v6(&a[..16]), u16::from_be_bytes([a[32], a[33]])),
+                SocketAddr::new(v6(&a[16..32]), u16::from_be_bytes([a[34], a[35]])),
+            ))
+        }
+        (1, 0x11 | 0x21) => return Err(Error::Malformed("v2 addresses truncated")),
+        (1, _) => None, // UNSPEC or a non-TCP family: keep the TCP peer
+        _ => return Err(Error::Malformed("v2 command")),
+    };
+    Ok(Some(Header { len, addrs }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_tcp4_and_unknown() {
+        let h = b"PROXY TCP4 198.51.100.22 203.0.113.7 35646 135\r\n\x05\x00\x0b";
+        for cut in 0..h.len() - 3 {
+            assert_eq!(parse(&h[..cut]), Ok(None), "cut {cut}");
+        }
+        let got = parse(h).unwrap().unwrap();
+        assert_eq!(got.len, h.len() - 3);
+        let (src, dst) = got.addrs.unwrap();
+        assert_eq!(src, "198.51.100.22:35646".parse().unwrap());
+        assert_eq!(dst, "203.0.113.7:135".parse().unwrap());
+        let unknown = parse(b"PROXY UNKNOWN\r\n").unwrap().unwrap();
+        assert_eq!((unknown.len, unknown.addrs), (15, None));
+        let v6 = parse(b"PROXY TCP6 2001:db8::1 2001:db8::2 1 2\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(v6.addrs.unwrap().0, "[2001:db8::1]:1".parse().unwrap());
+    }
+
+    #[test]
+    fn v1_refuses_nonsense() {
+        assert_eq!(parse(b"\x05\x00\x0b\x03"), Err(Error::Missing));
+        assert!(parse(b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n").is_err());
+        assert!(parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n").is_err());
+        assert!(parse(&[b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat()).is_err());
+    }
+
+    #[test]
+    fn v2_tcp4_local_and_bounds() {
+        let mut h = V2_SIGNATURE.to_vec();
+        h.extend_from_slice(&[
+            0x21, 0x11, 0, 12, 198, 51, 100, 22, 203, 0, 113, 7, 0x8b, 0x3e, 0, 135,
+        ]);
+        for cut in 0..h.len() {
+            assert_eq!(parse(&h[..cut]), Ok(None), "cut {cut}");
+        }
+        let got = parse(&h).unwrap().unwrap();
+        assert_eq!(got.len, 28);
+        assert_eq!(got.addrs.unwrap().0, "198.51.100.22:35646".parse().unwrap());
+        assert_eq!(got.addrs.unwrap().1, "203.0.113.7:135".parse().unwrap());
+        let mut local = V2_SIGNATURE.to_vec();
+        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        assert_eq!(
+            parse(&local),
+            Ok(Some(Header {
+                len: 16,
+                addrs: None
+            }))
+        );
+        let mut long = V2_SIGNATURE.to_vec();
+        long.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
+        assert_eq!(parse(&long), Err(Error::Malformed("v2 header too long")));
+        let mut short = V2_SIGNATURE.to_vec();
+        short.extend_from_slice(&[0x21, 0x11, 0, 4, 1, 2, 3, 4]);
+        assert!(parse(&short).is_err());
+    }
+}

@@ -1,0 +1,384 @@
+//! The policies that hold by default: port 135 speaks the endpoint mapper only, with its
+//! lookup operations only; pins carry only their interfaces (and operations); connection
+//! limits; PROXY protocol; an audit event for every refusal.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn epm_answers() -> Vec<Vec<u8>> {
+    pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()
+}
+
+/// Outlook's EPM bind, then its ept_map request turned into another operation.
+fn epm_call(op: u16, call_id: u32) -> Vec<u8> {
+    let mut r = pdus(NSPI_EPM_CLIENT)[1].to_vec();
+    r[12..16].copy_from_slice(&call_id.to_le_bytes());
+    r[22..24].copy_from_slice(&op.to_le_bytes());
+    r
+}
+
+#[tokio::test]
+async fn port_135_refuses_dcom_activation_with_a_bind_nak_and_never_calls_the_backend() {
+    let backend = Replay::start(|_| epm_answers()).await;
+    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    // A real Windows bind to ISystemActivator on 135, Kerberos included (kerberos135_auth).
+    let bind = pdus(include_bytes!("data/dcom-kerberos-135.client.bin"))[0].to_vec();
+    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    s.write_all(&bind).await.unwrap();
+    let answer = read_to_end(&mut s).await;
+    assert_eq!(
+        (answer[2], answer[12]),
+        (13, 8),
+        "a bind_nak for call 8: {answer:02x?}"
+    );
+    assert_eq!(backend.connections(), 0);
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn port_135_forwards_only_the_endpoint_mapper_context_of_a_mixed_bind() {
+    let backend = Replay::start(|_| epm_answers()).await;
+    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    // Outlook's EPM bind with a second context for ISystemActivator appended.
+    let epm_bind = pdus(NSPI_EPM_CLIENT)[0];
+    let mut bind = epm_bind.to_vec();
+    let mut dcom = epm_bind[28..72].to_vec();
+    dcom[0] = 1; // context id 1
+    dcom[4..20].copy_from_slice(&[0xa0, 0x01, 0, 0, 0, 0, 0, 0, 0xc0, 0, 0, 0, 0, 0, 0, 0x46]);
+    dcom[20..24].copy_from_slice(&[0, 0, 0, 0]);
+    bind.extend_from_slice(&dcom);
+    bind[24] = 2;
+    let len = bind.len() as u16;
+    bind[8..10].copy_from_slice(&len.to_le_bytes());
+
+    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    s.write_all(&bind).await.unwrap();
+    let ack = read_pdu(&mut s).await.unwrap();
+    // The backend saw Outlook's original one-context bind, byte for byte.
+    assert_eq!(backend.received(), epm_bind);
+    // The client sees two results: Exchange's acceptance, then rpcpin's rejection.
+    let server_ack = pdus(NSPI_EPM_SERVER)[0];
+    assert_eq!(ack.len(), server_ack.len() + 24);
+    assert_eq!(ack[32], 2, "two results");
+    assert_eq!(
+        ack[36..60],
+        server_ack[36..60],
+        "Exchange's acceptance first"
+    );
+    assert_eq!(
+        &ack[60..64],
+        &[2, 0, 1, 0],
+        "provider rejection, abstract syntax not supported"
+    );
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn endpoint_mapper_management_and_unknown_operations_are_refused() {
+    let backend = Replay::start(|_| epm_answers()).await;
+    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    s.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
+    read_pdu(&mut s).await.unwrap();
+    // ept_insert, ept_delete, ept_inq_object, ept_mgmt_delete, and an opnum that does not exist.
+    for (call, op, status) in [
+        (2, 0u16, 5u32),
+        (3, 1, 5),
+        (4, 5, 5),
+        (5, 6, 5),
+        (6, 42, 0x1c01_0002),
+    ] {
+        s.write_all(&epm_call(op, call)).await.unwrap();
+        let fault = read_pdu(&mut s).await.unwrap();
+        assert_eq!(
+            (fault[2], fault[12]),
+            (3, call as u8),
+            "opnum {op}: {fault:02x?}"
+        );
+        assert_eq!(&fault[24..28], &status.to_le_bytes(), "opnum {op}");
+    }
+    // None of them reached the backend; an ept_map afterwards still does.
+    assert_eq!(backend.received(), pdus(NSPI_EPM_CLIENT)[0]);
+    // (Call id 1, which the captured answer carries.)
+    s.write_all(&epm_call(3, 1)).await.unwrap();
+    let answer = read_pdu(&mut s).await.unwrap();
+    assert_eq!(answer[2], 2, "a response");
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn pin_forwards_only_its_interfaces_from_a_mixed_bind() {
+    let service =
+        Replay::start(|_| pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
+    let rpcpin = Running::start(
+        &config(closed_addr().await, &[("d", "\"nspi\"")], "").replace(
+            "interfaces = [\"nspi\"]",
+            &format!(
+                "interfaces = [\"nspi\"]\nbackend_port = {}",
+                service.addr.port()
+            ),
+        ),
+    )
+    .await;
+    // Outlook's NSPI bind with winreg proposed first, as context 5.
+    let nspi_bind = pdus(NSPI_NTLM_CLIENT)[0];
+    let mut bind = nspi_bind[..28].to_vec();
+    let mut winreg = nspi_bind[28..72].to_vec();
+    winreg[0] = 5;
+    winreg[4..20].copy_from_slice(&WINREG_LE);
+    bind.extend_from_slice(&winreg);
+    bind.extend_from_slice(&nspi_bind[28..]);
+    bind[24] = 2;
+    let len = bind.len() as u16;
+    bind[8..10].copy_from_slice(&len.to_le_bytes());
+
+    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    s.write_all(&bind).await.unwrap();
+    let ack = read_pdu(&mut s).await.unwrap();
+    assert_eq!(
+        service.received(),
+        nspi_bind,
+        "the backend saw only the NSPI context"
+    );
+    let results = ack.len() - 24 * 2 - usize::from(u16::from_le_bytes([ack[10], ack[11]])) - 8;
+    assert_eq!(ack[results - 4], 2, "two results");
+    assert_eq!(
+        &ack[results..results + 4],
+        &[2, 0, 1, 0],
+        "winreg rejected first"
+    );
+    assert_eq!(&ack[results + 24..results + 26], &[0, 0], "NSPI accepted");
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn pin_opnum_list_refuses_other_operations() {
+    let service =
+        Replay::start(|_| pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
+    let text = config(closed_addr().await, &[("d", "\"nspi\"")], "").replace(
+        "interfaces = [\"nspi\"]",
+        &format!(
+            "interfaces = [\"nspi\"]\nbackend_port = {}\nopnums = {{ nspi = [0, 1] }}",
+            service.addr.port()
+        ),
+    );
+    let rpcpin = Running::start(&text).await;
+    let client = pdus(NSPI_NTLM_CLIENT);
+    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    s.write_all(&[client[0], client[1]].concat()).await.unwrap();
+    read_pdu(&mut s).await.unwrap();
+    // NspiBind is opnum 0: allowed. The same call as opnum 2 is not.
+    let mut refused = client[2].to_vec();
+    refused[22] = 2;
+    refused[12] = 9;
+    s.write_all(&refused).await.unwrap();
+    let fault = read_pdu(&mut s).await.unwrap();
+    assert_eq!((fault[2], fault[12]), (3, 9), "a fault for call 9");
+    assert_eq!(&fault[24..28], &5u32.to_le_bytes(), "access denied");
+    s.write_all(client[2]).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap(), pdus(NSPI_NTLM_SERVER)[1]);
+    assert_eq!(
+        service.received(),
+        client.concat(),
+        "the refused call never reached the backend"
+    );
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn connection_limits_hold_in_total_and_per_address() {
+    let backend = Replay::start(|_| epm_answers()).await;
+    let pins = [("p", "\"nspi\"")];
+    for (limits, allowed) in [
+        ("max_connections = 3", 3),
+        ("max_connections_per_ip = 2", 2),
+    ] {
+        let rpcpin = Running::start(&config(
+            backend.addr,
+            &pins,
+            &format!("[limits]\n{limits}\n"),
+        ))
+        .await;
+        let mut open = Vec::new();
+        for _ in 0..allowed {
+            open.push(TcpStream::connect(rpcpin.epm).await.unwrap());
+        }
+        // Let rpcpin take them all before the one over the limit arrives.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut over = TcpStream::connect(rpcpin.epm).await.unwrap();
+        assert!(
+            read_to_end(&mut over).await.is_empty(),
+            "{limits}: closed at once"
+        );
+        // Those within the limit are served.
+        open[0].write_all(NSPI_EPM_CLIENT).await.unwrap();
+        assert!(read_pdu(&mut open[0]).await.is_some(), "{limits}");
+        drop(open);
+        rpcpin.stop().await;
+    }
+}
+
+/// A PROXY protocol v2 header for a TCP4 connection from `src` to `dst`.
+fn proxy_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (src, dst) else {
+        panic!("v4 only")
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&s.ip().octets());
+    h.extend_from_slice(&d.ip().octets());
+    h.extend_from_slice(&s.port().to_be_bytes());
+    h.extend_from_slice(&d.port().to_be_bytes());
+    h
+}
+
+#[tokio::test]
+async fn proxy_protocol_names_the_real_client_and_the_address_it_reached() {
+    let backend = Replay::start(|_| epm_answers()).await;
+    let text = config(
+        backend.addr,
+        &[("directory", "\"nspi\"")],
+        "[limits]\nmax_connections_per_ip = 1\n",
+    )
+    .replace("[epm]\n", "[epm]\nproxy_protocol = true\n");
+    let rpcpin = Running::start(&text).await;
+    let vip: SocketAddr = "203.0.113.7:135".parse().unwrap();
+
+    // v2 and v1, from two different clients: the per-address limit of 1 counts each
+    // real client, not the balancer's single address.
+    let mut a = TcpStream::connect(rpcpin.epm).await.unwrap();
+    a.write_all(&proxy_v2("198.51.100.22:40000".parse().unwrap(), vip))
+        .await
+        .unwrap();
+    let mut b = TcpStream::connect(rpcpin.epm).await.unwrap();
+    b.write_all(b"PROXY TCP4 198.51.100.23 203.0.113.7 40001 135\r\n")
+        .await
+        .unwrap();
+    for s in [&mut a, &mut b] {
+        s.write_all(NSPI_EPM_CLIENT).await.unwrap();
+        read_pdu(s).await.unwrap();
+        let answer = read_pdu(s).await.unwrap();
+        // The tower points at the address the client reached on the balancer.
+        assert!(
+            answer.windows(4).any(|w| w == [203, 0, 113, 7]),
+            "{answer:02x?}"
+        );
+    }
+    // A connection without the header is closed.
+    let mut bare = TcpStream::connect(rpcpin.epm).await.unwrap();
+    bare.write_all(NSPI_EPM_CLIENT).await.unwrap();
+    assert!(read_to_end(&mut bare).await.is_empty());
+    rpcpin.stop().await;
+}
+
+/// An address nothing listens on, for configs whose backend EPM is never asked.
+async fn closed_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", closed_port().await)
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn idle_and_oversized_connections_are_closed() {
+    let backend = Replay::start(|_| epm_answers()).await;
+    let limits = "[limits]\nidle_timeout = \"300ms\"\nmax_fragment = 1024\n";
+    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], limits)).await;
+    // Silent after its bind: closed once idle.
+    let mut idle = TcpStream::connect(rpcpin.epm).await.unwrap();
+    idle.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
+    read_pdu(&mut idle).await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(read_to_end(&mut idle).await.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // A fragment announced larger than limits.max_fragment: closed before it is buffered.
+    let mut big = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut bind = pdus(NSPI_EPM_CLIENT)[0].to_vec();
+    bind[8..10].copy_from_slice(&2000u16.to_le_bytes());
+    big.write_all(&bind).await.unwrap();
+    assert!(read_to_end(&mut big).await.is_empty());
+    assert_eq!(
+        backend.connections(),
+        1,
+        "only the idle client reached the backend"
+    );
+    rpcpin.stop().await;
+}
+
+/// Collects what the JSON logger writes.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_refusal_is_an_audit_event() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let backend = Replay::start(|_| epm_answers()).await;
+    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    let mut bind = pdus(NSPI_NTLM_CLIENT)[0].to_vec();
+    replace(&mut bind, &NSPI_LE, &WINREG_LE);
+    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    s.write_all(&bind).await.unwrap();
+    read_to_end(&mut s).await;
+    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    s.write_all(&[pdus(NSPI_EPM_CLIENT)[0], &epm_call(0, 2)].concat())
+        .await
+        .unwrap();
+    read_pdu(&mut s).await.unwrap();
+    read_pdu(&mut s).await.unwrap();
+    rpcpin.stop().await;
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let refused: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["event"] == "refused").collect();
+    assert_eq!(refused.len(), 2, "{text}");
+    let bind = refused[0];
+    assert_eq!(
+        (bind["level"].as_str(), bind["policy"].as_str()),
+        (Some("WARN"), Some("interface"))
+    );
+    assert_eq!(bind["alias"], "winreg");
+    assert_eq!(bind["interface"], "338cd001-2244-31f1-aaaa-900038001003");
+    assert!(bind["span"]["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(bind["span"]["pin"], "p");
+    let op = refused[1];
+    assert_eq!(
+        (
+            op["policy"].as_str(),
+            op["opnum"].as_u64(),
+            op["alias"].as_str()
+        ),
+        (Some("opnum"), Some(0), Some("epm"))
+    );
+    assert_eq!(op["span"]["pin"], "epm");
+}
