@@ -103,6 +103,23 @@ async fn endpoint_mapper_management_and_unknown_operations_are_refused() {
         );
         assert_eq!(&fault[24..28], &status.to_le_bytes(), "opnum {op}");
     }
+    // A refused call sent in two fragments: one fault, and its second fragment is dropped.
+    let whole = epm_call(0, 8);
+    let (head, stub) = whole.split_at(24);
+    let (a, b) = stub.split_at(40);
+    let fragment = |flags: u8, part: &[u8]| {
+        let mut f = head.to_vec();
+        f[3] = flags;
+        f.extend_from_slice(part);
+        let len = f.len() as u16;
+        f[8..10].copy_from_slice(&len.to_le_bytes());
+        f
+    };
+    s.write_all(&[fragment(1, a), fragment(2, b)].concat())
+        .await
+        .unwrap();
+    let fault = read_pdu(&mut s).await.unwrap();
+    assert_eq!((fault[2], fault[12]), (3, 8));
     // None of them reached the backend; an ept_map afterwards still does.
     assert_eq!(backend.received(), pdus(NSPI_EPM_CLIENT)[0]);
     // (Call id 1, which the captured answer carries.)

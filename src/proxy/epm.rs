@@ -2,7 +2,7 @@
 //! lets through only the endpoint mapper and its lookup operations, and rewrites (or hides)
 //! the towers in its ept_map and ept_lookup answers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::gate::{Gate, Verdict, WhenNoneAllowed};
+use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
 use super::relay::{pump, Activity, End, Outbox};
 use super::{lock, Client, Shared, Summary};
@@ -98,7 +98,7 @@ pub(crate) async fn serve(client: Client, shared: &Shared) -> anyhow::Result<Sum
     let mut requests = Requests {
         assoc: &assoc,
         gate: &gate,
-        refused: HashSet::new(),
+        refused: RefusedCalls::default(),
     };
     let (up, down) = (AtomicU64::new(first.len() as u64), AtomicU64::new(0));
     let mut out = Outbox::default();
@@ -169,8 +169,7 @@ fn advertise_for(client: &Client, configured: Option<Ipv4Addr>) -> Ipv4Addr {
 struct Requests<'a, F> {
     assoc: &'a Mutex<Association>,
     gate: &'a Gate<F>,
-    /// Refused calls whose later request fragments must be dropped too.
-    refused: HashSet<u32>,
+    refused: RefusedCalls,
 }
 
 impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
@@ -196,20 +195,13 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
             },
             PacketType::Request => {
                 let req = Request::parse(&pdu)?;
-                let in_progress = self.refused.contains(&call_id);
-                if in_progress || opnum_refusal(req.opnum()).is_some() {
-                    let last = p.ends_call(in_progress);
-                    if !in_progress {
-                        self.refuse(&req, out)?;
-                    }
-                    if last {
-                        self.refused.remove(&call_id);
-                    } else if self.refused.len() < MAX_OUTSTANDING {
-                        self.refused.insert(call_id);
-                    } else {
-                        bail!("more than {MAX_OUTSTANDING} refused calls in progress");
-                    }
-                    return Ok(());
+                match self
+                    .refused
+                    .judge(&req, || opnum_refusal(req.opnum()).is_some())?
+                {
+                    CallVerdict::Forward => {}
+                    CallVerdict::Refuse => return self.refuse(&req, out),
+                    CallVerdict::Drop => return Ok(()),
                 }
                 let mut a = lock(self.assoc);
                 if a.calls.len() >= MAX_OUTSTANDING {

@@ -6,7 +6,7 @@
 //! context's place, so the client sees one result per context it proposed and the backend
 //! never sees a refused interface.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use anyhow::bail;
@@ -19,6 +19,7 @@ use crate::wire::bind::{
     encode_bind_ack, encode_bind_nak, nak_reason, reason, BindAck, BindAckFields, BindRequest,
     ResultEntry,
 };
+use crate::wire::pdu::Request;
 use crate::wire::{PacketType, SyntaxId};
 
 /// More binds awaiting their answer than this on one connection is not a real client.
@@ -179,5 +180,48 @@ impl<F: Fn(&SyntaxId) -> bool> Gate<F> {
             },
         )?;
         Ok(BytesMut::from(&out[..]))
+    }
+}
+
+/// What to do with one request fragment under an operation policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallVerdict {
+    /// Forward it.
+    Forward,
+    /// The first fragment of a refused call: answer it with a fault, forward nothing.
+    Refuse,
+    /// A later fragment of a refused call: drop it.
+    Drop,
+}
+
+/// Calls refused on their first fragment, whose later fragments must be dropped too.
+#[derive(Debug, Default)]
+pub(crate) struct RefusedCalls(HashSet<u32>);
+
+impl RefusedCalls {
+    /// Judges a request fragment; `refuse` says whether the policy refuses the call (every
+    /// fragment of a request repeats its context and opnum, so any fragment can answer it).
+    pub(crate) fn judge(
+        &mut self,
+        req: &Request<'_>,
+        refuse: impl FnOnce() -> bool,
+    ) -> anyhow::Result<CallVerdict> {
+        let call_id = req.pdu().call_id();
+        let in_progress = self.0.contains(&call_id);
+        if !in_progress && !refuse() {
+            return Ok(CallVerdict::Forward);
+        }
+        if req.pdu().ends_call(in_progress) {
+            self.0.remove(&call_id);
+        } else if self.0.len() < MAX_PENDING {
+            self.0.insert(call_id);
+        } else {
+            bail!("more than {MAX_PENDING} refused calls in progress");
+        }
+        Ok(if in_progress {
+            CallVerdict::Drop
+        } else {
+            CallVerdict::Refuse
+        })
     }
 }

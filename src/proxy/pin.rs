@@ -1,7 +1,6 @@
 //! A pin listener: lets through only the pin's interfaces (and, where configured, only some
 //! of their operations), finds the backend's current port for the interface, and relays.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{anyhow, bail, Context};
@@ -11,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::gate::{Gate, Verdict, WhenNoneAllowed};
+use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
 use super::relay::{pump, Activity, End, Outbox};
 use super::{Client, PinRuntime, Shared, Summary};
@@ -19,9 +18,6 @@ use crate::interfaces::alias_of;
 use crate::wire::bind::{encode_bind_nak, nak_reason, BindAck, BindRequest};
 use crate::wire::pdu::{encode_fault, status, Request};
 use crate::wire::{PacketType, Pdu, SyntaxId};
-
-/// More refused calls in progress than this on one connection is not a real client.
-const MAX_REFUSED: usize = 64;
 
 /// Serves one client of a pin listener.
 pub(crate) async fn serve(
@@ -98,7 +94,7 @@ pub(crate) async fn serve(
     let mut requests = Requests {
         pin,
         gate: &gate,
-        refused: HashSet::new(),
+        refused: RefusedCalls::default(),
     };
     // Refusals of later PDUs travel back through the backend-to-client writer.
     let (reply_tx, mut reply_rx) = mpsc::channel(4);
@@ -157,8 +153,7 @@ async fn connect(
 struct Requests<'a, F> {
     pin: &'a PinRuntime,
     gate: &'a Gate<F>,
-    /// Refused calls whose later request fragments must be dropped too.
-    refused: HashSet<u32>,
+    refused: RefusedCalls,
 }
 
 impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
@@ -171,38 +166,37 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
             PacketType::Bind => bail!("a second bind on an established association"),
             PacketType::Request => {
                 let req = Request::parse(&pdu)?;
-                let call_id = req.pdu().call_id();
-                let in_progress = self.refused.contains(&call_id);
                 let interface = self.gate.interface_of(req.context_id());
-                let allowed =
-                    interface.is_none_or(|i| self.pin.config.allows_opnum(&i, req.opnum()));
-                if allowed && !in_progress {
-                    out.forward.push(pdu);
-                    return Ok(());
-                }
-                if !in_progress {
-                    let i = interface.unwrap_or(SyntaxId::NDR);
-                    warn!(
-                        event = "refused",
-                        policy = "opnum",
-                        interface = %i.uuid,
-                        alias = alias_of(&i.uuid).unwrap_or("-"),
-                        opnum = req.opnum(),
-                        call_id,
-                        reason = "operation not in this pin's opnums list",
-                    );
-                    let p = req.pdu();
-                    let mut fault = Vec::with_capacity(32);
-                    let denied = status::NCA_S_FAULT_ACCESS_DENIED;
-                    encode_fault(&mut fault, p.endian(), call_id, req.context_id(), denied)?;
-                    out.reply.push(BytesMut::from(&fault[..]));
-                }
-                if req.pdu().ends_call(in_progress) {
-                    self.refused.remove(&call_id);
-                } else if self.refused.len() < MAX_REFUSED {
-                    self.refused.insert(call_id);
-                } else {
-                    bail!("more than {MAX_REFUSED} refused calls in progress");
+                let allowed = |i: &SyntaxId| self.pin.config.allows_opnum(i, req.opnum());
+                match self
+                    .refused
+                    .judge(&req, || interface.is_some_and(|i| !allowed(&i)))?
+                {
+                    CallVerdict::Forward => out.forward.push(pdu),
+                    CallVerdict::Refuse => {
+                        let i = interface.unwrap_or(SyntaxId::NDR);
+                        warn!(
+                            event = "refused",
+                            policy = "opnum",
+                            interface = %i.uuid,
+                            alias = alias_of(&i.uuid).unwrap_or("-"),
+                            opnum = req.opnum(),
+                            call_id = req.pdu().call_id(),
+                            reason = "operation not in this pin's opnums list",
+                        );
+                        let p = req.pdu();
+                        let mut fault = Vec::with_capacity(32);
+                        let denied = status::NCA_S_FAULT_ACCESS_DENIED;
+                        encode_fault(
+                            &mut fault,
+                            p.endian(),
+                            p.call_id(),
+                            req.context_id(),
+                            denied,
+                        )?;
+                        out.reply.push(BytesMut::from(&fault[..]));
+                    }
+                    CallVerdict::Drop => {}
                 }
             }
             _ => out.forward.push(pdu),
