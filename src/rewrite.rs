@@ -301,6 +301,11 @@ mod tests {
         }
     }
 
+    /// Rewrites `frags` as one call with the Exchange table.
+    fn rewrite(frags: &mut [Vec<u8>], op: u16, hide: bool) -> Done {
+        rewrite_call(frags, op, Syntax::Ndr, rules(&exchange_table(), hide), MAX).unwrap()
+    }
+
     fn changed(a: &[u8], b: &[u8]) -> Vec<usize> {
         (0..a.len()).filter(|&i| a[i] != b[i]).collect()
     }
@@ -309,15 +314,7 @@ mod tests {
     fn rewrites_exchanges_nspi_answer() {
         let original = &NSPI_SERVER[60..];
         let mut frags = [original.to_vec()];
-        let table = exchange_table();
-        let done = rewrite_call(
-            &mut frags,
-            opnum::MAP,
-            Syntax::Ndr,
-            rules(&table, true),
-            MAX,
-        )
-        .unwrap();
+        let done = rewrite(&mut frags, opnum::MAP, true);
         assert_eq!(
             (done.rewritten.len(), done.hidden, done.reencoded),
             (1, 0, None)
@@ -335,15 +332,7 @@ mod tests {
     #[test]
     fn rewrites_exchanges_emsmdb_answer() {
         let mut frags = [EMSMDB_SERVER[60..].to_vec()];
-        let table = exchange_table();
-        let done = rewrite_call(
-            &mut frags,
-            opnum::MAP,
-            Syntax::Ndr,
-            rules(&table, true),
-            MAX,
-        )
-        .unwrap();
+        let done = rewrite(&mut frags, opnum::MAP, true);
         let r = &done.rewritten[0];
         assert_eq!(
             (r.backend_port, r.public_port, r.pin.as_str()),
@@ -354,15 +343,7 @@ mod tests {
     #[test]
     fn ept_map_auth_is_rewritten_like_ept_map() {
         let mut frags = [NSPI_SERVER[60..].to_vec()];
-        let table = exchange_table();
-        let done = rewrite_call(
-            &mut frags,
-            opnum::MAP_AUTH,
-            Syntax::Ndr,
-            rules(&table, true),
-            MAX,
-        )
-        .unwrap();
+        let done = rewrite(&mut frags, opnum::MAP_AUTH, true);
         assert_eq!(done.rewritten.len(), 1);
         assert!(carries_towers(opnum::MAP_AUTH) && !carries_towers(opnum::LOOKUP_HANDLE_FREE));
     }
@@ -413,15 +394,7 @@ mod tests {
     fn http_tower_of_a_pinned_interface_is_untouched() {
         let original = LOOKUP_SERVER[60..].to_vec();
         let mut frags = [original.clone()];
-        let table = exchange_table();
-        let done = rewrite_call(
-            &mut frags,
-            opnum::LOOKUP,
-            Syntax::Ndr,
-            rules(&table, true),
-            MAX,
-        )
-        .unwrap();
+        let done = rewrite(&mut frags, opnum::LOOKUP, true);
         assert_eq!(done, Done::default());
         assert_eq!(frags[0], original);
     }

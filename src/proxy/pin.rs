@@ -7,12 +7,11 @@ use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
-use super::relay::{pump, Activity, End, Outbox};
+use super::relay::{both_ways, Leg, Outbox};
 use super::{Client, PinRuntime, Shared, Summary};
 use crate::interfaces::alias_of;
 use crate::wire::bind::{encode_bind_nak, nak_reason, BindAck, BindRequest};
@@ -90,22 +89,27 @@ pub(crate) async fn serve(
         .write_all(&bind_pdu)
         .await
         .context("forwarding the bind to the backend")?;
-    let activity = Activity::new(limits.idle_timeout);
     let mut requests = Requests {
         pin,
         gate: &gate,
         refused: RefusedCalls::default(),
     };
-    // Refusals of later PDUs travel back through the backend-to-client writer.
-    let (reply_tx, mut reply_rx) = mpsc::channel(4);
-    let ended = tokio::select! {
-        r = pump(&mut client_rd, &mut backend_wr, &activity, &up, Some(&reply_tx), None,
-                 |pdu, out| requests.handle(pdu, out)) =>
-            r.map(|End::Closed| "client closed").context("client → backend"),
-        r = pump(&mut backend_rd, &mut client_wr, &activity, &down, None, Some(&mut reply_rx),
-                 |pdu, out| answer_to_client(pin, &gate, pdu, out)) =>
-            r.map(|End::Closed| "backend closed").context("backend → client"),
-    };
+    let ended = both_ways(
+        Leg {
+            from: &mut client_rd,
+            to: &mut backend_wr,
+            moved: &up,
+        },
+        Leg {
+            from: &mut backend_rd,
+            to: &mut client_wr,
+            moved: &down,
+        },
+        limits.idle_timeout,
+        |pdu, out| requests.handle(pdu, out),
+        |pdu, out| answer_to_client(pin, &gate, pdu, out),
+    )
+    .await;
     Ok(Summary::new(&up, &down, ended))
 }
 

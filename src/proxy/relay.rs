@@ -67,7 +67,7 @@ pub struct Outbox {
 /// it forwards to `to`. PDUs that arrive on `injected` (answers the other direction made
 /// for this side's receiver) are written to `to` between PDUs. `moved` counts the bytes
 /// written to `to`.
-pub async fn pump<R, W, F>(
+async fn pump<R, W, F>(
     from: &mut PduReader<R>,
     to: &mut W,
     activity: &Activity,
@@ -109,6 +109,44 @@ where
                 .await
                 .map_err(|_| anyhow!("the other direction has ended"))?;
         }
+    }
+}
+
+/// One direction of a connection: where PDUs come from, where they go, and the byte count.
+pub struct Leg<'a, R, W> {
+    /// The sending side.
+    pub from: &'a mut PduReader<R>,
+    /// The receiving side.
+    pub to: &'a mut W,
+    /// Bytes written to `to`.
+    pub moved: &'a AtomicU64,
+}
+
+/// Relays PDUs both ways until either side ends or fails. `requests` sees each client PDU
+/// (its replies go back to the client between the backend's PDUs); `answers` sees each
+/// backend PDU. Returns how the connection ended, naming the direction of an error.
+pub async fn both_ways<R1, W1, R2, W2, Q, A>(
+    up: Leg<'_, R1, W1>,
+    down: Leg<'_, R2, W2>,
+    idle: Duration,
+    requests: Q,
+    answers: A,
+) -> anyhow::Result<&'static str>
+where
+    R1: AsyncRead + Unpin,
+    W1: AsyncWrite + Unpin,
+    R2: AsyncRead + Unpin,
+    W2: AsyncWrite + Unpin,
+    Q: FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
+    A: FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
+{
+    let activity = Activity::new(idle);
+    let (reply_tx, mut reply_rx) = mpsc::channel(4);
+    tokio::select! {
+        r = pump(up.from, up.to, &activity, up.moved, Some(&reply_tx), None, requests) =>
+            r.map(|End::Closed| "client closed").context("client → backend"),
+        r = pump(down.from, down.to, &activity, down.moved, None, Some(&mut reply_rx), answers) =>
+            r.map(|End::Closed| "backend closed").context("backend → client"),
     }
 }
 
