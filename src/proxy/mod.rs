@@ -207,7 +207,7 @@ async fn accept_loop(
                 let started = Instant::now();
                 let served = tokio::select! {
                     r = serve(stream, peer, proxied, &shared, pin.as_deref(), permit) => r,
-                    _ = stop.wait_for(|&s| s) => Ok(Summary::shutdown()),
+                    _ = stop.wait_for(|&s| s) => Ok(Summary::ended("rpcpin shutting down")),
                 };
                 let duration_ms = started.elapsed().as_millis() as u64;
                 let s = served.unwrap_or_else(Summary::failed);
@@ -243,7 +243,10 @@ async fn serve(
 ) -> anyhow::Result<Summary> {
     tune(&stream, &shared.config.limits);
     let client = accept_client(stream, peer, proxied, &shared.config.limits).await?;
-    let _slot = PerIp::take(shared, client.peer.ip())?;
+    // Over the per-address limit: the `refused` event says why; closing is not an error.
+    let Some(_slot) = PerIp::take(shared, client.peer.ip()) else {
+        return Ok(Summary::ended("refused: limits.max_connections_per_ip"));
+    };
     match pin {
         Some(pin) => pin::serve(client, shared, pin).await,
         None => epm::serve(client, shared).await,
@@ -305,7 +308,7 @@ struct PerIp<'a> {
 }
 
 impl<'a> PerIp<'a> {
-    fn take(shared: &'a Shared, ip: IpAddr) -> anyhow::Result<PerIp<'a>> {
+    fn take(shared: &'a Shared, ip: IpAddr) -> Option<PerIp<'a>> {
         let max = shared.config.limits.max_connections_per_ip;
         let mut counts = lock(&shared.per_ip);
         let n = counts.entry(ip).or_insert(0);
@@ -316,12 +319,10 @@ impl<'a> PerIp<'a> {
                 client = %ip,
                 reason = "limits.max_connections_per_ip reached",
             );
-            return Err(anyhow!(
-                "{ip} already has {max} connections (limits.max_connections_per_ip)"
-            ));
+            return None;
         }
         *n += 1;
-        Ok(PerIp { shared, ip })
+        Some(PerIp { shared, ip })
     }
 }
 
@@ -387,11 +388,8 @@ impl Summary {
         Summary::new(&AtomicU64::new(0), &AtomicU64::new(0), Err(e))
     }
 
-    fn shutdown() -> Summary {
-        Summary::new(
-            &AtomicU64::new(0),
-            &AtomicU64::new(0),
-            Ok("rpcpin shutting down"),
-        )
+    /// A connection rpcpin ended on purpose before relaying anything.
+    fn ended(reason: &'static str) -> Summary {
+        Summary::new(&AtomicU64::new(0), &AtomicU64::new(0), Ok(reason))
     }
 }

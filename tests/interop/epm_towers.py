@@ -28,7 +28,8 @@ from impacket.uuid import bin_to_string, string_to_bin
 
 # Interfaces the suite asks about: the lsad and classic groups that are
 # pinned; winreg (its own Samba process) and netdfs (served by the same Samba
-# process as srvsvc), which no pin carries.
+# process as srvsvc), which no pin carries; the endpoint mapper itself and the
+# two DCOM activation interfaces that port 135 must refuse.
 INTERFACES = {
     "samr": ("12345778-1234-abcd-ef00-0123456789ac", 1, 0),
     "lsarpc": ("12345778-1234-abcd-ef00-0123456789ab", 0, 0),
@@ -36,6 +37,10 @@ INTERFACES = {
     "wkssvc": ("6bffd098-a112-3610-9833-46c3f87e345a", 1, 0),
     "winreg": ("338cd001-2244-31f1-aaaa-900038001003", 1, 0),
     "netdfs": ("4fc742e0-4a10-11cf-8273-00aa004ae673", 3, 0),
+    "dssetup": ("3919286a-b10c-11d0-9ba8-00c04fd92ef5", 0, 0),
+    "epm": ("e1af8308-5d1f-11c9-91a4-08002b14a0fa", 3, 0),
+    "iremoteactivation": ("4d9f4ab8-7d1c-11cf-861e-0020af6e7c57", 0, 0),
+    "isystemactivator": ("000001a0-0000-0000-c000-000000000046", 0, 0),
 }
 
 NDR = ("8a885d04-1ceb-11c9-9fe8-08002b104860", 2, 0)

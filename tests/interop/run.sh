@@ -42,7 +42,11 @@ RANGE1=49152-49407
 RANGE2=50000-50255
 RPC_USER=riguser
 RPC_PASS=Rig-Pass-123
+RPCPIN_USER=nobody # rpcpin binds 135 as root, then runs as this user
 CLIENT_TIMEOUT=20  # seconds, for every client command
+HANDSHAKE_S=3      # the suite's limits.handshake_timeout, in seconds
+SILENT=300         # silent connections held while rpcclient must still work
+PER_IP_DEFAULT=256 # rpcpin's default limits.max_connections_per_ip
 
 # Namespace names carry our PID so that concurrent or stale runs never collide.
 NS_CLI="rpcpin-cli-$$"
@@ -55,9 +59,14 @@ start_time=$SECONDS
 WORK=""
 samba_pid=""
 rpcpin_pid=""
-tshark_pid=""
+capture_pids=()
+held_pid=""
 created_user=0
 error_at=""   # set by the ERR trap: where an unexpected failure stopped the suite
+# The script's own stdout/stderr, saved: a signal can interrupt a check while its
+# output is redirected, and cleanup's summary must still reach the terminal.
+stdout_fd=""
+stderr_fd=""
 
 # --- reporting ----------------------------------------------------------------
 pass() { echo "PASS: $*"; passed=$((passed + 1)); }
@@ -162,7 +171,12 @@ cleanup() {
     local rc=$?
     set +e
     trap - ERR
-    stop_pid "$tshark_pid"
+    if [[ -n "$stdout_fd" ]]; then
+        exec 1>&"$stdout_fd" 2>&"$stderr_fd"
+    fi
+    local pid
+    for pid in "${capture_pids[@]}"; do stop_pid "$pid"; done
+    stop_pid "$held_pid"
     stop_pid "$rpcpin_pid"
     stop_pid "$samba_pid"
     for ns in "$NS_CLI" "$NS_DMZ" "$NS_LAN"; do
@@ -332,8 +346,15 @@ samba_port() {
 }
 
 # --- rpcpin -----------------------------------------------------------------------
+# write_rpcpin_conf FILE [PER_IP]: the suite's configuration; PER_IP sets
+# limits.max_connections_per_ip (unset: rpcpin's default, $PER_IP_DEFAULT).
 write_rpcpin_conf() {
-    cat >"$WORK/rpcpin.toml" <<TOML
+    local file=$1 per_ip=${2:-} per_ip_line=""
+    if [[ -n "$per_ip" ]]; then
+        per_ip_line="# All the suite's clients share one address: room for $SILENT silent ones and more.
+max_connections_per_ip = $per_ip"
+    fi
+    cat >"$file" <<TOML
 [backend]
 host = "$LAN_IP"
 
@@ -352,6 +373,16 @@ interfaces = ["srvsvc", "wkssvc"]
 
 [log]
 format = "text"
+
+[limits]
+# A client has $HANDSHAKE_S s (default 10 s) to send its first PDU, so the suite can
+# watch silent connections being dropped.
+handshake_timeout = "${HANDSHAKE_S}s"
+$per_ip_line
+
+[process]
+# rpcpin binds 135 as root, then switches to this user.
+user = "$RPCPIN_USER"
 TOML
 }
 
@@ -363,8 +394,9 @@ rpcpin_listening() {
 }
 
 start_rpcpin() {
-    log "starting rpcpin in $NS_DMZ (log: rpcpin.log)"
-    ip netns exec "$NS_DMZ" "$RPCPIN_BIN" run --config "$WORK/rpcpin.toml" \
+    local conf=${1:-$WORK/rpcpin.toml}
+    log "starting rpcpin in $NS_DMZ with $(basename "$conf") (log: rpcpin.log)"
+    ip netns exec "$NS_DMZ" "$RPCPIN_BIN" run --config "$conf" \
         >>"$WORK/rpcpin.log" 2>&1 &
     rpcpin_pid=$!
     local deadline=$((SECONDS + 15)) rc=0
@@ -449,45 +481,220 @@ time.sleep(120)' "$port" >/dev/null 2>&1 &
     echo $!
 }
 
-# tshark on the client's veth: start, and stop (it writes the file on exit).
+# tshark on a namespace's interface, port 135 only: start (several may run at
+# once), and stop them all (each writes its file on exit).
 start_capture() {
-    local file=$1
-    ip netns exec "$NS_CLI" tshark -i to-dmz -f "tcp port 135" -w "$file" -q \
-        >"$WORK/tshark.log" 2>&1 &
-    tshark_pid=$!
-    wait_for 15 grep -q "Capturing on" "$WORK/tshark.log" ||
-        die "tshark did not start capturing within 15 s"
+    local ns=$1 iface=$2 file=$3
+    ip netns exec "$ns" tshark -i "$iface" -f "tcp port 135" -w "$file" -q \
+        >"$file.log" 2>&1 &
+    capture_pids+=($!)
+    wait_for 15 grep -q "Capturing on" "$file.log" ||
+        die "tshark on $ns/$iface did not start capturing within 15 s"
 }
 
-stop_capture() {
-    sleep 0.5 # let the last segments reach the capture
-    kill -INT "$tshark_pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$tshark_pid" 2>/dev/null || break
-        sleep 0.1
+stop_captures() {
+    local pid
+    sleep 0.5 # let the last segments reach the captures
+    for pid in "${capture_pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    for pid in "${capture_pids[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        stop_pid "$pid"
     done
-    stop_pid "$tshark_pid"
-    tshark_pid=""
+    capture_pids=()
 }
 
-# Wireshark's own EPM dissector must see, in every ept_map response the
-# client received, IPv4 = rpcpin's address and the pin's port for SAMR and
-# SRVSVC (and their group mates).
+# Wireshark's own EPM dissector must see, in every EPM answer the client
+# received (ept_map and ept_lookup), only the pinned interfaces, and in every
+# ncacn_ip_tcp tower IPv4 = rpcpin's address and the pin's port.
 tshark_agrees() {
     local file=$1
     tshark -r "$file" -Y 'epm && dcerpc.pkt_type == 2' -V 2>/dev/null |
         awk -v ip="$DMZ_OUT_IP" -v lsad="$PIN_LSAD" -v classic="$PIN_CLASSIC" '
-            /^ *Floor 1 UUID:/      { iface = $4 }
-            /^ *Floor 4 TCP Port:/  { split($0, a, ":"); port = a[2] + 0 }
-            /^ *Floor 5 IP:/        { split($0, a, ":"); addr = a[2]
-                want = (iface == "SAMR" || iface == "LSARPC") ? lsad : classic
-                ok = (addr == ip && port == want)
-                printf "%s tower: %s port %d (%s)\n", iface, addr, port, ok ? "ok" : "WRONG"
+            BEGIN { pin["SAMR"] = pin["LSARPC"] = pin["DSSETUP"] = lsad
+                    pin["SRVSVC"] = pin["WKSSVC"] = classic }
+            /^ *Floor 1 UUID:/      { iface = $4; tcp = 0; towers++
+                if (!(iface in pin)) { printf "%s: tower of an unpinned interface\n", iface; bad++ } }
+            /^ *Floor 4 TCP Port:/  { split($0, a, ":"); port = a[2] + 0; tcp = 1 }
+            /^ *Floor 5 IP:/        { if (!tcp) next
+                split($0, a, ":"); addr = a[2]
+                ok = (addr == ip && port == pin[iface])
+                n[sprintf("%s tcp tower: %s port %d (%s)", iface, addr, port, ok ? "ok" : "WRONG")]++
                 if (!ok) bad++
                 seen[iface]++ }
             END {
+                for (k in n) printf "%s x%d\n", k, n[k]
+                printf "%d towers dissected in the answers, %d of them to unpinned interfaces or wrong\n", towers, bad
                 if (!seen["SAMR"] || !seen["SRVSVC"]) { print "no SAMR/SRVSVC tower dissected"; exit 1 }
-                exit bad > 0 }'
+                exit bad > 0 }' | sort
+    return "${PIPESTATUS[1]}"
+}
+
+# What reached Samba's endpoint mapper (tshark on rpcpin's backend leg):
+# binds and alter_contexts for the endpoint mapper only, and EPM calls other
+# than the management ones; ept_lookup_handle_free must be among them (it
+# passes), so the capture did see the suite's association.
+backend_leg_clean() {
+    local file=$1 ops ifaces
+    ops=$(tshark -r "$file" -Y 'epm && dcerpc.pkt_type == 0' -T fields -e dcerpc.opnum 2>/dev/null |
+        sort -n | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')
+    ifaces=$(tshark -r "$file" -Y 'dcerpc.pkt_type == 11 || dcerpc.pkt_type == 14' \
+        -T fields -e dcerpc.cn_bind_to_uuid 2>/dev/null | tr ',' '\n' | sort | uniq -c |
+        awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')
+    echo "EPM requests Samba received, by opnum: ${ops:-none}"
+    echo "interfaces proposed in binds/alter_contexts Samba received on 135: ${ifaces:-none}"
+    local bad=0 op
+    for op in 0 1 5 6; do
+        if grep -qE "(^|, )$op x" <<<"$ops"; then
+            echo "opnum $op reached Samba"
+            bad=1
+        fi
+    done
+    grep -qE "(^|, )4 x" <<<"$ops" || { echo "no ept_lookup_handle_free (opnum 4) seen: capture missed the calls?"; bad=1; }
+    if [[ -z "$ifaces" ]] || grep -q . <<<"$(tr ',' '\n' <<<"$ifaces" | grep -v 'e1af8308-5d1f-11c9-91a4-08002b14a0fa')"; then
+        echo "a bind for another interface than the endpoint mapper reached Samba (or none was seen)"
+        bad=1
+    fi
+    ((bad == 0))
+}
+
+# --- rpcpin's log -------------------------------------------------------------
+log_mark() { wc -l <"$WORK/rpcpin.log"; }
+
+# rpcpin_logged MARK MIN PATTERN...: at least MIN lines logged after line MARK
+# contain every PATTERN (fixed strings); waits up to 3 s for them. Prints the count
+# and the first two.
+rpcpin_logged() {
+    local mark=$1 min=$2
+    shift 2
+    local slice="$WORK/log.slice" deadline=$((SECONDS + 3)) n p
+    while :; do
+        tail -n +"$((mark + 1))" "$WORK/rpcpin.log" >"$slice"
+        for p in "$@"; do
+            grep -F -- "$p" "$slice" >"$slice.next" || true
+            mv "$slice.next" "$slice"
+        done
+        n=$(wc -l <"$slice")
+        ((n >= min || SECONDS >= deadline)) && break
+        sleep 0.2
+    done
+    echo "rpcpin.log: $n line(s) with $* (at least $min expected)"
+    head -n 2 "$slice" | sed -e 's/^[^ ]* *//' | cut -c1-400
+    ((n >= min))
+}
+
+# --- checks of port 135's policies ----------------------------------------------
+# A bind proposing only IFACE on rpcpin's 135 gets a bind_nak, read raw and by
+# impacket, and rpcpin logs the refusal under the interface's alias.
+nak_on_135() {
+    local iface=$1 mark
+    mark=$(log_mark)
+    client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" 135 "$iface" --raw --expect nak || return 1
+    client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" 135 "$iface" --expect nak || return 1
+    rpcpin_logged "$mark" 2 'event="refused"' 'policy="interface"' "alias=\"$iface\"" 'kind=bind' \
+        'reason="port 135 serves the endpoint mapper only"'
+}
+
+# Samba's own EPM, asked directly, answers such a bind with a bind_ack rejecting
+# the context: a bind_nak through rpcpin cannot be Samba's.
+samba_rejects_on_135() {
+    local iface
+    for iface in "$@"; do
+        client "$NS_DMZ" "$PY" "$script_dir/bind_check.py" "$LAN_IP" 135 "$iface" --raw \
+            --expect reject --refused "$iface" || return 1
+    done
+}
+
+# ept_map for interfaces Samba serves but no pin carries: not registered, no tower.
+unpinned_invisible() {
+    local mark
+    mark=$(log_mark)
+    client "$NS_CLI" "$PY" "$script_dir/epm_ops.py" "$DMZ_OUT_IP" map:winreg=not_registered \
+        map:netdfs=not_registered map:samr=towers --expect-ip "$DMZ_OUT_IP" \
+        --expect-port "samr=$PIN_LSAD" || return 1
+    rpcpin_logged "$mark" 2 'event="refused"' 'policy="hide_unpinned"' 'opnum=3' 'hidden=1'
+}
+
+# Management calls on one association: faults, logged, and the association
+# still answers lookups afterwards.
+epm_management_refused() {
+    local mark
+    mark=$(log_mark)
+    client "$NS_CLI" "$PY" "$script_dir/epm_ops.py" "$DMZ_OUT_IP" insert=fault:0x5 \
+        delete=fault:0x5 mgmt_delete=fault:0x5 inq_object=fault:0x5 lookup_handle_free=response \
+        map:samr=towers --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" || return 1
+    rpcpin_logged "$mark" 1 'event="refused"' 'policy="opnum"' 'alias="epm"' 'opnum=0 ' || return 1
+    rpcpin_logged "$mark" 1 'event="refused"' 'policy="opnum"' 'alias="epm"' 'opnum=6 '
+}
+
+# --- limits, keepalive, privileges ----------------------------------------------
+# $SILENT silent connections over the three ports; rpcclient must work while
+# they are all open; rpcpin must close each after the handshake timeout.
+silent_flood() {
+    local mark
+    mark=$(log_mark)
+    client "$NS_CLI" "$PY" "$script_dir/hold_conns.py" "$DMZ_OUT_IP" "135,$PIN_LSAD,$PIN_CLASSIC" \
+        "$SILENT" --closed-after "$((HANDSHAKE_S - 1)).9" --closed-before "$((HANDSHAKE_S + 2))" \
+        --then-expect 'name:[RIGSRV]' --then-expect 'name:[Builtin]' \
+        --then rpcclient -s "$WORK/client.conf" -U "$RPC_USER%$RPC_PASS" \
+        "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" -c enumdomains || return 1
+    rpcpin_logged "$mark" "$SILENT" 'event="connection_closed"' 'bytes_from_client=0' \
+        "timed out after ${HANDSHAKE_S}s"
+}
+
+# With the default per-address limit, the connection past it is closed at once
+# (not after the handshake timeout) while the others stay open.
+per_ip_limit() {
+    local mark
+    mark=$(log_mark)
+    client "$NS_CLI" "$PY" "$script_dir/hold_conns.py" "$DMZ_OUT_IP" "135,$PIN_LSAD,$PIN_CLASSIC" \
+        "$PER_IP_DEFAULT" --extra 1 --extra-closed-within 1 \
+        --closed-after "$((HANDSHAKE_S - 1)).9" --closed-before "$((HANDSHAKE_S + 2))" || return 1
+    rpcpin_logged "$mark" 1 'event="refused"' 'policy="max_connections_per_ip"' "client=$CLI_IP"
+}
+
+# Both of rpcpin's sockets of a held association through pin lsad carry a
+# keepalive timer: the client leg (local port $PIN_LSAD) and the backend leg
+# (to Samba's samr port). rpcpin's default idle time is 60 s; the kernel's
+# would be 2 hours, and without SO_KEEPALIVE there is no such timer at all.
+keepalive_both_legs() {
+    local backend_port=$1 out="$WORK/ss.out"
+    in_ns "$NS_DMZ" ss -Htnoe state established \
+        "( sport = :$PIN_LSAD or dst $LAN_IP:$backend_port )" 2>/dev/null >"$out"
+    sed -e 's/ ino:.*//' "$out"
+    awk -v pin=":$PIN_LSAD" -v be="$LAN_IP:$backend_port" '
+        $4 == be || $3 ~ pin "$" {
+            leg = ($4 == be) ? "backend" : "client"
+            if (match($0, /timer:\(keepalive,(1min|[0-9]+sec|[0-9]+ms)/)) ka[leg]++ }
+        END { printf "keepalive timer on the client leg: %s, on the backend leg: %s\n",
+                  ka["client"] ? "yes" : "NO", ka["backend"] ? "yes" : "NO"
+              exit !(ka["client"] && ka["backend"]) }' "$out"
+}
+
+backend_leg_up() {
+    in_ns "$NS_DMZ" ss -Htn state established "( dst $LAN_IP:$1 )" | grep -q .
+}
+
+# rpcpin (PID) runs as $RPCPIN_USER with no capabilities left, and it is the
+# process that holds port 135.
+runs_unprivileged() {
+    local pid=$1 uid gid
+    uid=$(id -u "$RPCPIN_USER")
+    gid=$(id -g "$RPCPIN_USER")
+    grep -E '^(Uid|Gid|Groups|CapEff):' "/proc/$pid/status" || return 1
+    in_ns "$NS_DMZ" ss -Hltnp "sport = :135" | awk '{ print "listening:", $4, $6 }'
+    in_ns "$NS_DMZ" ss -Hltnp "sport = :135" | grep -q "pid=$pid," || { echo "pid $pid does not hold port 135"; return 1; }
+    awk -v u="$uid" -v g="$gid" '
+        /^Uid:/    { uok = ($2 == u && $3 == u && $4 == u && $5 == u) }
+        /^Gid:/    { gok = ($2 == g && $3 == g && $4 == g && $5 == g) }
+        /^CapEff:/ { cok = ($2 ~ /^0+$/) }
+        END { exit !(uok && gok && cok) }' "/proc/$pid/status" || {
+        echo "expected uid $uid, gid $gid, no effective capabilities"
+        return 1
+    }
+    rpcpin_logged 0 1 'event="privileges_dropped"' "user=\"$RPCPIN_USER\"" "uid=$uid"
 }
 
 # ==============================================================================
@@ -497,6 +704,7 @@ main() {
         echo "0 passed, 1 failed"
         exit 1
     fi
+    exec {stdout_fd}>&1 {stderr_fd}>&2
     trap cleanup EXIT
     trap 'exit 130' INT TERM
     trap 'error_at="line $LINENO: $BASH_COMMAND"' ERR
@@ -514,7 +722,11 @@ main() {
     setup_firewall
     write_smb_conf "$RANGE1"
     write_client_conf
-    write_rpcpin_conf
+    id -u "$RPCPIN_USER" >/dev/null 2>&1 || die "no user $RPCPIN_USER for [process] user"
+    # All the suite's clients come from $CLI_IP: room for the silent ones.
+    write_rpcpin_conf "$WORK/rpcpin.toml" 1000
+    # The same with rpcpin's default per-address limit ($PER_IP_DEFAULT).
+    write_rpcpin_conf "$WORK/rpcpin-default-limits.toml"
     setup_samba_user
     start_samba "$RANGE1" 1
 
@@ -538,8 +750,20 @@ main() {
         client "$NS_DMZ" "$PY" "$script_dir/bind_check.py" "$LAN_IP" "$srvsvc1" netdfs --expect accept
     check "Samba accepts an alter_context srvsvc -> netdfs on $LAN_IP:$srvsvc1" \
         client "$NS_DMZ" "$PY" "$script_dir/bind_check.py" "$LAN_IP" "$srvsvc1" srvsvc --alter netdfs --expect accept
+    check "Samba, offered netdfs + srvsvc in one bind on $LAN_IP:$srvsvc1, accepts netdfs (its first context)" \
+        client "$NS_DMZ" "$PY" "$script_dir/bind_check.py" "$LAN_IP" "$srvsvc1" netdfs,srvsvc --raw \
+        --expect split --accepted netdfs --refused srvsvc --any-reason
     check "rpcclient enumdomains works directly against Samba from the DMZ (credentials and Samba sane)" \
         rpcclient_ok "$NS_DMZ" "ncacn_ip_tcp:${LAN_IP}[seal]" enumdomains 'name:[RIGSRV]' 'name:[Builtin]'
+
+    # What Samba's own endpoint mapper answers where rpcpin must answer instead.
+    check "Samba's EPM itself answers a bind to IRemoteActivation / ISystemActivator with a bind_ack rejecting it (not a bind_nak)" \
+        samba_rejects_on_135 iremoteactivation isystemactivator
+    check "Samba's EPM itself answers ept_insert/ept_delete/ept_mgmt_delete/ept_inq_object, none with fault 5 (access denied)" \
+        client "$NS_DMZ" "$PY" "$script_dir/epm_ops.py" "$LAN_IP" insert=not-fault:0x5 \
+        delete=not-fault:0x5 mgmt_delete=not-fault:0x5 inq_object=not-fault:0x5
+    check "Samba's EPM lists winreg and netdfs in its ept_lookup answer (all entries at once, status ept_s_not_registered)" \
+        client "$NS_DMZ" "$PY" "$script_dir/epm_ops.py" "$LAN_IP" lookup=entries --includes winreg,netdfs
 
     # --- e. the firewall: nothing but the three openings -------------------------
     check "client cannot reach Samba's EPM $LAN_IP:135 directly" \
@@ -561,22 +785,68 @@ main() {
         resolve_reports "$samr1" "$srvsvc1"
 
     start_rpcpin
+    local rpcpin_main=$rpcpin_pid
+
+    # --- h. privileges --------------------------------------------------------------
+    check "rpcpin bound 135 as root and now runs as $RPCPIN_USER (uid $(id -u "$RPCPIN_USER")) with no capabilities" \
+        runs_unprivileged "$rpcpin_pid"
 
     # --- a. ept_map through rpcpin: towers rewritten -----------------------------
-    start_capture "$WORK/epm.pcapng"
+    # Both legs of port 135 are captured: the client's, and rpcpin's to Samba.
+    start_capture "$NS_CLI" to-dmz "$WORK/epm-client.pcapng"
+    start_capture "$NS_DMZ" to-lan "$WORK/epm-backend.pcapng"
     check "ept_map via rpcpin: samr/lsarpc towers say $DMZ_OUT_IP:$PIN_LSAD, srvsvc/wkssvc $DMZ_OUT_IP:$PIN_CLASSIC" \
         client "$NS_CLI" "$PY" "$script_dir/epm_towers.py" "$DMZ_OUT_IP" samr lsarpc srvsvc wkssvc \
         --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" --expect-port "lsarpc=$PIN_LSAD" \
         --expect-port "srvsvc=$PIN_CLASSIC" --expect-port "wkssvc=$PIN_CLASSIC"
-    stop_capture
-    check "tshark's EPM dissector (capture on the client veth) sees the same rewritten floors" \
-        tshark_agrees "$WORK/epm.pcapng"
+
+    # --- g. port 135: the endpoint mapper's lookups only, pinned interfaces only ---
+    check "ept_map via rpcpin for winreg and netdfs (served by Samba, carried by no pin) answers ept_s_not_registered with no tower" \
+        unpinned_invisible
+    check "ept_lookup via rpcpin lists only the pinned interfaces, every ncacn_ip_tcp tower rewritten" \
+        client "$NS_CLI" "$PY" "$script_dir/epm_ops.py" "$DMZ_OUT_IP" lookup=entries \
+        --only samr,lsarpc,dssetup,srvsvc,wkssvc --includes samr,lsarpc,dssetup,srvsvc,wkssvc \
+        --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" --expect-port "lsarpc=$PIN_LSAD" \
+        --expect-port "dssetup=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC" --expect-port "wkssvc=$PIN_CLASSIC"
+    check "via rpcpin, ept_insert/ept_delete/ept_mgmt_delete/ept_inq_object get fault 5 (access denied); ept_lookup_handle_free and ept_map still answer on the same association" \
+        epm_management_refused
+    check "a bind to IRemoteActivation alone on rpcpin's 135 gets a bind_nak (raw and impacket), logged as policy=interface" \
+        nak_on_135 iremoteactivation
+    check "a bind to ISystemActivator alone on rpcpin's 135 gets a bind_nak (raw and impacket), logged as policy=interface" \
+        nak_on_135 isystemactivator
+    check "one bind proposing epm + IRemoteActivation on rpcpin's 135: epm accepted, IRemoteActivation rejected" \
+        client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" 135 epm,iremoteactivation --raw \
+        --expect split --accepted epm --refused iremoteactivation
+    stop_captures
+    check "tshark's EPM dissector (capture on the client veth) sees the same rewritten floors, and no unpinned interface" \
+        tshark_agrees "$WORK/epm-client.pcapng"
+    check "tshark on rpcpin's backend leg: Samba's EPM never saw a management call (opnum 0/1/5/6) nor a bind for anything but the endpoint mapper" \
+        backend_leg_clean "$WORK/epm-backend.pcapng"
 
     # --- b. real client through rpcpin -------------------------------------------
     check "rpcclient enumdomains (samr via pin lsad :$PIN_LSAD) from the client works" \
         enumdomains_via_rpcpin
     check "rpcclient srvinfo (srvsvc via pin classic :$PIN_CLASSIC) from the client works" \
         srvinfo_via_rpcpin
+
+    # --- i. keepalive on both legs ------------------------------------------------
+    local held_out="$WORK/held.out"
+    client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_LSAD" samr \
+        --expect accept --hold 10 >"$held_out" 2>&1 &
+    held_pid=$!
+    if wait_for 8 backend_leg_up "$samr1" && wait_for 3 grep -q holding "$held_out"; then
+        check "an association held through pin lsad: rpcpin's sockets on both legs (:$PIN_LSAD and to $LAN_IP:$samr1) have a TCP keepalive timer" \
+            keepalive_both_legs "$samr1"
+    else
+        fail "no association held through pin lsad to $LAN_IP:$samr1 within 8 s"
+        show "$held_out"
+    fi
+    stop_pid "$held_pid"
+    held_pid=""
+
+    # --- j. limits: silent clients ------------------------------------------------
+    check "$SILENT silent connections held on 135/$PIN_LSAD/$PIN_CLASSIC: rpcclient enumdomains works meanwhile; rpcpin closes each after its ${HANDSHAKE_S} s handshake timeout" \
+        silent_flood
 
     # --- d. pins refuse what they do not carry -----------------------------------
     local port
@@ -592,12 +862,15 @@ main() {
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" samr --expect reject
     check "bind to netdfs via pin classic :$PIN_CLASSIC (same Samba process as srvsvc, not pinned) is refused" \
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" netdfs --expect reject
-    check "one bind proposing srvsvc + netdfs via pin classic :$PIN_CLASSIC is refused as a whole" \
+    check "one bind proposing srvsvc + netdfs via pin classic :$PIN_CLASSIC: srvsvc accepted, netdfs rejected (abstract_syntax_not_supported), and a call on srvsvc answered" \
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc,netdfs \
-        --raw --refused netdfs --expect reject
-    check "one bind proposing samr + winreg via pin lsad :$PIN_LSAD is refused as a whole" \
+        --raw --expect split --accepted srvsvc --refused netdfs --call
+    check "one bind proposing netdfs + srvsvc (refused one first) via pin classic :$PIN_CLASSIC: netdfs rejected, srvsvc accepted, and a call on srvsvc answered" \
+        client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" netdfs,srvsvc \
+        --raw --expect split --accepted srvsvc --refused netdfs --call
+    check "one bind proposing samr + winreg via pin lsad :$PIN_LSAD: samr accepted, winreg rejected, and a call on samr answered" \
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_LSAD" samr,winreg \
-        --raw --refused winreg --expect reject
+        --raw --expect split --accepted samr --refused winreg --call
     check "alter_context srvsvc -> netdfs via pin classic :$PIN_CLASSIC is refused" \
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --alter netdfs --expect reject
     check "alter_context srvsvc -> wkssvc (same pin) via pin classic :$PIN_CLASSIC is accepted (control)" \
@@ -621,6 +894,9 @@ main() {
     check "the client still cannot reach Samba's new samr port on the DMZ address ($DMZ_OUT_IP:$samr2)" \
         blocked_from_client "$DMZ_OUT_IP" "$samr2"
 
+    check "the same rpcpin process (pid $rpcpin_main) still runs as $RPCPIN_USER after all of the above" \
+        runs_unprivileged "$rpcpin_main"
+
     # --- f. without rpcpin nothing works -----------------------------------------
     local pid=$rpcpin_pid rc=0
     kill -TERM "$pid"
@@ -634,6 +910,13 @@ main() {
     rpcpin_pid=""
     check "with rpcpin stopped, rpcclient enumdomains from the client fails" \
         rpcclient_fails "$NS_CLI" "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" enumdomains
+
+    # --- k. the default per-address limit ------------------------------------------
+    start_rpcpin "$WORK/rpcpin-default-limits.toml"
+    check "default limits.max_connections_per_ip ($PER_IP_DEFAULT): connection $((PER_IP_DEFAULT + 1)) from $CLI_IP is closed at once while the $PER_IP_DEFAULT silent ones stay open" \
+        per_ip_limit
+    stop_pid "$rpcpin_pid"
+    rpcpin_pid=""
 
     exit 0 # cleanup() prints the summary and sets the exit status
 }

@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Call endpoint-mapper operations on one association and check how each is answered.
+
+One TCP connection, one unauthenticated bind to the endpoint mapper (e1af8308 v3.0), then
+the operations named on the command line, in order, on that same association. The bind,
+the requests and the answers are handled here byte by byte (C706 ch. 12), so the script
+reports the PDU type that came back (2 = response, 3 = fault) and the fault's status as
+they were on the wire; impacket only encodes the stubs (NDR) and decodes the answers'.
+
+Operations (MS-RPCE 2.2.1.2 / C706 appendix O):
+
+  insert          ept_insert (opnum 0): register a made-up interface at LAN_IP:4444
+  delete          ept_delete (opnum 1): remove that same entry
+  lookup          ept_lookup (opnum 2): every entry (RPC_C_EP_ALL_ELTS, max 500)
+  map:IFACE       ept_map (opnum 3) for an interface of epm_towers.INTERFACES
+  lookup_handle_free   ept_lookup_handle_free (opnum 4) on a null handle
+  inq_object      ept_inq_object (opnum 5)
+  mgmt_delete     ept_mgmt_delete (opnum 6) for that same entry's tower
+
+Each operation is written OP=EXPECT, EXPECT being one of
+
+  fault:STATUS    a fault PDU with this status (0x5 = nca_s_fault_access_denied)
+  not-fault:STATUS  any answer but that one: a response, or a fault with another status
+  response        a response PDU (whatever status its stub carries)
+  towers          (map only) a response with status 0 and at least one ncacn_ip_tcp tower
+  not_registered  (map only) a response with status ept_s_not_registered and no tower
+  entries         (lookup only) a response with at least one entry and status 0 or
+                  ept_s_not_registered (Samba sends its whole list in one answer with the
+                  latter, its way of saying "no more"; impacket's rpcdump.py takes that
+                  status for a failure and shows nothing)
+
+With --expect-ip, every ncacn_ip_tcp tower in a map or lookup answer must carry that
+address; with --expect-port IFACE=PORT, every such tower for IFACE that port. With
+--only, every entry of a lookup answer (whatever its protocol) must be for one of those
+interfaces; with --includes, each of those must have an entry.
+
+Exit 0 when every answer matches, 1 when one does not, 2 on errors.
+"""
+
+import argparse
+import socket
+import struct
+import sys
+
+from impacket.dcerpc.v5 import epm
+from impacket.dcerpc.v5.dtypes import NULL, PUUID, ULONG
+from impacket.dcerpc.v5.ndr import NDRCALL, NDRUniConformantArray
+from impacket.uuid import bin_to_string, string_to_bin
+
+import bind_check
+from epm_towers import (FLOOR_IP, FLOOR_RPC_CO, FLOOR_TCP, FLOOR_UUID, INTERFACES, NDR,
+                        describe, map_tower, parse_tower)
+
+REQUEST, RESPONSE, FAULT = 0, 2, 3
+EPT_S_NOT_REGISTERED = 0x16C9A0D6
+STATUS_NAMES = {
+    0x00000000: "success",
+    0x00000005: "nca_s_fault_access_denied",
+    0x1C010002: "nca_s_op_rng_error",
+    0x1C010003: "nca_s_unk_if",
+    0x16C9A0D6: "ept_s_not_registered",
+    0x000006D8: "ept_s_cant_perform_op",
+}
+# The entry insert/delete/mgmt_delete name: an interface nobody serves.
+FAKE_IFACE = ("5ee0f1c2-6f1a-4b57-9d3e-7270636e7069", 1, 0)
+FAKE_PORT = 4444
+
+
+class ept_entry_t_conformant_array(NDRUniConformantArray):
+    item = epm.ept_entry_t
+
+
+class ept_insert(NDRCALL):
+    opnum = 0
+    structure = (
+        ("num_ents", ULONG),
+        ("entries", ept_entry_t_conformant_array),
+        ("replace", ULONG),
+    )
+
+
+class ept_delete(NDRCALL):
+    opnum = 1
+    structure = (
+        ("num_ents", ULONG),
+        ("entries", ept_entry_t_conformant_array),
+    )
+
+
+class ept_lookup_handle_free(NDRCALL):
+    opnum = 4
+    structure = (("entry_handle", epm.ept_lookup_handle_t),)
+
+
+class ept_lookup_handle_freeResponse(NDRCALL):
+    structure = (
+        ("entry_handle", epm.ept_lookup_handle_t),
+        ("status", ULONG),
+    )
+
+
+class ept_inq_object(NDRCALL):
+    opnum = 5
+    structure = ()
+
+
+class ept_mgmt_delete(NDRCALL):
+    opnum = 6
+    structure = (
+        ("object_speced", ULONG),
+        ("object", PUUID),
+        ("tower", epm.twr_p_t),
+    )
+
+
+def status_name(status):
+    return "0x%08x (%s)" % (status, STATUS_NAMES.get(status, "?"))
+
+
+def fake_tower(lan_ip):
+    """An ncacn_ip_tcp tower for FAKE_IFACE at lan_ip:FAKE_PORT."""
+    def floor(lhs, rhs):
+        return struct.pack("<H", len(lhs)) + lhs + struct.pack("<H", len(rhs)) + rhs
+
+    uuid, major, minor = FAKE_IFACE
+    floors = [
+        floor(bytes([FLOOR_UUID]) + string_to_bin(uuid) + struct.pack("<H", major),
+              struct.pack("<H", minor)),
+        floor(bytes([FLOOR_UUID]) + string_to_bin(NDR[0]) + struct.pack("<H", NDR[1]),
+              struct.pack("<H", NDR[2])),
+        floor(bytes([FLOOR_RPC_CO]), struct.pack("<H", 0)),
+        floor(bytes([FLOOR_TCP]), struct.pack(">H", FAKE_PORT)),
+        floor(bytes([FLOOR_IP]), socket.inet_aton(lan_ip)),
+    ]
+    return struct.pack("<H", len(floors)) + b"".join(floors)
+
+
+def set_tower(ptr, tower):
+    ptr["tower_length"] = len(tower)
+    ptr["tower_octet_string"] = tower
+
+
+def fake_entries(lan_ip):
+    entry = epm.ept_entry_t()
+    entry["object"] = b"\0" * 16
+    set_tower(entry["tower"], fake_tower(lan_ip))
+    entry["annotation"] = list(b"rpcpin-interop\0")
+    return [entry]
+
+
+def build(op, lan_ip):
+    """(opnum, stub bytes, response class or None) for one operation name."""
+    if op == "insert":
+        req = ept_insert()
+        req["num_ents"] = 1
+        req["entries"] = fake_entries(lan_ip)
+        req["replace"] = 1
+    elif op == "delete":
+        req = ept_delete()
+        req["num_ents"] = 1
+        req["entries"] = fake_entries(lan_ip)
+    elif op == "lookup":
+        req = epm.ept_lookup()
+        req["inquiry_type"] = epm.RPC_C_EP_ALL_ELTS
+        req["object"] = NULL
+        req["Ifid"] = NULL
+        req["vers_option"] = epm.RPC_C_VERS_ALL
+        req["max_ents"] = 500
+        return 2, req.getData(), epm.ept_lookupResponse
+    elif op.startswith("map:"):
+        uuid, major, minor = INTERFACES[op[4:]]
+        req = epm.ept_map()
+        req["max_towers"] = 4
+        set_tower(req["map_tower"], map_tower(uuid, major, minor))
+        req.fields["obj"].fields["ReferentID"] = 1
+        req.fields["map_tower"].fields["ReferentID"] = 2
+        return 3, req.getData(), epm.ept_mapResponse
+    elif op == "lookup_handle_free":
+        req = ept_lookup_handle_free()
+        return 4, req.getData(), ept_lookup_handle_freeResponse
+    elif op == "inq_object":
+        return 5, b"", None
+    elif op == "mgmt_delete":
+        req = ept_mgmt_delete()
+        req["object_speced"] = 0
+        req["object"] = NULL
+        set_tower(req["tower"], fake_tower(lan_ip))
+    else:
+        raise ValueError("unknown operation %s" % op)
+    return req.opnum, req.getData(), None
+
+
+def request_pdu(call_id, opnum, stub):
+    body = struct.pack("<IHH", len(stub), 0, opnum) + stub
+    return struct.pack("<BBBB4sHHI", 5, 0, REQUEST, 0x03, b"\x10\x00\x00\x00",
+                       16 + len(body), 0, call_id) + body
+
+
+class PduReader:
+    """Whole PDUs from a socket, keeping what one recv() read past the current one (an
+    answer's fragments often arrive together)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def next(self):
+        """One whole PDU, or b'' when the peer closed first."""
+        while len(self.buf) < 16 or len(self.buf) < struct.unpack_from("<H", self.buf, 8)[0]:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return b""
+            self.buf += chunk
+        n = struct.unpack_from("<H", self.buf, 8)[0]
+        pdu, self.buf = self.buf[:n], self.buf[n:]
+        return pdu
+
+
+def call(sock, reader, call_id, opnum, stub):
+    """(ptype, fault status or None, response stub) of one call; reassembles fragments."""
+    sock.sendall(request_pdu(call_id, opnum, stub))
+    out = b""
+    while True:
+        pdu = reader.next()
+        if not pdu:
+            raise ConnectionError("connection closed before the answer to call %d" % call_id)
+        ptype, flags = pdu[2], pdu[3]
+        if pdu[4] & 0x10 == 0:
+            raise ValueError("big-endian answer not handled")
+        (got_call,) = struct.unpack_from("<I", pdu, 12)
+        if got_call != call_id:
+            raise ValueError("answer to call %d while waiting for %d" % (got_call, call_id))
+        if ptype == FAULT:
+            return FAULT, struct.unpack_from("<I", pdu, 24)[0], b""
+        if ptype != RESPONSE:
+            return ptype, None, b""
+        (frag_len, auth_len) = struct.unpack_from("<HH", pdu, 8)
+        out += pdu[24: frag_len - (auth_len + 8 if auth_len else 0)]
+        if flags & 0x02:  # PFC_LAST_FRAG
+            return RESPONSE, None, out
+
+
+def towers_of(resp, op):
+    """The ncacn_ip_tcp towers of a map or lookup answer, described."""
+    if op == "lookup":
+        raws = [b"".join(e["tower"]["tower_octet_string"]) for e in resp["entries"]]
+    else:
+        raws = [b"".join(t["Data"]["tower_octet_string"]) for t in resp["ITowers"]]
+    return [d for d in (describe(parse_tower(r)) for r in raws) if d is not None]
+
+
+def entry_interface(entry):
+    """The interface UUID (floor 1) of a lookup entry's tower, whatever its protocol."""
+    floors = parse_tower(b"".join(entry["tower"]["tower_octet_string"]))
+    return bin_to_string(floors[0][0][1:17]).lower()
+
+
+def judge(op, expect, ptype, fault, stub, resp_cls, args):
+    """Prints what came back; returns whether it is what `expect` says."""
+    name = "ept_%s" % op.split(":")[0] + (" %s" % op[4:] if op.startswith("map:") else "")
+    if ptype == FAULT:
+        print("%s: fault PDU (type 3), status %s" % (name, status_name(fault)))
+        if expect.startswith("not-fault:"):
+            return fault != int(expect[10:], 0)
+        if not expect.startswith("fault:"):
+            return False
+        return fault == int(expect[6:], 0)
+    if ptype != RESPONSE:
+        print("%s: PDU type %d" % (name, ptype))
+        return False
+    status = struct.unpack_from("<I", stub, len(stub) - 4)[0] if len(stub) >= 4 else None
+    line = "%s: response PDU (type 2), status %s" % (
+        name, status_name(status) if status is not None else "-")
+    towers, entries = [], []
+    by_uuid = {v[0]: k for k, v in INTERFACES.items()}
+    if resp_cls is not None:
+        resp = resp_cls(stub)
+        if op == "lookup" or op.startswith("map:"):
+            towers = towers_of(resp, op)
+            line += ", %d ncacn_ip_tcp tower(s)" % len(towers)
+        if op == "lookup":
+            entries = [entry_interface(e) for e in resp["entries"]]
+            counts = {}
+            for uuid in entries:
+                counts[uuid] = counts.get(uuid, 0) + 1
+            line += " in %d entries: %s" % (len(entries), ", ".join(
+                "%s x%d" % (by_uuid.get(u, u), n) for u, n in counts.items()))
+    print(line)
+    ok = True
+    if op == "lookup":
+        names = set(by_uuid.get(u, u) for u in entries)
+        if args.only and names - set(args.only.split(",")):
+            print("  MISMATCH: entries for %s, not in --only" % sorted(
+                names - set(args.only.split(","))))
+            ok = False
+        if args.includes and set(args.includes.split(",")) - names:
+            print("  MISMATCH: no entry for %s" % sorted(set(args.includes.split(",")) - names))
+            ok = False
+    for uuid, major, minor, ip, port in towers:
+        print("  TOWER %s %s v%d.%d ip=%s port=%d" % (by_uuid.get(uuid, "?"), uuid, major,
+                                                     minor, ip, port))
+        if args.expect_ip and ip != args.expect_ip:
+            print("  MISMATCH: ip %s, expected %s" % (ip, args.expect_ip))
+            ok = False
+        want = args.ports.get(by_uuid.get(uuid))
+        if want is not None and port != want:
+            print("  MISMATCH: port %d, expected %d" % (port, want))
+            ok = False
+    if expect == "response":
+        return ok
+    if expect == "towers":
+        return ok and status == 0 and len(towers) > 0
+    if expect == "not_registered":
+        return status == EPT_S_NOT_REGISTERED and not towers
+    if expect == "entries":
+        return ok and status in (0, EPT_S_NOT_REGISTERED) and len(entries) > 0
+    if expect.startswith("not-fault:"):
+        return ok
+    return False
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("host")
+    ap.add_argument("ops", nargs="+", metavar="OP=EXPECT")
+    ap.add_argument("--port", type=int, default=135)
+    ap.add_argument("--lan-ip", default="10.135.0.2",
+                    help="the address in the tower insert/delete/mgmt_delete name")
+    ap.add_argument("--expect-ip", help="every ncacn_ip_tcp tower must carry this IPv4 address")
+    ap.add_argument("--expect-port", action="append", default=[], metavar="IFACE=PORT",
+                    help="every ncacn_ip_tcp tower for IFACE must carry PORT")
+    ap.add_argument("--only", default="", metavar="IFACES",
+                    help="lookup: entries only for these interfaces (comma separated)")
+    ap.add_argument("--includes", default="", metavar="IFACES",
+                    help="lookup: an entry for each of these interfaces (comma separated)")
+    ap.add_argument("--timeout", type=float, default=10)
+    args = ap.parse_args()
+    args.ports = {k: int(v) for k, v in (i.split("=", 1) for i in args.expect_port)}
+    for n in [n for n in (args.only + "," + args.includes).split(",") if n] + list(args.ports):
+        if n not in INTERFACES:
+            ap.error("unknown interface %s" % n)
+    plan = []
+    for item in args.ops:
+        op, sep, expect = item.partition("=")
+        if not sep:
+            ap.error("%s: expected OP=EXPECT" % item)
+        try:
+            plan.append((op, expect, build(op, args.lan_ip)))
+        except (KeyError, ValueError) as e:
+            ap.error("%s: %s" % (item, e))
+
+    ok = True
+    try:
+        with socket.create_connection((args.host, args.port), timeout=args.timeout) as s:
+            s.settimeout(args.timeout)
+            reader = PduReader(s)
+            s.sendall(bind_check.raw_bind_pdu(["epm"]))
+            ack = reader.next()
+            if not ack or ack[2] != bind_check.BIND_ACK:
+                print("ERROR: EPM bind at %s:%d answered by PDU type %s" % (
+                    args.host, args.port, ack[2] if ack else "none (closed)"))
+                return 2
+            print("EPM bind at %s:%d accepted" % (args.host, args.port))
+            for call_id, (op, expect, (opnum, stub, resp_cls)) in enumerate(plan, start=2):
+                ptype, fault, resp_stub = call(s, reader, call_id, opnum, stub)
+                if not judge(op, expect, ptype, fault, resp_stub, resp_cls, args):
+                    print("  MISMATCH: expected %s" % expect)
+                    ok = False
+    except Exception as e:  # noqa: BLE001 - no connection, closed, malformed answer
+        print("ERROR: %s:%d: %s" % (args.host, args.port, e))
+        return 2
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
