@@ -573,3 +573,29 @@ async fn protected_answers_close_policy_closes_the_connection() {
     );
     rpcpin.stop().await;
 }
+
+#[tokio::test]
+async fn an_answer_beyond_the_reassembly_bound_closes_the_connection() {
+    // Exchange's NSPI answer padded to 2 KiB of stub and cut into 600-byte fragments: each
+    // within limits.max_fragment, together beyond limits.max_reassembly.
+    let mut stub = pdus(NSPI_EPM_SERVER)[1][24..].to_vec();
+    stub.resize(2048, 0);
+    let frags: Vec<u8> = stub
+        .chunks(600)
+        .enumerate()
+        .flat_map(|(i, part)| {
+            let last = (i + 1) * 600 >= stub.len();
+            response(1, 0, u8::from(i == 0) | if last { 2 } else { 0 }, part)
+        })
+        .collect();
+    let bind_ack = pdus(NSPI_EPM_SERVER)[0].to_vec();
+    let backend = Replay::start(move |_| vec![bind_ack.clone(), frags.clone()]).await;
+    let limits = "[limits]\nmax_fragment = 1024\nmax_reassembly = 1500\n";
+    let rpcpin = Running::start(&config(backend.addr, &[("d", "\"nspi\"")], limits)).await;
+    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    s.write_all(NSPI_EPM_CLIENT).await.unwrap();
+    let got = read_to_end(&mut s).await;
+    // Only the bind_ack: the answer was never forwarded, in part or whole.
+    assert_eq!(got, pdus(NSPI_EPM_SERVER)[0]);
+    rpcpin.stop().await;
+}
