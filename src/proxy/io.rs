@@ -81,11 +81,6 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
             .await
             .unwrap_or(Err(ReadError::Timeout(limit)))
     }
-
-    /// Gives back the socket and any bytes read past the last PDU.
-    pub fn into_parts(self) -> (R, BytesMut) {
-        (self.inner, self.buf)
-    }
 }
 
 #[cfg(test)]

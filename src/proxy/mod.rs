@@ -5,10 +5,10 @@
 
 mod epm;
 mod gate;
-pub mod io;
+mod io;
 mod pin;
 pub mod privileges;
-pub mod relay;
+mod relay;
 pub mod resolver;
 
 use std::borrow::Cow;

@@ -14,7 +14,7 @@ use super::io::{PduReader, ReadError};
 /// When a connection last moved a PDU in either direction, so that one silent direction
 /// does not count as idle while the other is busy.
 #[derive(Debug)]
-pub struct Activity {
+struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     idle: Duration,
@@ -22,7 +22,7 @@ pub struct Activity {
 
 impl Activity {
     /// A connection that is active now and may be idle for `idle`.
-    pub fn new(idle: Duration) -> Activity {
+    fn new(idle: Duration) -> Activity {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -39,18 +39,6 @@ impl Activity {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.start.elapsed().saturating_sub(last)
     }
-
-    /// How long the connection has existed.
-    pub fn age(&self) -> Duration {
-        self.start.elapsed()
-    }
-}
-
-/// How one direction of a relay ended without error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// The sending side closed its connection between PDUs.
-    Closed,
 }
 
 /// What the hook wants done with a PDU: the PDUs to forward (zero, the same one, or several
@@ -66,7 +54,7 @@ pub struct Outbox {
 /// One direction of a relay: reads PDUs from `from`, lets `inspect` decide, and writes what
 /// it forwards to `to`. PDUs that arrive on `injected` (answers the other direction made
 /// for this side's receiver) are written to `to` between PDUs. `moved` counts the bytes
-/// written to `to`.
+/// written to `to`. Ends with `Ok` when the sending side closes between PDUs.
 async fn pump<R, W, F>(
     from: &mut PduReader<R>,
     to: &mut W,
@@ -75,7 +63,7 @@ async fn pump<R, W, F>(
     replies: Option<&mpsc::Sender<BytesMut>>,
     mut injected: Option<&mut mpsc::Receiver<BytesMut>>,
     mut inspect: F,
-) -> anyhow::Result<End>
+) -> anyhow::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -86,7 +74,7 @@ where
         let pdu = tokio::select! {
             read = from.next_within(activity.idle) => match read {
                 Ok(pdu) => pdu,
-                Err(ReadError::Closed) => return Ok(End::Closed),
+                Err(ReadError::Closed) => return Ok(()),
                 Err(ReadError::Timeout(_)) if activity.idle_for() < activity.idle => continue,
                 Err(ReadError::Timeout(t)) => return Err(anyhow!("idle for {t:?}")),
                 Err(e) => return Err(e.into()),
@@ -144,9 +132,9 @@ where
     let (reply_tx, mut reply_rx) = mpsc::channel(4);
     tokio::select! {
         r = pump(up.from, up.to, &activity, up.moved, Some(&reply_tx), None, requests) =>
-            r.map(|End::Closed| "client closed").context("client → backend"),
+            r.map(|()| "client closed").context("client → backend"),
         r = pump(down.from, down.to, &activity, down.moved, None, Some(&mut reply_rx), answers) =>
-            r.map(|End::Closed| "backend closed").context("backend → client"),
+            r.map(|()| "backend closed").context("backend → client"),
     }
 }
 
