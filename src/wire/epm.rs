@@ -89,17 +89,16 @@ pub fn walk_map_response(stub: &[u8], endian: Endian, syntax: Syntax) -> Result<
         return Err(Error::Malformed("ept_map tower count beyond num_towers"));
     }
     let mut entries = Vec::with_capacity(referents.min(c.remaining() / syntax.wide()));
+    let mut non_null = 0;
     for _ in 0..referents {
-        let non_null = c.pointer("ept_map tower pointer")? != 0;
+        let tower = (c.pointer("ept_map tower pointer")? != 0).then(|| {
+            non_null += 1;
+            non_null - 1
+        });
         entries.push(Entry {
             object: None,
             annotation: None,
-            tower: non_null.then_some(
-                entries
-                    .iter()
-                    .filter(|e: &&Entry| e.tower.is_some())
-                    .count(),
-            ),
+            tower,
         });
     }
     finish(c, max_count, entries, "ept_map status")
@@ -391,6 +390,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn walks_an_answer_of_a_quarter_million_null_pointers() {
+        // What a hostile endpoint mapper could send to fill limits.max_reassembly: the walk
+        // must stay linear in the answer's size.
+        let n = 65_536;
+        let mut stub = vec![0u8; 20];
+        for v in [n, n, 0, n] {
+            stub.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        stub.resize(stub.len() + 4 * n + 4, 0);
+        let walk = walk_map_response(&stub, Endian::Little, Syntax::Ndr).unwrap();
+        assert_eq!((walk.entries.len(), walk.towers.len()), (n, 0));
     }
 
     #[test]
