@@ -109,14 +109,15 @@ for f in "$data"/*.bin; do
             fi
             ;;
         2) # response: the stub starts at byte 24. Selector: ept_map (or ept_lookup for the
-           # lookup capture), NDR, the PDU's byte order; one fragment, and 7-byte fragments.
+           # lookup capture), NDR, the PDU's byte order; one fragment, and 7-byte fragments
+           # hiding unpinned entries.
             if want epm_rewrite && [[ $name == *epm* || $name == *-map-* ]] && ((len > 24)); then
                 sel=$((big << 2))
                 if [[ $name == *lookup* ]]; then sel=$((sel | 1)); fi
                 cut_bytes "$f" $((at + 24)) $((len - 24)) |
                     seed epm_rewrite "$name-$at" "$(selector $sel 0xff)"
                 cut_bytes "$f" $((at + 24)) $((len - 24)) |
-                    seed epm_rewrite "$name-$at-frag7" "$(selector $sel 6)"
+                    seed epm_rewrite "$name-$at-frag7-hide" "$(selector $((sel | 16)) 6)"
             fi
             ;;
         esac
@@ -131,7 +132,7 @@ if want epm_rewrite; then
         if [[ $name == lookup* ]]; then sel=$((sel | 1)); fi
         if [[ $name == *ndr64* ]]; then sel=$((sel | 2)); fi
         seed epm_rewrite "impacket-$name" "$(selector $sel 0xff)" <"$f"
-        seed epm_rewrite "impacket-$name-frag13" "$(selector $sel 12)" <"$f"
+        seed epm_rewrite "impacket-$name-frag13-hide" "$(selector $((sel | 16)) 12)" <"$f"
     done
 fi
 

@@ -1,13 +1,15 @@
 //! bind / alter_context, bind_ack / alter_context_resp and bind_nak parsing, and the
-//! bind_ack secondary-address rewrite a pin applies to every bind_ack it forwards.
+//! re-encodings a pin applies: the bind_ack secondary-address rewrite, dropping contexts from
+//! a bind (`encode_keeping`) and splicing results into a bind_ack (`encode_with_results`).
 //!
-//! Input: `n`, then `n` bytes of secondary address, then a PDU.
+//! Input: `n`, then `n` bytes of secondary address (their bits also choose which contexts
+//! or results to keep), then a PDU.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use rpcpin::wire::bind::{
-    encode_bind, encode_bind_ack, BindAck, BindAckFields, BindNak, BindRequest, ContextProposal,
-    ResultEntry,
+    encode_bind, encode_bind_ack, reason, BindAck, BindAckFields, BindNak, BindRequest,
+    ContextProposal, ResultEntry,
 };
 use rpcpin::wire::header::HEADER_LEN;
 use rpcpin::wire::{Error, PacketType, SyntaxId};
@@ -21,12 +23,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let n = usize::from(n).min(rest.len());
     let (addr, pdu) = rest.split_at(n);
-    check_bind(pdu);
+    check_bind(pdu, addr);
     check_bind_ack(pdu, addr);
     check_bind_nak(pdu);
 });
 
-fn check_bind(bytes: &[u8]) {
+/// The `i`th bit of `bits` (1 beyond its end).
+fn bit(bits: &[u8], i: usize) -> bool {
+    bits.get(i / 8).is_none_or(|b| b >> (i % 8) & 1 == 1)
+}
+
+fn check_bind(bytes: &[u8], bits: &[u8]) {
     let bind = match BindRequest::parse(bytes) {
         Ok(b) => b,
         Err(_) => return,
@@ -41,6 +48,50 @@ fn check_bind(bytes: &[u8]) {
         contexts.push((ctx.id(), ctx.abstract_syntax(), ts));
     }
     assert_eq!(contexts.len(), usize::from(bytes[HEADER_LEN + 8]));
+
+    let original = p.as_bytes();
+    let contexts_end = 28
+        + contexts
+            .iter()
+            .map(|(_, _, ts)| 24 + 20 * ts.len())
+            .sum::<usize>();
+    assert!(contexts_end <= p.body_end());
+
+    // Keeping every context reproduces the PDU; a wrong number of flags is refused.
+    let mut out = PREFIX.to_vec();
+    bind.encode_keeping(&vec![true; contexts.len()], &mut out)
+        .expect("keeping every context");
+    assert_eq!(&out[..PREFIX.len()], PREFIX);
+    assert_eq!(&out[PREFIX.len()..], original, "keeping every context changed the PDU");
+    assert!(bind.encode_keeping(&vec![true; contexts.len() + 1], &mut out).is_err());
+
+    // Keeping some: those contexts, in order, and every other byte as it was.
+    let keep: Vec<bool> = (0..contexts.len()).map(|i| bit(bits, i)).collect();
+    let mut out = PREFIX.to_vec();
+    bind.encode_keeping(&keep, &mut out).expect("keeping some contexts");
+    let enc = &out[PREFIX.len()..];
+    let kept = BindRequest::parse(enc).expect("a bind with contexts dropped parses");
+    let want: Vec<_> = contexts
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .map(|(c, _)| c.clone())
+        .collect();
+    let got: Vec<_> = kept
+        .contexts()
+        .map(|c| (c.id(), c.abstract_syntax(), c.transfer_syntaxes().collect::<Vec<_>>()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(kept.pdu().frag_len(), enc.len());
+    assert_eq!(kept.pdu().auth_len(), p.auth_len());
+    assert_eq!(kept.pdu().auth_trailer(), p.auth_trailer());
+    assert_eq!(enc[..8], original[..8]);
+    assert_eq!(enc[10..HEADER_LEN + 8], original[10..HEADER_LEN + 8]);
+    assert_eq!(usize::from(enc[HEADER_LEN + 8]), want.len());
+    assert_eq!(enc[HEADER_LEN + 9..28], original[HEADER_LEN + 9..28]);
+    let tail = &original[contexts_end..];
+    assert!(enc.len() >= tail.len());
+    assert_eq!(&enc[enc.len() - tail.len()..], tail, "bytes after the contexts changed");
 
     // What rpcpin proposes itself must parse back to the same contexts.
     let proposals: Vec<ContextProposal<'_>> = contexts
@@ -113,6 +164,35 @@ fn check_bind_ack(bytes: &[u8], addr: &[u8]) {
     // The header and fixed fields, frag_length aside.
     assert_eq!(enc[..8], original[..8]);
     assert_eq!(enc[10..HEADER_LEN + 8], original[10..HEADER_LEN + 8]);
+
+    // Splicing the same results reproduces the PDU; others parse back, the rest unmoved.
+    let mut out = PREFIX.to_vec();
+    ack.encode_with_results(&results, &mut out).expect("the same results");
+    assert_eq!(&out[PREFIX.len()..], original, "splicing the same results changed the PDU");
+    let mut spliced: Vec<ResultEntry> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bit(addr, *i))
+        .map(|(_, r)| *r)
+        .collect();
+    if spliced.len() < 255 && !bit(addr, 255) {
+        spliced.push(ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED));
+    }
+    let mut out = PREFIX.to_vec();
+    ack.encode_with_results(&spliced, &mut out).expect("splicing results");
+    let enc = &out[PREFIX.len()..];
+    let again = BindAck::parse(enc).expect("a bind_ack with spliced results parses");
+    assert_eq!(again.results().collect::<Vec<_>>(), spliced);
+    assert_eq!(again.secondary_addr(), sec);
+    assert_eq!(again.pdu().frag_len(), enc.len());
+    assert_eq!(again.pdu().auth_len(), p.auth_len());
+    assert_eq!(again.pdu().auth_trailer(), p.auth_trailer());
+    assert_eq!(enc[..8], original[..8]);
+    assert_eq!(enc[10..results_at], original[10..results_at]);
+    let after = results_at + 4 + 24 * results.len();
+    let rest = &original[after..];
+    assert_eq!(enc.len(), results_at + 4 + 24 * spliced.len() + rest.len());
+    assert_eq!(&enc[enc.len() - rest.len()..], rest, "bytes after the results changed");
 
     // What rpcpin sends itself: its own bind_ack carrying these results parses back.
     let mut own = PREFIX.to_vec();

@@ -1,10 +1,12 @@
 //! Tower rewriting in ept_map / ept_lookup answers, on a whole stub and across fragments.
 //!
 //! Input: `sel`, `chunk`, then the response stub.
-//!   sel bit 0: 0 = ept_map (opnum 3), 1 = ept_lookup (opnum 2)
+//!   sel bit 0: 0 = ept_map (opnum 3, or ept_map_auth 7 with bit 5), 1 = ept_lookup (opnum 2)
 //!   sel bit 1: 0 = NDR, 1 = NDR64
 //!   sel bit 2: 0 = little endian, 1 = big endian
 //!   sel bit 3: each fragment also carries an auth verifier (pad, sec_trailer, 16 bytes)
+//!   sel bit 4: hide_unpinned (entries of unpinned interfaces are removed: re-encoding)
+//!   sel bit 5: ept_map_auth instead of ept_map
 //!   chunk: stub bytes per fragment, minus one (1..=256)
 #![no_main]
 
@@ -13,16 +15,19 @@ use std::ops::Range;
 
 use libfuzzer_sys::fuzz_target;
 use rpcpin::interfaces::Interface;
-use rpcpin::rewrite::{rewrite_call, rewrite_stub, Rewritten, Table, Target};
-use rpcpin::wire::epm::{opnum, walk_lookup_response, walk_map_response};
+use rpcpin::rewrite::{rewrite_call, rewrite_stub, Done, Rules, Table, Target};
+use rpcpin::wire::epm::{opnum, walk_lookup_response, walk_map_response, Walk, EPT_S_NOT_REGISTERED};
+use rpcpin::wire::frame::{next_pdu_len, MAX_FRAG_LEN};
 use rpcpin::wire::header::flags;
 use rpcpin::wire::ndr::Syntax;
+use rpcpin::wire::pdu::Response;
 use rpcpin::wire::tower::Tower;
-use rpcpin::wire::{Endian, Result};
+use rpcpin::wire::{Endian, PacketType, Pdu, Result};
 
 const ADVERTISE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const MAX_STUB: usize = 1 << 20;
 const AUTH_LEN: usize = 16;
+const CALL_ID: u32 = 7;
 
 fn table() -> Table {
     let pins = [
@@ -45,125 +50,199 @@ fn table() -> Table {
     Table::new(entries)
 }
 
+struct Case {
+    op: u16,
+    syntax: Syntax,
+    endian: Endian,
+    hide: bool,
+}
+
+impl Case {
+    fn lookup(&self) -> bool {
+        self.op == opnum::LOOKUP
+    }
+
+    fn walk(&self, stub: &[u8]) -> Result<Walk> {
+        let w = if self.lookup() {
+            walk_lookup_response(stub, self.endian, self.syntax)?
+        } else {
+            walk_map_response(stub, self.endian, self.syntax)?
+        };
+        let mut last = 0;
+        for t in &w.towers {
+            assert!(t.start >= last && t.start <= t.end && t.end <= stub.len(), "{t:?}");
+            last = t.end;
+        }
+        let mut next = 0;
+        for e in &w.entries {
+            if let Some(i) = e.tower {
+                assert_eq!(i, next, "tower indices in order");
+                next += 1;
+            }
+        }
+        assert_eq!(next, w.towers.len());
+        Ok(w)
+    }
+
+    fn rewrite(&self, stub: &mut [u8], table: &Table) -> Result<Done> {
+        let rules = Rules {
+            table,
+            advertise: ADVERTISE,
+            hide_unpinned: self.hide,
+        };
+        rewrite_stub(stub, self.endian, self.op, self.syntax, rules)
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let [sel, chunk, stub @ ..] = data else {
         return;
     };
-    let op = if sel & 1 == 0 { opnum::MAP } else { opnum::LOOKUP };
-    let syntax = if sel & 2 == 0 { Syntax::Ndr } else { Syntax::Ndr64 };
-    let endian = if sel & 4 == 0 { Endian::Little } else { Endian::Big };
+    let case = Case {
+        op: match (sel & 1, sel & 0x20) {
+            (1, _) => opnum::LOOKUP,
+            (_, 0) => opnum::MAP,
+            _ => opnum::MAP_AUTH,
+        },
+        syntax: if sel & 2 == 0 { Syntax::Ndr } else { Syntax::Ndr64 },
+        endian: if sel & 4 == 0 { Endian::Little } else { Endian::Big },
+        hide: sel & 0x10 != 0,
+    };
     let with_auth = sel & 8 != 0;
     let chunk = usize::from(*chunk) + 1;
     let table = table();
 
-    // An empty table changes nothing.
+    // An empty table changes no byte in place, and rewrites nothing.
     let mut s = stub.to_vec();
-    let r = rewrite_stub(&mut s, endian, op, syntax, &Table::default(), ADVERTISE);
+    let r = case.rewrite(&mut s, &Table::default());
     assert_eq!(s, stub, "empty table changed the stub");
     if let Ok(done) = &r {
-        assert!(done.is_empty());
+        assert!(done.rewritten.is_empty());
+        if !case.hide {
+            assert_eq!(*done, Done::default());
+        }
     }
 
     // The real table.
     let mut once = stub.to_vec();
-    let r1 = rewrite_stub(&mut once, endian, op, syntax, &table, ADVERTISE);
+    let r1 = case.rewrite(&mut once, &table);
     assert_eq!(once.len(), stub.len());
-    let walk = walk(stub, endian, op, syntax);
+    let walk = case.walk(stub);
     assert_eq!(r1.is_ok(), walk.is_ok());
-    match &r1 {
+    let done = match &r1 {
         Err(e) => {
             assert_eq!(Err(*e), walk.map(|_| ()));
             assert_eq!(once, stub, "a failed rewrite changed bytes");
+            None
         }
-        Ok(done) => check_changes(stub, &once, &walk.unwrap(), done, &table),
+        Ok(done) => {
+            check_stub(&case, stub, &once, &walk.unwrap(), done, &table);
+            Some(done)
+        }
+    };
+
+    // Idempotent: a second pass over the answer as rewritten (re-encoded, if it was) changes
+    // no byte and hides nothing more.
+    if let Some(done) = done {
+        let mut again = done.reencoded.clone().unwrap_or_else(|| once.clone());
+        let before = again.clone();
+        let d2 = case.rewrite(&mut again, &table).expect("a rewritten answer walks");
+        assert_eq!(again, before, "rewriting twice changed more bytes");
+        assert_eq!(d2.hidden, 0);
+        assert_eq!(d2.reencoded, None);
+        assert_eq!(d2.rewritten.len(), done.rewritten.len());
     }
 
-    // Idempotent: a second pass changes no byte.
-    let mut twice = once.clone();
-    let r2 = rewrite_stub(&mut twice, endian, op, syntax, &table, ADVERTISE);
-    assert_eq!(twice, once, "rewriting twice changed more bytes");
-    assert_eq!(r1.is_ok(), r2.is_ok());
-    if let (Ok(a), Ok(b)) = (&r1, &r2) {
-        assert_eq!(a.len(), b.len());
-    }
-
-    // Across fragments: the same bytes, and nothing outside the stubs moves.
-    let Some(mut frags) = fragments(stub, endian, chunk, with_auth) else {
+    // Across fragments: the same result, and no fragment changes length or header.
+    let Some(mut frags) = fragments(stub, case.endian, chunk, with_auth) else {
         return;
     };
     let before = frags.clone();
-    let r3 = rewrite_call(&mut frags, op, syntax, &table, ADVERTISE, MAX_STUB);
+    let rules = Rules {
+        table: &table,
+        advertise: ADVERTISE,
+        hide_unpinned: case.hide,
+    };
+    let r3 = rewrite_call(&mut frags, case.op, case.syntax, rules, MAX_STUB);
     assert_eq!(frags.len(), before.len());
     let mut gathered = Vec::with_capacity(stub.len());
+    let mut largest = 0;
     for (f, b) in frags.iter().zip(&before) {
         assert_eq!(f.len(), b.len(), "a fragment's length changed");
         let r = stub_range_of(b, with_auth);
+        largest = largest.max(r.len());
         assert_eq!(f[..r.start], b[..r.start], "a fragment's header changed");
         assert_eq!(f[r.end..], b[r.end..], "a fragment's padding or auth verifier changed");
         gathered.extend_from_slice(&f[r]);
     }
-    assert_eq!(gathered, once, "rewrite_call and rewrite_stub disagree");
-    match (&r1, &r3) {
-        (Ok(a), Ok(b)) => assert_eq!(a, b),
-        (Err(a), Err(b)) => assert_eq!(a, b),
-        _ => panic!("rewrite_stub {r1:?} but rewrite_call {r3:?}"),
+    match (&r1, r3) {
+        (Ok(a), Ok(mut b)) => {
+            let pdus = b.reencoded.take();
+            assert_eq!(a.rewritten, b.rewritten);
+            assert_eq!(a.hidden, b.hidden);
+            assert_eq!(a.reencoded.is_some(), pdus.is_some());
+            match (&a.reencoded, pdus) {
+                (Some(new_stub), Some(pdus)) => {
+                    check_refragmented(&case, &pdus, new_stub, largest.max(8));
+                }
+                _ => assert_eq!(gathered, once, "rewrite_call and rewrite_stub disagree"),
+            }
+        }
+        (Err(a), Err(b)) => {
+            assert_eq!(*a, b);
+            assert_eq!(frags, before, "a failed rewrite_call changed bytes");
+        }
+        (a, b) => panic!("rewrite_stub {a:?} but rewrite_call {b:?}"),
     }
 
     // An empty table changes no fragment.
     let mut frags = before.clone();
-    let _ = rewrite_call(&mut frags, op, syntax, &Table::default(), ADVERTISE, MAX_STUB);
+    let rules = Rules {
+        table: &Table::default(),
+        ..rules
+    };
+    let _ = rewrite_call(&mut frags, case.op, case.syntax, rules, MAX_STUB);
     assert_eq!(frags, before);
 });
 
-fn walk(stub: &[u8], endian: Endian, op: u16, syntax: Syntax) -> Result<Vec<Range<usize>>> {
-    let w = if op == opnum::MAP {
-        walk_map_response(stub, endian, syntax)?
-    } else {
-        walk_lookup_response(stub, endian, syntax)?
-    };
-    let mut last = 0;
-    for t in &w.towers {
-        assert!(t.start >= last && t.start <= t.end && t.end <= stub.len(), "{t:?}");
-        last = t.end;
-    }
-    Ok(w.towers)
-}
-
-/// Every changed byte lies in the port or address of a pinned ncacn_ip_tcp tower, and every
-/// such tower now points at its pin's port and the advertised address.
-fn check_changes(
-    before: &[u8],
-    after: &[u8],
-    towers: &[Range<usize>],
-    done: &[Rewritten],
-    table: &Table,
-) {
+/// Checks a successful `rewrite_stub`: only the port and IPv4 bytes of towers changed in
+/// place, exactly the pinned ncacn_ip_tcp towers point at their pin and the advertised
+/// address, and a re-encoded answer holds exactly the entries that should stay.
+fn check_stub(case: &Case, before: &[u8], after: &[u8], walk: &Walk, done: &Done, table: &Table) {
     let mut allowed = vec![false; before.len()];
     let mut expected = before.to_vec();
     let mut n = 0;
-    for range in towers {
-        let Ok(t) = Tower::new_checked(&before[range.clone()]) else {
-            continue;
-        };
-        let (Some(port), Some(ip)) = (t.tcp_port_range(), t.ipv4_range()) else {
-            continue;
-        };
-        for i in port.clone().chain(ip.clone()) {
-            allowed[range.start + i] = true;
+    let mut kept = Vec::new();
+    for entry in &walk.entries {
+        let range = entry.tower.map(|i| walk.towers[i].clone());
+        let tower = range.as_ref().and_then(|r| Tower::new_checked(&before[r.clone()]).ok());
+        let target = tower
+            .as_ref()
+            .and_then(|t| t.interface())
+            .and_then(|i| table.target(&i));
+        if let (Some(t), Some(r)) = (&tower, &range) {
+            if let (Some(port), Some(ip)) = (t.tcp_port_range(), t.ipv4_range()) {
+                for i in port.chain(ip) {
+                    allowed[r.start + i] = true;
+                }
+            }
         }
+        let (Some(t), Some(range), Some(target)) = (tower, range, target) else {
+            if !case.hide {
+                kept.push(entry);
+            }
+            continue;
+        };
+        kept.push(entry);
         if !t.is_ncacn_ip_tcp() {
             continue;
         }
-        let Some(interface) = t.interface() else {
-            continue;
-        };
-        let Some(target) = table.target(&interface) else {
-            continue;
-        };
-        let d = &done[n];
+        let (port, ip) = (t.tcp_port_range().unwrap(), t.ipv4_range().unwrap());
+        let d = &done.rewritten[n];
         n += 1;
-        assert_eq!(d.interface, interface);
+        assert_eq!(Some(d.interface), t.interface());
         assert_eq!(d.public_port, target.port);
+        assert_eq!(d.pin, target.pin);
         assert_eq!(Some(d.backend_port), t.tcp_port());
         assert_eq!(Some(d.backend_addr), t.ipv4());
         assert_eq!(d.advertised, ADVERTISE);
@@ -171,13 +250,79 @@ fn check_changes(
             .copy_from_slice(&target.port.to_be_bytes());
         expected[range.start + ip.start..range.start + ip.end].copy_from_slice(&ADVERTISE.octets());
     }
-    assert_eq!(n, done.len(), "rewritten towers: {done:?}");
+    assert_eq!(n, done.rewritten.len(), "rewritten towers: {:?}", done.rewritten);
     for i in 0..before.len() {
         if before[i] != after[i] {
             assert!(allowed[i], "byte {i} changed outside any tower's port or address");
         }
     }
     assert_eq!(after, expected);
+
+    let hidden = walk.entries.len() - kept.len();
+    assert_eq!(done.hidden, hidden);
+    let Some(new) = &done.reencoded else {
+        assert_eq!(hidden, 0, "entries hidden without re-encoding");
+        return;
+    };
+    assert!(case.hide && hidden > 0, "re-encoded with nothing hidden");
+    // The re-encoded answer: the kept entries, as patched, in order; the same handle, max
+    // count and status (ept_map left with nothing: ept_s_not_registered).
+    let w = case.walk(new).expect("a re-encoded answer walks");
+    assert_eq!(new[w.handle.clone()], after[walk.handle.clone()]);
+    assert_eq!(w.max_count, walk.max_count);
+    let status = if walk.status == 0 && kept.is_empty() && !case.lookup() {
+        EPT_S_NOT_REGISTERED
+    } else {
+        walk.status
+    };
+    assert_eq!(w.status, status);
+    assert_eq!(w.entries.len(), kept.len());
+    for (e, k) in w.entries.iter().zip(&kept) {
+        let bytes = |r: &Option<Range<usize>>, buf: &[u8]| r.clone().map(|r| buf[r].to_vec());
+        let tower = |e: &rpcpin::wire::epm::Entry, w: &Walk, buf: &[u8]| {
+            e.tower.map(|i| buf[w.towers[i].clone()].to_vec())
+        };
+        assert_eq!(tower(e, &w, new), tower(k, walk, after));
+        if case.lookup() {
+            assert_eq!(bytes(&e.object, new), bytes(&k.object, after));
+            assert_eq!(bytes(&e.annotation, new), bytes(&k.annotation, after));
+        }
+    }
+}
+
+/// The whole PDUs `rewrite_call` built for a re-encoded answer carry `stub`, each at most
+/// `per_fragment` stub bytes, flagged first to last, with the original call id and drep.
+fn check_refragmented(case: &Case, pdus: &[u8], stub: &[u8], per_fragment: usize) {
+    let mut rest = pdus;
+    let mut gathered = Vec::new();
+    let mut i = 0;
+    while !rest.is_empty() {
+        let len = next_pdu_len(rest, MAX_FRAG_LEN)
+            .expect("re-encoded fragments frame")
+            .expect("re-encoded fragments are whole");
+        let pdu = &rest[..len];
+        let resp = Response::parse(pdu).expect("a re-encoded fragment is a response");
+        let p: Pdu<&[u8]> = *resp.pdu();
+        assert_eq!(p.ptype(), PacketType::Response);
+        assert_eq!(p.endian(), case.endian);
+        assert_eq!(p.call_id(), CALL_ID);
+        assert_eq!(p.auth_len(), 0);
+        assert_eq!(resp.context_id(), 0);
+        rest = &rest[len..];
+        assert_eq!(p.flags() & flags::FIRST_FRAG != 0, i == 0, "first flag");
+        assert_eq!(p.flags() & flags::LAST_FRAG != 0, rest.is_empty(), "last flag");
+        let body = &pdu[24..];
+        assert!(body.len() <= per_fragment, "{} > {per_fragment}", body.len());
+        assert!(!body.is_empty() || (i == 0 && rest.is_empty()), "empty fragment");
+        let hint = u32::from_be_bytes(match case.endian {
+            Endian::Big => [pdu[16], pdu[17], pdu[18], pdu[19]],
+            Endian::Little => [pdu[19], pdu[18], pdu[17], pdu[16]],
+        });
+        assert_eq!(hint as usize, stub.len() - gathered.len(), "alloc_hint");
+        gathered.extend_from_slice(body);
+        i += 1;
+    }
+    assert_eq!(gathered, stub, "re-encoded fragments carry another stub");
 }
 
 /// Response PDUs carrying `stub` in pieces of `chunk` bytes.
@@ -192,12 +337,13 @@ fn fragments(stub: &[u8], endian: Endian, chunk: usize, with_auth: bool) -> Opti
     let mut out = Vec::with_capacity(n);
     for (i, piece) in pieces.into_iter().enumerate() {
         let mut f = Vec::with_capacity(24 + piece.len() + 8 + AUTH_LEN + 3);
-        let fl = if i == 0 { flags::FIRST_FRAG } else { 0 } | if i == n - 1 { flags::LAST_FRAG } else { 0 };
+        let fl = if i == 0 { flags::FIRST_FRAG } else { 0 }
+            | if i == n - 1 { flags::LAST_FRAG } else { 0 };
         f.extend_from_slice(&[5, 0, 2, fl]);
         f.extend_from_slice(&endian.drep());
         f.extend_from_slice(&[0, 0]); // frag_length, below
         f.extend_from_slice(&u16s(if with_auth { AUTH_LEN as u16 } else { 0 }, endian));
-        f.extend_from_slice(&u32s(7, endian)); // call_id
+        f.extend_from_slice(&u32s(CALL_ID, endian));
         f.extend_from_slice(&u32s(left as u32, endian)); // alloc_hint
         f.extend_from_slice(&[0, 0, 0, 0]); // p_cont_id 0, cancel_count, reserved
         f.extend_from_slice(piece);

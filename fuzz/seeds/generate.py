@@ -12,7 +12,8 @@ Selector bytes (see the targets' docs):
   framing:      sel (low nibble: number of chunk-size bytes; high nibble: fragment bound),
                 chunk sizes, stream
   bind:         n, n bytes of secondary address, PDU
-  epm_rewrite:  sel (bit 0 lookup, bit 1 NDR64, bit 2 big endian, bit 3 auth), chunk-1, stub
+  epm_rewrite:  sel (bit 0 lookup, bit 1 NDR64, bit 2 big endian, bit 3 auth, bit 4 hide
+                unpinned, bit 5 ept_map_auth), chunk-1, stub
 """
 import os
 import socket
@@ -225,9 +226,13 @@ def main():
             kind = ("ndr64" if ndr64 else "ndr") + ("-be" if big else "-le")
             write("epm_rewrite", f"map-{kind}", bytes([sel, 0xff]) + m)
             write("epm_rewrite", f"lookup-{kind}", bytes([sel | 1, 0x0c]) + l)
-    # Cut small, with auth verifiers; and a not-registered answer.
+            write("epm_rewrite", f"map-{kind}-hide", bytes([sel | 0x10, 0x20]) + m)
+            write("epm_rewrite", f"lookup-{kind}-hide", bytes([sel | 0x11, 0xff]) + l)
+    # Cut small, with auth verifiers; ept_map_auth hiding all; a not-registered answer.
     write("epm_rewrite", "map-ndr-le-auth-chunk5",
           bytes([8, 4]) + map_answer(MAP_TOWERS[:3]))
+    write("epm_rewrite", "map-auth-ndr-le-hide-all",
+          bytes([0x30, 0x40]) + map_answer([tower(RFR, 49161, "10.0.0.5"), None]))
     write("epm_rewrite", "map-not-registered-ndr64-be",
           bytes([6, 0xff]) + map_answer([], True, True, status=0x16C9A0D6))
 
