@@ -599,3 +599,21 @@ async fn an_answer_beyond_the_reassembly_bound_closes_the_connection() {
     assert_eq!(got, pdus(NSPI_EPM_SERVER)[0]);
     rpcpin.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_still_gets_its_answer() {
+    let service = nspi_service().await;
+    let port = service.addr.port();
+    let epm = epm_pointing_at(move |_| port).await;
+    let rpcpin = Running::start(&config(epm.addr, &[("directory", "\"nspi\"")], "")).await;
+    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
+    // Everything sent: shut the sending side, as a client that has no more requests may.
+    s.shutdown().await.unwrap();
+    let got = read_to_end(&mut s).await;
+    let server = pdus(NSPI_NTLM_SERVER);
+    // The bind_ack (its secondary address rewritten), then the answer, whole.
+    assert_eq!(got[2], 12);
+    assert!(got.ends_with(server[1]), "{got:02x?}");
+    rpcpin.stop().await;
+}

@@ -74,14 +74,13 @@ pub struct Server {
 impl Server {
     /// Binds the EPM listener and every pin listener.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        let epm = TcpListener::bind(config.epm.listen)
-            .await
+        let backlog = config.limits.max_connections;
+        let epm = listen(config.epm.listen, backlog)
             .with_context(|| format!("cannot listen on epm.listen {}", config.epm.listen))?;
         let mut pins = Vec::new();
         let mut targets = Vec::new();
         for (i, pin) in config.pins.iter().enumerate() {
-            let listener = TcpListener::bind(pin.listen)
-                .await
+            let listener = listen(pin.listen, backlog)
                 .with_context(|| format!("cannot listen on pin[{i}].listen {}", pin.listen))?;
             let port = pin.advertise_port.unwrap_or(listener.local_addr()?.port());
             targets.extend(pin.interfaces.iter().map(|&interface| Target {
@@ -336,6 +335,19 @@ impl Drop for PerIp<'_> {
             }
         }
     }
+}
+
+/// A listening socket whose accept queue can hold a burst of clients (tokio's default
+/// backlog of 128 drops the rest of a burst, and they retry a second later); the kernel caps
+/// it at `net.core.somaxconn`.
+fn listen(addr: SocketAddr, backlog: usize) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(u32::try_from(backlog).unwrap_or(u32::MAX).min(65_535))
 }
 
 /// Socket options for both legs of a connection: no Nagle delay (RPC is request/response),

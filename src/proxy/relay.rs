@@ -74,7 +74,11 @@ where
         let pdu = tokio::select! {
             read = from.next_within(activity.idle) => match read {
                 Ok(pdu) => pdu,
-                Err(ReadError::Closed) => return Ok(()),
+                Err(ReadError::Closed) => {
+                    // Pass the half-close on: the receiver may still answer what it got.
+                    let _ = to.shutdown().await;
+                    return Ok(());
+                }
                 Err(ReadError::Timeout(_)) if activity.idle_for() < activity.idle => continue,
                 Err(ReadError::Timeout(t)) => return Err(anyhow!("idle for {t:?}")),
                 Err(e) => return Err(e.into()),
@@ -110,9 +114,11 @@ pub struct Leg<'a, R, W> {
     pub moved: &'a AtomicU64,
 }
 
-/// Relays PDUs both ways until either side ends or fails. `requests` sees each client PDU
-/// (its replies go back to the client between the backend's PDUs); `answers` sees each
-/// backend PDU. Returns how the connection ended, naming the direction of an error.
+/// Relays PDUs both ways until the backend closes, or the client closes and the backend
+/// has answered what it got (the half-close is passed on), or either side fails.
+/// `requests` sees each client PDU (its replies go back to the client between the
+/// backend's PDUs); `answers` sees each backend PDU. Returns how the connection ended,
+/// naming the direction of an error.
 pub async fn both_ways<R1, W1, R2, W2, Q, A>(
     up: Leg<'_, R1, W1>,
     down: Leg<'_, R2, W2>,
@@ -130,11 +136,32 @@ where
 {
     let activity = Activity::new(idle);
     let (reply_tx, mut reply_rx) = mpsc::channel(4);
+    let up = pump(
+        up.from,
+        up.to,
+        &activity,
+        up.moved,
+        Some(&reply_tx),
+        None,
+        requests,
+    );
+    let down = pump(
+        down.from,
+        down.to,
+        &activity,
+        down.moved,
+        None,
+        Some(&mut reply_rx),
+        answers,
+    );
+    tokio::pin!(up, down);
     tokio::select! {
-        r = pump(up.from, up.to, &activity, up.moved, Some(&reply_tx), None, requests) =>
-            r.map(|()| "client closed").context("client → backend"),
-        r = pump(down.from, down.to, &activity, down.moved, None, Some(&mut reply_rx), answers) =>
-            r.map(|()| "backend closed").context("backend → client"),
+        r = &mut up => match r {
+            // The client is done sending; what the backend still answers reaches it.
+            Ok(()) => (&mut down).await.map(|()| "client closed").context("backend → client"),
+            Err(e) => Err(e.context("client → backend")),
+        },
+        r = &mut down => r.map(|()| "backend closed").context("backend → client"),
     }
 }
 
