@@ -1,0 +1,230 @@
+//! Bulk throughput after a real bind: request PDUs streamed to the backend (upload) or
+//! response PDUs streamed from it (download), 5,840 or 65,535 bytes each, measured in
+//! bytes per second at the client.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+
+use super::{args, measure, secs, Plan};
+use crate::dcerpc::{self, Conn, Framer};
+use crate::harness::{Env, Layout, Path, Stack};
+use crate::report::{Cmp, Goal, Row, Section};
+
+/// The two fragment sizes the issue names: Windows' usual 5,840 and the largest possible.
+pub const SIZES: [usize; 2] = [5840, 65535];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Direction {
+    /// Client to backend (request PDUs).
+    Up,
+    /// Backend to client (response PDUs).
+    Down,
+}
+
+impl Direction {
+    /// As the load generator's `--dir` takes it.
+    fn arg(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        }
+    }
+
+    /// As the result table names it.
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Up => "upload",
+            Direction::Down => "download",
+        }
+    }
+}
+
+/// The load generator's arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    addr: String,
+    #[arg(long, value_enum)]
+    dir: Direction,
+    /// frag_length of every PDU.
+    #[arg(long)]
+    size: usize,
+    /// Measured seconds.
+    #[arg(long)]
+    secs: f64,
+    /// Unmeasured seconds first.
+    #[arg(long)]
+    warmup: f64,
+}
+
+/// Load generator: one connection, one bind, then PDUs one way as fast as the path goes.
+pub fn client(a: Args) -> anyhow::Result<()> {
+    let mut conn = Conn::bind(&a.addr)?;
+    let window = Window::new(a.warmup, a.secs);
+    let (bytes, elapsed, pdus) = match a.dir {
+        Direction::Up => upload(&mut conn, a.size, window)?,
+        Direction::Down => download(&mut conn, a.size, window)?,
+    };
+    println!(
+        "bytes={bytes} secs={elapsed:.4} pdus={pdus} rate={:.2}",
+        bytes as f64 / elapsed / 1e6
+    );
+    Ok(())
+}
+
+/// A measurement window after a warm-up: counts what happens inside it.
+struct Window {
+    start: Instant,
+    warmup: Duration,
+    length: Duration,
+    from: Option<Instant>,
+    bytes: u64,
+}
+
+impl Window {
+    fn new(warmup: f64, secs: f64) -> Window {
+        Window {
+            start: Instant::now(),
+            warmup: Duration::from_secs_f64(warmup),
+            length: Duration::from_secs_f64(secs),
+            from: None,
+            bytes: 0,
+        }
+    }
+
+    /// Records `n` bytes moved just now; `Some(elapsed)` once the window is over.
+    fn moved(&mut self, n: usize) -> Option<f64> {
+        let now = Instant::now();
+        match self.from {
+            None if now - self.start >= self.warmup => self.from = Some(now),
+            None => {}
+            Some(from) => {
+                self.bytes += n as u64;
+                if now - from >= self.length {
+                    return Some((now - from).as_secs_f64());
+                }
+            }
+        }
+        None
+    }
+}
+
+fn upload(conn: &mut Conn, size: usize, mut w: Window) -> anyhow::Result<(u64, f64, u64)> {
+    let mut batch = dcerpc::sink_batch(size);
+    let mut call_id = 2;
+    let mut pdus = 0;
+    loop {
+        dcerpc::renumber(&mut batch, size, &mut call_id);
+        conn.stream.write_all(&batch)?;
+        pdus += (batch.len() / size) as u64;
+        if let Some(elapsed) = w.moved(batch.len()) {
+            return Ok((w.bytes, elapsed, pdus));
+        }
+    }
+}
+
+fn download(conn: &mut Conn, size: usize, mut w: Window) -> anyhow::Result<(u64, f64, u64)> {
+    conn.stream.write_all(&dcerpc::source_request(size))?;
+    let mut framer = Framer::default();
+    framer.feed(conn.leftover())?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = conn.stream.read(&mut buf)?;
+        ensure!(n > 0, "the path closed the download");
+        framer.feed(&buf[..n])?;
+        if let Some(elapsed) = w.moved(n) {
+            ensure!(framer.pdus > 0, "no whole PDU arrived");
+            finish_download(conn, &mut buf)?;
+            return Ok((w.bytes, elapsed, framer.pdus));
+        }
+    }
+}
+
+/// Ends a download the polite way: the client closes its side and reads what is still in
+/// flight until the path closes, so that nobody writes into a reset connection.
+fn finish_download(conn: &mut Conn, buf: &mut [u8]) -> anyhow::Result<()> {
+    conn.stream.shutdown(std::net::Shutdown::Write)?;
+    conn.stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    while conn.stream.read(buf)? > 0 {}
+    Ok(())
+}
+
+/// Runs every direction and size on every path, interleaved, with client, proxy and
+/// backend sharing one CPU.
+pub fn run(env: &mut Env, plan: &Plan) -> anyhow::Result<Section> {
+    let layout = Layout::one_cpu(plan.shared_cpu);
+    let mut stack = Stack::start(env, &layout, &Path::ALL)?;
+    let cases: Vec<(Direction, usize)> = [Direction::Up, Direction::Down]
+        .into_iter()
+        .flat_map(|d| SIZES.map(|s| (d, s)))
+        .collect();
+    let mut rows: Vec<Row> = cases
+        .iter()
+        .map(|(d, s)| Row::new(format!("{}, {s}-byte PDUs", d.label())))
+        .collect();
+    for round in 0..plan.bulk.rounds {
+        for (i, &(dir, size)) in cases.iter().enumerate() {
+            for path in Path::rotation(&Path::ALL, round + i) {
+                let args = args(
+                    "bulk",
+                    &[
+                        ("addr", env.ports.svc(path)),
+                        ("dir", dir.arg().into()),
+                        ("size", size.to_string()),
+                        ("secs", secs(plan.bulk.secs)),
+                        ("warmup", secs(plan.warmup)),
+                    ],
+                );
+                if let Some(f) = measure(env, &layout, "bulk", path, args) {
+                    if let Ok(rate) = f.f64("rate") {
+                        rows[i].add(round, path, rate);
+                    }
+                }
+            }
+        }
+        stack.check_alive()?;
+    }
+    stack.stop(env, "bulk")?;
+
+    let mut s = Section::new(
+        "Bulk throughput after a bind",
+        "MB/s, higher is better",
+        &Path::ALL,
+        0,
+    );
+    s.notes = vec![
+        format!("{layout}"),
+        format!(
+            "median of {} interleaved rounds, {} s measured after {} s warm-up per sample; one connection, MB = 10^6 bytes at the client",
+            plan.bulk.rounds,
+            secs(plan.bulk.secs),
+            secs(plan.warmup)
+        ),
+        "HAProxy: mode tcp, option splice-auto + splice-request + splice-response (forced kernel splice)".into(),
+    ];
+    for row in &rows {
+        s.goals.push(
+            Goal::new(
+                format!("bulk {}", row.case),
+                Path::Haproxy,
+                Cmp::AtLeast,
+                1.05,
+            )
+            .on(row),
+        );
+        s.goals.push(
+            Goal::new(
+                format!("bulk {}", row.case),
+                Path::Direct,
+                Cmp::AtLeast,
+                0.6,
+            )
+            .stretch()
+            .on(row),
+        );
+    }
+    s.rows = rows;
+    Ok(s)
+}

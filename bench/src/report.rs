@@ -1,0 +1,253 @@
+//! Medians, ratios against the issue's goals, and the tables a run prints.
+
+use std::fmt::Write as _;
+
+use crate::harness::Path;
+
+/// The median of some samples (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// The `q`-quantile (0..=1) of sorted samples, nearest rank.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// One row of a table: a measured quantity per path, one sample per round.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub case: String,
+    /// By round, by path.
+    rounds: Vec<[Option<f64>; 3]>,
+}
+
+impl Row {
+    pub fn new(case: impl Into<String>) -> Row {
+        Row {
+            case: case.into(),
+            rounds: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, round: usize, path: Path, value: f64) {
+        if self.rounds.len() <= round {
+            self.rounds.resize(round + 1, [None; 3]);
+        }
+        self.rounds[round][path.index()] = Some(value);
+    }
+
+    fn values(&self, path: Path) -> Vec<f64> {
+        self.rounds.iter().filter_map(|r| r[path.index()]).collect()
+    }
+
+    pub fn median(&self, path: Path) -> Option<f64> {
+        median(&self.values(path))
+    }
+
+    /// The median over rounds of `num / den` within each round. A round runs every path
+    /// back to back, so this cancels what the machine's neighbours did between rounds.
+    pub fn ratio(&self, num: Path, den: Path) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter_map(|r| Some(r[num.index()]? / r[den.index()]?))
+            .collect();
+        median(&ratios)
+    }
+
+    /// The widest spread of any path's rounds, relative to its median (noise indicator).
+    pub fn spread(&self) -> Option<f64> {
+        Path::ALL
+            .iter()
+            .filter_map(|&p| {
+                let v = self.values(p);
+                let lo = v.iter().copied().reduce(f64::min)?;
+                let hi = v.iter().copied().reduce(f64::max)?;
+                Some((hi - lo) / self.median(p)?)
+            })
+            .max_by(f64::total_cmp)
+    }
+}
+
+/// Which way a goal points.
+#[derive(Debug, Clone, Copy)]
+pub enum Cmp {
+    /// The ratio must be at least the target.
+    AtLeast,
+    /// The ratio must be at most the target.
+    AtMost,
+}
+
+/// A goal from the issue: rpcpin's median over another path's, against a target.
+#[derive(Debug, Clone)]
+pub struct Goal {
+    pub what: String,
+    pub den: Path,
+    pub cmp: Cmp,
+    pub target: f64,
+    pub stretch: bool,
+    /// The measured ratio, once known.
+    pub ratio: Option<f64>,
+}
+
+impl Goal {
+    pub fn new(what: impl Into<String>, den: Path, cmp: Cmp, target: f64) -> Goal {
+        Goal {
+            what: what.into(),
+            den,
+            cmp,
+            target,
+            stretch: false,
+            ratio: None,
+        }
+    }
+
+    pub fn stretch(mut self) -> Goal {
+        self.stretch = true;
+        self
+    }
+
+    /// This goal, judged on `row`.
+    pub fn on(mut self, row: &Row) -> Goal {
+        self.ratio = row.ratio(Path::Rpcpin, self.den);
+        self
+    }
+
+    pub fn met(&self) -> Option<bool> {
+        let r = self.ratio?;
+        Some(match self.cmp {
+            Cmp::AtLeast => r >= self.target,
+            Cmp::AtMost => r <= self.target,
+        })
+    }
+
+    pub fn verdict(&self) -> &'static str {
+        match self.met() {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "n/a",
+        }
+    }
+
+    pub fn line(&self) -> String {
+        let op = match self.cmp {
+            Cmp::AtLeast => "≥",
+            Cmp::AtMost => "≤",
+        };
+        let ratio = self.ratio.map_or("n/a".into(), |r| format!("{r:.2}"));
+        format!(
+            "{:<4} {}: rpcpin/{} = {ratio} (goal {op} {:.2}{})",
+            self.verdict(),
+            self.what,
+            self.den,
+            self.target,
+            if self.stretch { ", stretch" } else { "" }
+        )
+    }
+}
+
+/// A load's results: a titled table of rows, and the goals judged on them.
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub title: String,
+    pub unit: String,
+    /// How the numbers were obtained: rounds, durations, pinning.
+    pub notes: Vec<String>,
+    pub paths: Vec<Path>,
+    pub rows: Vec<Row>,
+    pub goals: Vec<Goal>,
+    /// Goals that are not ratios: a statement and whether it held.
+    pub checks: Vec<(String, bool)>,
+    /// Value formatting: decimals.
+    pub decimals: usize,
+}
+
+impl Section {
+    pub fn new(title: &str, unit: &str, paths: &[Path], decimals: usize) -> Section {
+        Section {
+            title: title.into(),
+            unit: unit.into(),
+            notes: Vec::new(),
+            paths: paths.to_vec(),
+            rows: Vec::new(),
+            goals: Vec::new(),
+            checks: Vec::new(),
+            decimals,
+        }
+    }
+
+    /// The section as Markdown: notes, then a table with medians and ratios.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "### {}\n", self.title);
+        for n in &self.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        let has = |p| self.paths.contains(&p);
+        let mut head = format!("| case ({}) |", self.unit);
+        for p in &self.paths {
+            let _ = write!(head, " {p} |");
+        }
+        if has(Path::Haproxy) {
+            head.push_str(" rpcpin/haproxy |");
+        }
+        if has(Path::Direct) {
+            head.push_str(" rpcpin/direct |");
+            if has(Path::Haproxy) {
+                head.push_str(" haproxy/direct |");
+            }
+        }
+        head.push_str(" spread |");
+        let cols = head.matches('|').count() - 1;
+        let _ = writeln!(s, "\n{head}\n|{}", "---|".repeat(cols));
+        for row in &self.rows {
+            let mut line = format!("| {} |", row.case);
+            for &p in &self.paths {
+                let v = row
+                    .median(p)
+                    .map_or("n/a".into(), |v| format!("{v:.*}", self.decimals));
+                let _ = write!(line, " {v} |");
+            }
+            let ratio = |a, b| row.ratio(a, b).map_or("n/a".into(), |r| format!("{r:.2}"));
+            if has(Path::Haproxy) {
+                let _ = write!(line, " {} |", ratio(Path::Rpcpin, Path::Haproxy));
+            }
+            if has(Path::Direct) {
+                let _ = write!(line, " {} |", ratio(Path::Rpcpin, Path::Direct));
+                if has(Path::Haproxy) {
+                    let _ = write!(line, " {} |", ratio(Path::Haproxy, Path::Direct));
+                }
+            }
+            let spread = row
+                .spread()
+                .map_or("n/a".into(), |x| format!("{:.0}%", x * 100.0));
+            let _ = write!(line, " {spread} |");
+            let _ = writeln!(s, "{line}");
+        }
+        if !self.goals.is_empty() || !self.checks.is_empty() {
+            let _ = writeln!(s);
+        }
+        for g in &self.goals {
+            let _ = writeln!(s, "    {}", g.line());
+        }
+        for (what, held) in &self.checks {
+            let _ = writeln!(s, "    {:<4} {what}", if *held { "PASS" } else { "MISS" });
+        }
+        s
+    }
+}
