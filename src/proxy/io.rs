@@ -38,13 +38,18 @@ pub struct PduReader<R> {
     max_frag: usize,
 }
 
+/// How much a read asks for at a time: a whole 64 KiB fragment, or several small ones.
+const READ_CHUNK: usize = 64 * 1024;
+/// Below this much free room, a read first makes room.
+const MIN_ROOM: usize = 4 * 1024;
+
 impl<R: AsyncRead + Unpin> PduReader<R> {
     /// A reader that refuses fragments longer than `max_frag`.
     pub fn new(inner: R, max_frag: usize) -> PduReader<R> {
         PduReader {
             inner,
-            // Sized for a typical fragment; grows to max_frag at most while a PDU is pending.
-            buf: BytesMut::with_capacity(8 * 1024),
+            // Allocated when data arrives: a silent connection holds no buffer.
+            buf: BytesMut::new(),
             max_frag,
         }
     }
@@ -53,34 +58,67 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
     /// protocol header, say).
     pub fn with_buffered(inner: R, buffered: BytesMut, max_frag: usize) -> PduReader<R> {
         let mut r = PduReader::new(inner, max_frag);
-        r.buf.extend_from_slice(&buffered);
+        r.buf = buffered;
         r
+    }
+
+    /// The next whole PDU already read, if there is one; never waits.
+    pub fn buffered(&mut self) -> Result<Option<BytesMut>, ReadError> {
+        Ok(next_pdu_len(&self.buf, self.max_frag)?.map(|len| self.buf.split_to(len)))
     }
 
     /// The next whole PDU.
     pub async fn next(&mut self) -> Result<BytesMut, ReadError> {
         loop {
-            if let Some(len) = next_pdu_len(&self.buf, self.max_frag)? {
-                return Ok(self.buf.split_to(len));
+            if let Some(pdu) = self.buffered()? {
+                return Ok(pdu);
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(8 * 1024);
-            }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return Err(match self.buf.len() {
-                    0 => ReadError::Closed,
-                    n => ReadError::Truncated(n),
-                });
-            }
+            self.fill().await?;
         }
     }
 
     /// The next whole PDU, or [`ReadError::Timeout`] after `limit`.
     pub async fn next_within(&mut self, limit: Duration) -> Result<BytesMut, ReadError> {
-        tokio::time::timeout(limit, self.next())
-            .await
-            .unwrap_or(Err(ReadError::Timeout(limit)))
+        within(limit, self.next()).await
     }
+
+    /// Reads once: as much as is there, up to a 64 KiB chunk. Cancel-safe.
+    pub async fn fill(&mut self) -> Result<(), ReadError> {
+        if self.buf.is_empty() {
+            // Between PDUs: wait with a few bytes on the stack, and let the last buffer go
+            // (once the PDUs cut from it are written) instead of holding it while idle.
+            self.buf = BytesMut::new();
+            let mut head = [0u8; crate::wire::HEADER_LEN];
+            let n = self.inner.read(&mut head).await?;
+            if n == 0 {
+                return Err(ReadError::Closed);
+            }
+            self.buf.reserve(READ_CHUNK);
+            self.buf.extend_from_slice(&head[..n]);
+            return Ok(());
+        }
+        if self.buf.capacity() - self.buf.len() < MIN_ROOM {
+            self.buf.reserve(READ_CHUNK);
+        }
+        match self.inner.read_buf(&mut self.buf).await? {
+            0 => Err(ReadError::Truncated(self.buf.len())),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`PduReader::fill`], or [`ReadError::Timeout`] after `limit`.
+    pub async fn fill_within(&mut self, limit: Duration) -> Result<(), ReadError> {
+        within(limit, self.fill()).await
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, ReadError>>,
+) -> Result<T, ReadError> {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or(Err(ReadError::Timeout(limit)))
 }
 
 #[cfg(test)]

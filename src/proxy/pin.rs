@@ -89,6 +89,8 @@ pub(crate) async fn serve(
         .write_all(&bind_pdu)
         .await
         .context("forwarding the bind to the backend")?;
+    // It shares the read buffer it was cut from: let both go before the long relay.
+    drop(bind_pdu);
     let mut requests = Requests {
         pin,
         gate: &gate,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::io::{PduReader, ReadError};
 
@@ -51,17 +51,38 @@ pub struct Outbox {
     pub reply: Vec<BytesMut>,
 }
 
-/// One direction of a relay: reads PDUs from `from`, lets `inspect` decide, and writes what
-/// it forwards to `to`. PDUs that arrive on `injected` (answers the other direction made
-/// for this side's receiver) are written to `to` between PDUs. `moved` counts the bytes
-/// written to `to`. Ends with `Ok` when the sending side closes between PDUs.
+/// Answers one direction makes for its sender, handed to the other direction's writer.
+/// Rare (a refused alter_context or call), so nothing is allocated until there is one.
+#[derive(Debug, Default)]
+struct Replies {
+    queue: std::sync::Mutex<Vec<BytesMut>>,
+    ready: Notify,
+}
+
+impl Replies {
+    fn push(&self, answers: impl IntoIterator<Item = BytesMut>) {
+        super::lock(&self.queue).extend(answers);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Vec<BytesMut> {
+        std::mem::take(&mut *super::lock(&self.queue))
+    }
+}
+
+/// One direction of a relay: reads what the sender has sent, lets `inspect` decide on each
+/// whole PDU, and writes what it forwards to `to` — all the PDUs of one read in one write
+/// when they lie side by side in the read buffer, as they do unless rewritten. Answers the
+/// other direction made for this side's receiver (`injected`) are written between reads,
+/// and this side's own answers go to `replies`. `moved` counts the bytes written to `to`.
+/// Ends with `Ok` when the sending side closes between PDUs.
 async fn pump<R, W, F>(
     from: &mut PduReader<R>,
     to: &mut W,
     activity: &Activity,
     moved: &AtomicU64,
-    replies: Option<&mpsc::Sender<BytesMut>>,
-    mut injected: Option<&mut mpsc::Receiver<BytesMut>>,
+    replies: Option<&Replies>,
+    injected: Option<&Replies>,
     mut inspect: F,
 ) -> anyhow::Result<()>
 where
@@ -71,37 +92,66 @@ where
 {
     let mut out = Outbox::default();
     loop {
-        let pdu = tokio::select! {
-            read = from.next_within(activity.idle) => match read {
-                Ok(pdu) => pdu,
+        // Whatever was forwarded before a PDU that ends the connection still goes out.
+        let inspected = inspect_buffered(from, &mut inspect, &mut out);
+        if !out.forward.is_empty() {
+            activity.touch();
+            let batch = join(out.forward.drain(..));
+            write(to, &batch, activity.idle).await?;
+            moved.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        if !out.reply.is_empty() {
+            replies
+                .context("a reply with no way back to the sender")?
+                .push(out.reply.drain(..));
+        }
+        inspected?;
+        tokio::select! {
+            read = from.fill_within(activity.idle) => match read {
+                Ok(()) => {}
                 Err(ReadError::Closed) => {
                     // Pass the half-close on: the receiver may still answer what it got.
                     let _ = to.shutdown().await;
                     return Ok(());
                 }
-                Err(ReadError::Timeout(_)) if activity.idle_for() < activity.idle => continue,
+                Err(ReadError::Timeout(_)) if activity.idle_for() < activity.idle => {}
                 Err(ReadError::Timeout(t)) => return Err(anyhow!("idle for {t:?}")),
                 Err(e) => return Err(e.into()),
             },
-            Some(answer) = recv(&mut injected) => {
-                write(to, &answer, activity.idle).await?;
-                moved.fetch_add(answer.len() as u64, Ordering::Relaxed);
-                continue;
+            () = ready(injected) => {
+                let answers = join(injected.map(Replies::take).unwrap_or_default());
+                write(to, &answers, activity.idle).await?;
+                moved.fetch_add(answers.len() as u64, Ordering::Relaxed);
             }
-        };
-        activity.touch();
-        inspect(pdu, &mut out)?;
-        for pdu in out.forward.drain(..) {
-            write(to, &pdu, activity.idle).await?;
-            moved.fetch_add(pdu.len() as u64, Ordering::Relaxed);
-        }
-        for answer in out.reply.drain(..) {
-            let tx = replies.context("a reply with no way back to the sender")?;
-            tx.send(answer)
-                .await
-                .map_err(|_| anyhow!("the other direction has ended"))?;
         }
     }
+}
+
+/// Lets `inspect` decide on every whole PDU already read.
+fn inspect_buffered<R, F>(
+    from: &mut PduReader<R>,
+    inspect: &mut F,
+    out: &mut Outbox,
+) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin,
+    F: FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
+{
+    while let Some(pdu) = from.buffered()? {
+        inspect(pdu, out)?;
+    }
+    Ok(())
+}
+
+/// Joins PDUs into one buffer: free when they lie side by side in the same allocation,
+/// a copy otherwise.
+fn join(pdus: impl IntoIterator<Item = BytesMut>) -> BytesMut {
+    let mut pdus = pdus.into_iter();
+    let mut all = pdus.next().unwrap_or_default();
+    for pdu in pdus {
+        all.unsplit(pdu);
+    }
+    all
 }
 
 /// One direction of a connection: where PDUs come from, where they go, and the byte count.
@@ -135,13 +185,13 @@ where
     A: FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
 {
     let activity = Activity::new(idle);
-    let (reply_tx, mut reply_rx) = mpsc::channel(4);
+    let replies = Replies::default();
     let up = pump(
         up.from,
         up.to,
         &activity,
         up.moved,
-        Some(&reply_tx),
+        Some(&replies),
         None,
         requests,
     );
@@ -151,7 +201,7 @@ where
         &activity,
         down.moved,
         None,
-        Some(&mut reply_rx),
+        Some(&replies),
         answers,
     );
     tokio::pin!(up, down);
@@ -165,9 +215,9 @@ where
     }
 }
 
-async fn recv(rx: &mut Option<&mut mpsc::Receiver<BytesMut>>) -> Option<BytesMut> {
-    match rx {
-        Some(rx) => rx.recv().await,
+async fn ready(replies: Option<&Replies>) {
+    match replies {
+        Some(r) => r.ready.notified().await,
         None => std::future::pending().await,
     }
 }
