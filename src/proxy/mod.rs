@@ -74,13 +74,12 @@ pub struct Server {
 impl Server {
     /// Binds the EPM listener and every pin listener.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        let backlog = config.limits.max_connections;
-        let epm = listen(config.epm.listen, backlog)
+        let epm = listen(config.epm.listen, &config.limits)
             .with_context(|| format!("cannot listen on epm.listen {}", config.epm.listen))?;
         let mut pins = Vec::new();
         let mut targets = Vec::new();
         for (i, pin) in config.pins.iter().enumerate() {
-            let listener = listen(pin.listen, backlog)
+            let listener = listen(pin.listen, &config.limits)
                 .with_context(|| format!("cannot listen on pin[{i}].listen {}", pin.listen))?;
             let port = pin.advertise_port.unwrap_or(listener.local_addr()?.port());
             targets.extend(pin.interfaces.iter().map(|&interface| Target {
@@ -240,7 +239,6 @@ async fn serve(
     pin: Option<&PinRuntime>,
     _permit: OwnedSemaphorePermit,
 ) -> anyhow::Result<Summary> {
-    tune(&stream, &shared.config.limits);
     let client = accept_client(stream, peer, proxied, &shared.config.limits).await?;
     // Over the per-address limit: the `refused` event says why; closing is not an error.
     let Some(_slot) = PerIp::take(shared, client.peer.ip()) else {
@@ -338,27 +336,31 @@ impl Drop for PerIp<'_> {
 }
 
 /// A listening socket whose accept queue can hold a burst of clients (tokio's default
-/// backlog of 128 drops the rest of a burst, and they retry a second later); the kernel caps
-/// it at `net.core.somaxconn`.
-fn listen(addr: SocketAddr, backlog: usize) -> std::io::Result<TcpListener> {
+/// backlog of 128 drops the rest of a burst, and they retry a second later; the kernel caps
+/// it at `net.core.somaxconn`). Accepted sockets inherit its options, so they are set once
+/// here rather than on every connection.
+fn listen(addr: SocketAddr, limits: &Limits) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    tune(&socket, limits);
     socket.bind(addr)?;
-    socket.listen(u32::try_from(backlog).unwrap_or(u32::MAX).min(65_535))
+    let backlog = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    socket.listen(backlog.min(65_535))
 }
 
 /// Socket options for both legs of a connection: no Nagle delay (RPC is request/response),
 /// and TCP keepalive so that a peer that vanished is noticed.
-pub(crate) fn tune(stream: &TcpStream, limits: &Limits) {
-    let _ = stream.set_nodelay(true);
+pub(crate) fn tune(socket: &impl std::os::fd::AsFd, limits: &Limits) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(limits.keepalive)
         .with_interval(limits.keepalive / 4 + Duration::from_secs(1))
         .with_retries(4);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    let _ = socket.set_tcp_keepalive(&keepalive);
 }
 
 /// Locks a mutex whose data a panic elsewhere cannot leave half-updated.
@@ -403,5 +405,24 @@ impl Summary {
     /// A connection rpcpin ended on purpose before relaying anything.
     fn ended(reason: &'static str) -> Summary {
         Summary::new(&AtomicU64::new(0), &AtomicU64::new(0), Ok(reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listeners_options() {
+        let limits = Limits::default();
+        let listener = listen("127.0.0.1:0".parse().unwrap(), &limits).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.keepalive_time().unwrap(), limits.keepalive);
     }
 }
