@@ -301,9 +301,14 @@ mod tests {
         }
     }
 
-    /// Rewrites `frags` as one call with the Exchange table.
+    /// Rewrites NDR `frags` as one call with the Exchange table.
     fn rewrite(frags: &mut [Vec<u8>], op: u16, hide: bool) -> Done {
-        rewrite_call(frags, op, Syntax::Ndr, rules(&exchange_table(), hide), MAX).unwrap()
+        rewrite_in(frags, op, &exchange_table(), hide)
+    }
+
+    /// Rewrites NDR `frags` as one call with `table`.
+    fn rewrite_in(frags: &mut [Vec<u8>], op: u16, table: &Table, hide: bool) -> Done {
+        rewrite_call(frags, op, Syntax::Ndr, rules(table, hide), MAX).unwrap()
     }
 
     fn changed(a: &[u8], b: &[u8]) -> Vec<usize> {
@@ -353,27 +358,13 @@ mod tests {
         let original = NSPI_SERVER[60..].to_vec();
         let table = Table::new(vec![target("emsmdb", "store", 6001)]);
         let mut frags = [original.clone()];
-        let done = rewrite_call(
-            &mut frags,
-            opnum::MAP,
-            Syntax::Ndr,
-            rules(&table, false),
-            MAX,
-        )
-        .unwrap();
+        let done = rewrite_in(&mut frags, opnum::MAP, &table, false);
         assert_eq!(done, Done::default());
         assert_eq!(frags[0], original);
 
         // Hidden: the answer is re-encoded as "not registered" with no tower, in one
         // fragment with Exchange's call id and context.
-        let done = rewrite_call(
-            &mut frags,
-            opnum::MAP,
-            Syntax::Ndr,
-            rules(&table, true),
-            MAX,
-        )
-        .unwrap();
+        let done = rewrite_in(&mut frags, opnum::MAP, &table, true);
         assert_eq!((done.rewritten.len(), done.hidden), (0, 1));
         let pdus = done.reencoded.unwrap();
         let p = Pdu::new_checked(&pdus[..]).unwrap();
@@ -422,26 +413,12 @@ mod tests {
         let single = NSPI_SERVER[60..].to_vec();
         let table = exchange_table();
         let mut expected = [single.clone()];
-        rewrite_call(
-            &mut expected,
-            opnum::MAP,
-            Syntax::Ndr,
-            rules(&table, true),
-            MAX,
-        )
-        .unwrap();
+        rewrite_in(&mut expected, opnum::MAP, &table, true);
         // Every split point, so that the port and the address fall across boundaries too.
         for chunk in 1..single.len() - 24 {
             let mut frags = fragment(&single, chunk);
             let lens: Vec<usize> = frags.iter().map(Vec::len).collect();
-            let done = rewrite_call(
-                &mut frags,
-                opnum::MAP,
-                Syntax::Ndr,
-                rules(&table, true),
-                MAX,
-            )
-            .unwrap();
+            let done = rewrite_in(&mut frags, opnum::MAP, &table, true);
             assert_eq!(done.rewritten.len(), 1, "chunk {chunk}");
             assert_eq!(frags.iter().map(Vec::len).collect::<Vec<_>>(), lens);
             let stub: Vec<u8> = frags.iter().flat_map(|f| f[24..].to_vec()).collect();
@@ -458,14 +435,7 @@ mod tests {
         pdu[8..10].copy_from_slice(&len.to_le_bytes());
         let table = exchange_table();
         let mut frags = fragment(&pdu, 100);
-        let done = rewrite_call(
-            &mut frags,
-            opnum::LOOKUP,
-            Syntax::Ndr,
-            rules(&table, true),
-            MAX,
-        )
-        .unwrap();
+        let done = rewrite_in(&mut frags, opnum::LOOKUP, &table, true);
         // samr (unpinned) is removed; nspi tcp, emsmdb twice and nspi http remain.
         assert_eq!((done.hidden, done.rewritten.len()), (1, 3));
         let out = done.reencoded.unwrap();
