@@ -204,12 +204,18 @@ async fn nspi_service() -> Replay {
     Replay::start(|_| pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()).await
 }
 
-#[tokio::test]
-async fn relays_an_ntlm_session_byte_for_byte_to_the_resolved_port() {
+/// rpcpin with an NSPI pin, a backend EPM that points at the NSPI service, and that service.
+async fn nspi_pin() -> (Replay, Replay, Running) {
     let service = nspi_service().await;
     let port = service.addr.port();
     let epm = epm_pointing_at(move |_| port).await;
     let rpcpin = Running::start(&config(epm.addr, &[("directory", "\"nspi\"")], "")).await;
+    (service, epm, rpcpin)
+}
+
+#[tokio::test]
+async fn relays_an_ntlm_session_byte_for_byte_to_the_resolved_port() {
+    let (service, epm, rpcpin) = nspi_pin().await;
 
     // Bind, auth3 and the first call in one write: rpcpin must keep what follows the bind.
     let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
@@ -242,10 +248,7 @@ async fn relays_an_ntlm_session_byte_for_byte_to_the_resolved_port() {
 
 #[tokio::test]
 async fn refuses_bind_to_unpinned_interface_without_touching_the_backend() {
-    let service = nspi_service().await;
-    let port = service.addr.port();
-    let epm = epm_pointing_at(move |_| port).await;
-    let rpcpin = Running::start(&config(epm.addr, &[("directory", "\"nspi\"")], "")).await;
+    let (service, epm, rpcpin) = nspi_pin().await;
 
     let mut bind = pdus(NSPI_NTLM_CLIENT)[0].to_vec();
     assert_eq!(replace(&mut bind, &NSPI_LE, &WINREG_LE), 1);
@@ -266,10 +269,7 @@ async fn refuses_bind_to_unpinned_interface_without_touching_the_backend() {
 
 #[tokio::test]
 async fn refuses_alter_context_to_unpinned_interface_on_an_open_association() {
-    let service = nspi_service().await;
-    let port = service.addr.port();
-    let epm = epm_pointing_at(move |_| port).await;
-    let rpcpin = Running::start(&config(epm.addr, &[("directory", "\"nspi\"")], "")).await;
+    let (service, _epm, rpcpin) = nspi_pin().await;
 
     let client = pdus(NSPI_NTLM_CLIENT);
     let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
@@ -602,10 +602,7 @@ async fn an_answer_beyond_the_reassembly_bound_closes_the_connection() {
 
 #[tokio::test]
 async fn a_client_that_half_closes_still_gets_its_answer() {
-    let service = nspi_service().await;
-    let port = service.addr.port();
-    let epm = epm_pointing_at(move |_| port).await;
-    let rpcpin = Running::start(&config(epm.addr, &[("directory", "\"nspi\"")], "")).await;
+    let (_service, _epm, rpcpin) = nspi_pin().await;
     let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
     s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
     // Everything sent: shut the sending side, as a client that has no more requests may.
