@@ -4,8 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
@@ -14,8 +13,8 @@ use tracing::{info, warn};
 
 use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
-use super::relay::{both_ways, Leg, Outbox};
-use super::{lock, Client, Shared, Summary};
+use super::relay::{Outbox, Policy, Relay};
+use super::{Client, Opened, Shared, Summary};
 use crate::config::ProtectedAnswers;
 use crate::interfaces::alias_of;
 use crate::rewrite::{carries_towers, rewrite_call, Rules};
@@ -76,43 +75,48 @@ struct Call {
     answering: bool,
 }
 
-/// Serves one client of the EPM listener.
-pub(crate) async fn serve(client: Client, shared: &Shared) -> anyhow::Result<Summary> {
+/// Reads the client's first PDU and, unless it is refused, connects to the backend's
+/// endpoint mapper and forwards it; the relay that follows is [`EpmPolicy`]'s.
+pub(crate) async fn open(client: Client, shared: Arc<Shared>) -> anyhow::Result<Opened<EpmPolicy>> {
     let limits = &shared.config.limits;
-    let advertise = advertise_for(&client, shared.config.epm.advertise);
-    let (client_rd, mut client_wr) = client.stream.into_split();
-    let mut client_rd = PduReader::with_buffered(client_rd, client.buffered, limits.max_fragment);
+    let mut policy = EpmPolicy {
+        advertise: advertise_for(&client, shared.config.epm.advertise),
+        shared: shared.clone(),
+        gate: Gate::new(
+            WhenNoneAllowed::Nak,
+            "port 135 serves the endpoint mapper only",
+        ),
+        assoc: Association::default(),
+        refused: RefusedCalls::default(),
+        pending: HashMap::new(),
+        pending_len: 0,
+    };
+    let mut client = PduReader::with_buffered(client.stream, client.buffered, limits.max_fragment);
     // A client that says nothing never costs a backend connection.
-    let first = client_rd
+    let first = client
         .next_within(limits.handshake_timeout)
         .await
         .context("waiting for the client's first PDU")?;
-
-    let assoc = Mutex::new(Association::default());
-    let gate = Gate::new(
-        |s: &SyntaxId| s.uuid == EPM.uuid && s.major == EPM.major,
-        WhenNoneAllowed::Nak,
-        "port 135 serves the endpoint mapper only",
-    );
-    let mut requests = Requests {
-        assoc: &assoc,
-        gate: &gate,
-        refused: RefusedCalls::default(),
-    };
-    let (up, down) = (AtomicU64::new(first.len() as u64), AtomicU64::new(0));
+    let from_client = first.len() as u64;
     let mut out = Outbox::default();
-    requests.handle(first, &mut out)?;
+    policy.request(first, &mut out)?;
     if out.forward.is_empty() {
         // Refused before anything reached the backend, which is never contacted.
+        let client = client.get_mut();
+        let mut to_client = 0;
         for answer in &out.reply {
-            client_wr
+            client
                 .write_all(answer)
                 .await
                 .context("sending the refusal")?;
-            down.fetch_add(answer.len() as u64, Ordering::Relaxed);
+            to_client += answer.len() as u64;
         }
-        let _ = client_wr.shutdown().await;
-        return Ok(Summary::new(&up, &down, Ok("refused")));
+        let _ = client.shutdown().await;
+        return Ok(Opened::Done(Summary::new(
+            from_client,
+            to_client,
+            Ok("refused"),
+        )));
     }
 
     let backend = shared
@@ -120,40 +124,26 @@ pub(crate) async fn serve(client: Client, shared: &Shared) -> anyhow::Result<Sum
         .connect(shared.config.backend.epm_port, limits.connect_timeout)
         .await?;
     super::tune(&backend, limits);
-    let (backend_rd, mut backend_wr) = backend.into_split();
-    let mut backend_rd = PduReader::new(backend_rd, limits.max_fragment);
+    let mut backend = PduReader::new(backend, limits.max_fragment);
     for pdu in out.forward.drain(..) {
-        backend_wr
+        backend
+            .get_mut()
             .write_all(&pdu)
             .await
             .context("writing to the backend")?;
     }
-
-    let mut answers = Answers {
-        assoc: &assoc,
-        gate: &gate,
-        pending: HashMap::new(),
-        pending_len: 0,
-        shared,
-        advertise,
-    };
-    let ended = both_ways(
-        Leg {
-            from: &mut client_rd,
-            to: &mut backend_wr,
-            moved: &up,
-        },
-        Leg {
-            from: &mut backend_rd,
-            to: &mut client_wr,
-            moved: &down,
-        },
+    Ok(Opened::Relay(Box::new(Relay::new(
+        client,
+        backend,
+        policy,
         limits.idle_timeout,
-        |pdu, out| requests.handle(pdu, out),
-        |pdu, out| answers.handle(pdu, out),
-    )
-    .await;
-    Ok(Summary::new(&up, &down, ended))
+        from_client,
+    ))))
+}
+
+/// Whether a context names the endpoint mapper.
+fn is_epm(s: &SyntaxId) -> bool {
+    s.uuid == EPM.uuid && s.major == EPM.major
 }
 
 /// The address to write into towers: configured, or the one the client reached us on.
@@ -168,31 +158,39 @@ fn advertise_for(client: &Client, configured: Option<Ipv4Addr>) -> Ipv4Addr {
     }
 }
 
-/// The client-to-backend direction: the gate for binds, the opnum policy for calls, and a
-/// record of what later answers refer to.
-struct Requests<'a, F> {
-    assoc: &'a Mutex<Association>,
-    gate: &'a Gate<F>,
+/// The endpoint mapper's policy on an association. Client to backend: the gate for binds,
+/// the opnum policy for calls, and a record of what later answers refer to. Backend to
+/// client: learns the accepted contexts, splices the gate's refusals into bind answers, and
+/// rewrites (or hides) towers.
+pub(crate) struct EpmPolicy {
+    shared: Arc<Shared>,
+    /// The address written into towers.
+    advertise: Ipv4Addr,
+    gate: Gate,
+    assoc: Association,
     refused: RefusedCalls,
+    /// Fragments of tower-carrying answers, by call id, held until their last fragment.
+    pending: HashMap<u32, Vec<BytesMut>>,
+    /// Their total size, bounded by `limits.max_reassembly`.
+    pending_len: usize,
 }
 
-impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
-    fn handle(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+impl Policy for EpmPolicy {
+    fn request(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
         let p = Pdu::new_checked(&pdu[..])?;
         let call_id = p.call_id();
         match p.ptype() {
-            PacketType::Bind | PacketType::AlterContext => match self.gate.judge(pdu)? {
+            PacketType::Bind | PacketType::AlterContext => match self.gate.judge(pdu, is_epm)? {
                 Verdict::Forward(pdu) => {
                     let ids = BindRequest::parse(&pdu)?
                         .contexts()
                         .map(|c| c.id())
                         .collect();
-                    let mut a = lock(self.assoc);
+                    let a = &mut self.assoc;
                     if a.proposed.len() >= MAX_OUTSTANDING {
                         bail!("more than {MAX_OUTSTANDING} unanswered binds");
                     }
                     a.proposed.insert(call_id, ids);
-                    drop(a);
                     out.forward.push(pdu);
                 }
                 Verdict::Answer(answer) => out.reply.push(answer),
@@ -207,7 +205,7 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
                     CallVerdict::Refuse => return self.refuse(&req, out),
                     CallVerdict::Drop => return Ok(()),
                 }
-                let mut a = lock(self.assoc);
+                let a = &mut self.assoc;
                 if a.calls.len() >= MAX_OUTSTANDING {
                     bail!("more than {MAX_OUTSTANDING} outstanding calls");
                 }
@@ -217,7 +215,6 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
                     opnum: req.opnum(),
                     answering: false,
                 });
-                drop(a);
                 out.forward.push(pdu);
             }
             _ => out.forward.push(pdu),
@@ -225,6 +222,60 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
         Ok(())
     }
 
+    fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+        let p = Pdu::new_checked(&pdu[..])?;
+        let (ptype, call_id) = (p.ptype(), p.call_id());
+        let a = &mut self.assoc;
+        match ptype {
+            PacketType::BindAck | PacketType::AlterContextResp => {
+                if let Some(proposed) = a.proposed.remove(&call_id) {
+                    let ack = BindAck::parse(&pdu)?;
+                    for (id, result) in proposed.iter().zip(ack.results()) {
+                        if result.result == ContextResult::Acceptance {
+                            let syntax = Syntax::from_transfer_syntax(&result.transfer_syntax);
+                            a.contexts.insert(*id, syntax);
+                        }
+                    }
+                }
+                out.forward.push(self.gate.answer(pdu)?);
+                return Ok(());
+            }
+            PacketType::Response => {
+                let Some(call) = a.calls.get_mut(&call_id) else {
+                    bail!("a response to call {call_id}, which the client never made");
+                };
+                let (ctx, op) = (call.context, call.opnum);
+                let last = p.ends_call(call.answering);
+                call.answering = true;
+                if last {
+                    a.calls.remove(&call_id);
+                }
+                if carries_towers(op) {
+                    let syntax = a.contexts.get(&ctx).copied().flatten();
+                    Response::parse(&pdu)?;
+                    let max = self.shared.config.limits.max_reassembly;
+                    self.pending_len += pdu.len();
+                    if self.pending_len > max {
+                        bail!("endpoint-mapper answer larger than limits.max_reassembly ({max} bytes)");
+                    }
+                    self.pending.entry(call_id).or_default().push(pdu);
+                    if last {
+                        self.finish_call(call_id, ctx, op, syntax, out)?;
+                    }
+                    return Ok(());
+                }
+            }
+            PacketType::Fault => {
+                a.calls.remove(&call_id);
+            }
+            _ => {}
+        }
+        out.forward.push(pdu);
+        Ok(())
+    }
+}
+
+impl EpmPolicy {
     fn refuse(&self, req: &Request<'_>, out: &mut Outbox) -> anyhow::Result<()> {
         let Some((fault, reason)) = opnum_refusal(req.opnum()) else {
             return Ok(());
@@ -248,75 +299,6 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
             fault,
         )?;
         out.reply.push(BytesMut::from(&answer[..]));
-        Ok(())
-    }
-}
-
-/// The backend-to-client direction: learns the accepted contexts, splices the gate's
-/// refusals into bind answers, and rewrites towers.
-struct Answers<'a, F> {
-    assoc: &'a Mutex<Association>,
-    gate: &'a Gate<F>,
-    /// Fragments of tower-carrying answers, by call id, held until their last fragment.
-    pending: HashMap<u32, Vec<BytesMut>>,
-    /// Their total size, bounded by `limits.max_reassembly`.
-    pending_len: usize,
-    shared: &'a Shared,
-    advertise: Ipv4Addr,
-}
-
-impl<F: Fn(&SyntaxId) -> bool> Answers<'_, F> {
-    fn handle(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
-        let p = Pdu::new_checked(&pdu[..])?;
-        let (ptype, call_id) = (p.ptype(), p.call_id());
-        let mut a = lock(self.assoc);
-        match ptype {
-            PacketType::BindAck | PacketType::AlterContextResp => {
-                if let Some(proposed) = a.proposed.remove(&call_id) {
-                    let ack = BindAck::parse(&pdu)?;
-                    for (id, result) in proposed.iter().zip(ack.results()) {
-                        if result.result == ContextResult::Acceptance {
-                            let syntax = Syntax::from_transfer_syntax(&result.transfer_syntax);
-                            a.contexts.insert(*id, syntax);
-                        }
-                    }
-                }
-                drop(a);
-                out.forward.push(self.gate.answer(pdu)?);
-                return Ok(());
-            }
-            PacketType::Response => {
-                let Some(call) = a.calls.get_mut(&call_id) else {
-                    bail!("a response to call {call_id}, which the client never made");
-                };
-                let (ctx, op) = (call.context, call.opnum);
-                let last = p.ends_call(call.answering);
-                call.answering = true;
-                if last {
-                    a.calls.remove(&call_id);
-                }
-                if carries_towers(op) {
-                    let syntax = a.contexts.get(&ctx).copied().flatten();
-                    drop(a);
-                    Response::parse(&pdu)?;
-                    let max = self.shared.config.limits.max_reassembly;
-                    self.pending_len += pdu.len();
-                    if self.pending_len > max {
-                        bail!("endpoint-mapper answer larger than limits.max_reassembly ({max} bytes)");
-                    }
-                    self.pending.entry(call_id).or_default().push(pdu);
-                    if last {
-                        self.finish_call(call_id, ctx, op, syntax, out)?;
-                    }
-                    return Ok(());
-                }
-            }
-            PacketType::Fault => {
-                a.calls.remove(&call_id);
-            }
-            _ => {}
-        }
-        out.forward.push(pdu);
         Ok(())
     }
 

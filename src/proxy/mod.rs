@@ -15,7 +15,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -61,6 +60,19 @@ pub(crate) struct Client {
     local: SocketAddr,
     /// Bytes read past a PROXY protocol header.
     buffered: BytesMut,
+}
+
+/// A connection after its handshake: ready to relay, or already done with.
+///
+/// The handshake runs in a boxed future of its own, and the relay that follows is boxed
+/// too: the handshake's futures (the backend resolution, the timeouts) are large and
+/// short-lived, and a connection that relays for hours should hold the relay's state
+/// alone, once (an `async fn` keeps room for every value it moves across an `.await`).
+pub(crate) enum Opened<P> {
+    /// Relay with this policy.
+    Relay(Box<relay::Relay<TcpStream, TcpStream, P>>),
+    /// The connection ended in its handshake (a refusal).
+    Done(Summary),
 }
 
 /// A server whose listeners are bound.
@@ -204,7 +216,7 @@ async fn accept_loop(
             async move {
                 let started = Instant::now();
                 let served = tokio::select! {
-                    r = serve(stream, peer, proxied, &shared, pin.as_deref(), permit) => r,
+                    r = serve(stream, peer, proxied, &shared, pin, permit) => r,
                     _ = stop.wait_for(|&s| s) => Ok(Summary::ended("rpcpin shutting down")),
                 };
                 let duration_ms = started.elapsed().as_millis() as u64;
@@ -235,19 +247,26 @@ async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     proxied: bool,
-    shared: &Shared,
-    pin: Option<&PinRuntime>,
+    shared: &Arc<Shared>,
+    pin: Option<Arc<PinRuntime>>,
     _permit: OwnedSemaphorePermit,
 ) -> anyhow::Result<Summary> {
-    let client = accept_client(stream, peer, proxied, &shared.config.limits).await?;
+    let client = Box::pin(accept_client(stream, peer, proxied, &shared.config.limits)).await?;
     // Over the per-address limit: the `refused` event says why; closing is not an error.
     let Some(_slot) = PerIp::take(shared, client.peer.ip()) else {
         return Ok(Summary::ended("refused: limits.max_connections_per_ip"));
     };
-    match pin {
-        Some(pin) => pin::serve(client, shared, pin).await,
-        None => epm::serve(client, shared).await,
-    }
+    let summary = match pin {
+        Some(pin) => match Box::pin(pin::open(client, shared, pin)).await? {
+            Opened::Relay(relay) => relay.await.into(),
+            Opened::Done(summary) => summary,
+        },
+        None => match Box::pin(epm::open(client, shared.clone())).await? {
+            Opened::Relay(relay) => relay.await.into(),
+            Opened::Done(summary) => summary,
+        },
+    };
+    Ok(summary)
 }
 
 /// Reads the PROXY protocol header when the listener expects one, within the handshake
@@ -368,6 +387,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl From<relay::Relayed> for Summary {
+    fn from(r: relay::Relayed) -> Summary {
+        Summary::new(r.from_client, r.to_client, r.ended)
+    }
+}
+
 /// How a connection ended, for its closing log event.
 #[derive(Debug)]
 pub(crate) struct Summary {
@@ -380,15 +405,11 @@ pub(crate) struct Summary {
 }
 
 impl Summary {
-    /// From the relay's byte counters and how it ended.
-    fn new(
-        from_client: &AtomicU64,
-        to_client: &AtomicU64,
-        ended: anyhow::Result<&'static str>,
-    ) -> Summary {
+    /// From byte counts and how the connection ended.
+    fn new(from_client: u64, to_client: u64, ended: anyhow::Result<&'static str>) -> Summary {
         Summary {
-            from_client: from_client.load(Ordering::Relaxed),
-            to_client: to_client.load(Ordering::Relaxed),
+            from_client,
+            to_client,
             clean: ended.is_ok(),
             reason: match ended {
                 Ok(r) => Cow::Borrowed(r),
@@ -399,12 +420,12 @@ impl Summary {
 
     /// A connection that failed before relaying anything.
     fn failed(e: anyhow::Error) -> Summary {
-        Summary::new(&AtomicU64::new(0), &AtomicU64::new(0), Err(e))
+        Summary::new(0, 0, Err(e))
     }
 
     /// A connection rpcpin ended on purpose before relaying anything.
     fn ended(reason: &'static str) -> Summary {
-        Summary::new(&AtomicU64::new(0), &AtomicU64::new(0), Ok(reason))
+        Summary::new(0, 0, Ok(reason))
     }
 }
 
