@@ -17,12 +17,16 @@ use super::relay::{Outbox, Policy, Relay};
 use super::{Client, Opened, Shared, Summary};
 use crate::config::ProtectedAnswers;
 use crate::interfaces::alias_of;
+use crate::metrics::metrics;
 use crate::rewrite::{carries_towers, rewrite_call, Rules};
 use crate::wire::bind::{BindAck, BindRequest, ContextResult};
 use crate::wire::epm::{opnum, EPM};
 use crate::wire::ndr::Syntax;
 use crate::wire::pdu::{encode_fault, status, Request, Response};
 use crate::wire::{PacketType, Pdu, SyntaxId};
+
+/// Why entries are missing from an answer.
+const HIDDEN: &str = "entries of interfaces no pin carries removed from the answer";
 
 /// More outstanding calls than this on one EPM association is not a real client.
 const MAX_OUTSTANDING: usize = 64;
@@ -289,6 +293,7 @@ impl EpmPolicy {
             call_id = req.pdu().call_id(),
             reason,
         );
+        metrics().refused("opnum", reason);
         let p = req.pdu();
         let mut answer = Vec::with_capacity(32);
         encode_fault(
@@ -360,6 +365,9 @@ impl EpmPolicy {
                 Some(reason)
             }
             Ok(done) => {
+                metrics()
+                    .towers_rewritten
+                    .inc_by(done.rewritten.len() as u64);
                 for r in &done.rewritten {
                     info!(
                         event = "tower_rewritten",
@@ -380,8 +388,9 @@ impl EpmPolicy {
                         call_id,
                         opnum = op,
                         hidden = done.hidden,
-                        reason = "entries of interfaces no pin carries removed from the answer",
+                        reason = HIDDEN,
                     );
+                    metrics().refused("hide_unpinned", HIDDEN);
                     out.forward.push(BytesMut::from(&reencoded[..]));
                     return Ok(());
                 }

@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use tracing::warn;
 
 use crate::interfaces::alias_of;
+use crate::metrics::{metrics, BindLabels};
 use crate::wire::bind::{
     encode_bind_ack, encode_bind_nak, nak_reason, reason, BindAck, BindAckFields, BindRequest,
     ResultEntry,
@@ -80,12 +81,19 @@ impl Gate {
             .map(|c| {
                 let s = c.abstract_syntax();
                 let ok = allows(&s);
+                let alias = alias_of(&s.uuid).unwrap_or("-");
+                let result = if ok { "accepted" } else { "refused" };
+                metrics()
+                    .binds
+                    .get_or_create(&BindLabels { alias, result })
+                    .inc();
                 if !ok {
+                    metrics().refused("interface", self.why);
                     warn!(
                         event = "refused",
                         policy = "interface",
                         interface = %s.uuid,
-                        alias = alias_of(&s.uuid).unwrap_or("-"),
+                        alias,
                         version = %format_args!("{}.{}", s.major, s.minor),
                         context_id = c.id(),
                         kind = %bind.pdu().ptype(),

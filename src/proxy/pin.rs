@@ -14,9 +14,13 @@ use super::io::PduReader;
 use super::relay::{Outbox, Policy, Relay};
 use super::{Client, Opened, PinRuntime, Shared, Summary};
 use crate::interfaces::alias_of;
+use crate::metrics::{metrics, ResolutionLabels};
 use crate::wire::bind::{encode_bind_nak, nak_reason, BindAck, BindRequest};
 use crate::wire::pdu::{encode_fault, status, Request};
 use crate::wire::{PacketType, Pdu, SyntaxId};
+
+/// Why a call is refused on a pin.
+const OPNUM_REFUSED: &str = "operation not in this pin's opnums list";
 
 /// Takes the client's bind through the gate, connects to the backend and forwards the
 /// bind; the relay that follows is [`PinPolicy`]'s.
@@ -121,10 +125,18 @@ async fn connect(
     }
     for attempt in 0..2 {
         let started = std::time::Instant::now();
-        let (port, cached) = resolver
-            .port(interface)
-            .await
-            .with_context(|| format!("resolving {interface} at the backend"))?;
+        let resolved = resolver.port(interface).await;
+        let (result, cached) = match &resolved {
+            Ok((_, true)) => ("ok", "true"),
+            Ok((_, false)) => ("ok", "false"),
+            Err(_) => ("error", "false"),
+        };
+        metrics()
+            .backend_resolutions
+            .get_or_create(&ResolutionLabels { result, cached })
+            .inc();
+        let (port, cached) =
+            resolved.with_context(|| format!("resolving {interface} at the backend"))?;
         info!(
             event = "backend_resolved",
             interface = %interface.uuid,
@@ -183,8 +195,9 @@ impl Policy for PinPolicy {
                             alias = alias_of(&i.uuid).unwrap_or("-"),
                             opnum = req.opnum(),
                             call_id = req.pdu().call_id(),
-                            reason = "operation not in this pin's opnums list",
+                            reason = OPNUM_REFUSED,
                         );
+                        metrics().refused("opnum", OPNUM_REFUSED);
                         let p = req.pdu();
                         let mut fault = Vec::with_capacity(32);
                         let denied = status::NCA_S_FAULT_ACCESS_DENIED;

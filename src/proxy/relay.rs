@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use bytes::{Buf, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
@@ -99,6 +100,8 @@ struct Flow {
     pending: BytesMut,
     /// Answers the other direction's hook made for this direction's receiver.
     replies: Vec<BytesMut>,
+    /// Bytes written to the receiver, for the metrics.
+    counter: Counter,
     /// When the receiver last took bytes, or `pending` filled.
     writing_since: Instant,
     /// The hook's error, reported once what it forwarded before it is written.
@@ -115,6 +118,7 @@ impl Default for Flow {
         Flow {
             pending: BytesMut::new(),
             replies: Vec::new(),
+            counter: Counter::default(),
             writing_since: Instant::now(),
             failed: None,
             sender_closed: false,
@@ -154,6 +158,7 @@ impl Flow {
                     self.pending = BytesMut::new();
                 }
                 self.moved += n as u64;
+                self.counter.inc_by(n as u64);
                 *active = Instant::now();
                 self.writing_since = *active;
                 continue;
@@ -212,6 +217,16 @@ impl Flow {
         }
         self.pending = batch;
         self.writing_since = Instant::now();
+    }
+}
+
+impl<C, B, P> Relay<C, B, P> {
+    /// Counts the bytes relayed from now on (and those the handshake forwarded) in these
+    /// counters too.
+    pub fn count_into(&mut self, from_client: Counter, to_client: Counter) {
+        from_client.inc_by(self.up.moved);
+        self.up.counter = from_client;
+        self.down.counter = to_client;
     }
 }
 
