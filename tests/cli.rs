@@ -132,3 +132,68 @@ fn run_switches_to_process_user_after_binding() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `rpcpin run` as a process: SIGHUP with a broken file keeps the running configuration
+/// and logs why, SIGHUP with a good one reloads (and changes the log level), SIGTERM
+/// drains and exits 0.
+#[test]
+fn signals_reload_and_stop_the_process() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let dir = std::env::temp_dir().join(format!("rpcpin-signals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("rpcpin.toml");
+    let good = "[backend]\nhost = \"127.0.0.1\"\nepm_port = 1\n[epm]\nlisten = \"127.0.0.1:0\"\n\
+                [[pin]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\ninterfaces = [\"nspi\"]\n\
+                [log]\nformat = \"json\"\n";
+    std::fs::write(&path, good).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rpcpin"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rpcpin runs");
+    let pid = child.id().to_string();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |event: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.contains(&format!("\"event\":\"{event}\"")) {
+                return line;
+            }
+        }
+        panic!("no {event} event");
+    };
+    let kill = |signal: &str| {
+        let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    wait_for("listening");
+
+    std::fs::write(&path, good.replace("nspi", "no-such-interface")).unwrap();
+    kill("-HUP");
+    let failed = wait_for("reload_failed");
+    assert!(failed.contains("pin[0].interfaces[0]"), "{failed}");
+
+    std::fs::write(
+        &path,
+        good.replace("format = \"json\"", "format = \"json\"\nlevel = \"debug\""),
+    )
+    .unwrap();
+    kill("-HUP");
+    wait_for("reloaded");
+
+    kill("-TERM");
+    wait_for("draining");
+    wait_for("shutdown");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -185,25 +185,6 @@ async fn hides_an_unpinned_interface_unless_told_not_to() {
     hidden.stop().await;
 }
 
-/// A backend EPM that sends NSPI clients to `port`, answering with Exchange's bytes.
-async fn epm_pointing_at(ports: impl Fn(usize) -> u16 + Send + Sync + 'static) -> Replay {
-    Replay::start(move |n| {
-        let mut answers: Vec<Vec<u8>> = pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect();
-        replace(
-            &mut answers[1],
-            &EXCHANGE_NSPI_PORT,
-            &ports(n).to_be_bytes(),
-        );
-        answers
-    })
-    .await
-}
-
-/// An NSPI service that answers Outlook's NTLM session with Exchange's captured answers.
-async fn nspi_service() -> Replay {
-    Replay::start(|_| pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()).await
-}
-
 /// rpcpin with an NSPI pin, a backend EPM that points at the NSPI service, and that service.
 async fn nspi_pin() -> (Replay, Replay, Running) {
     let service = nspi_service().await;

@@ -162,6 +162,25 @@ impl Replay {
     }
 }
 
+/// A backend EPM that sends NSPI clients to `port`, answering with Exchange's bytes.
+pub async fn epm_pointing_at(ports: impl Fn(usize) -> u16 + Send + Sync + 'static) -> Replay {
+    Replay::start(move |n| {
+        let mut answers: Vec<Vec<u8>> = pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect();
+        replace(
+            &mut answers[1],
+            &EXCHANGE_NSPI_PORT,
+            &ports(n).to_be_bytes(),
+        );
+        answers
+    })
+    .await
+}
+
+/// An NSPI service that answers Outlook's NTLM session with Exchange's captured answers.
+pub async fn nspi_service() -> Replay {
+    Replay::start(|_| pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()).await
+}
+
 /// rpcpin running in-process.
 pub struct Running {
     pub epm: SocketAddr,

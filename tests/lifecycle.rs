@@ -1,0 +1,237 @@
+//! The admin endpoints, configuration reload and graceful drain, in-process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `GET path` on the admin listener: the status code and the body.
+async fn get(rpcpin: &Running, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(rpcpin.admin.expect("an admin listener"))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: rpcpin\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut response))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\nready_window = \"1s\"\n";
+
+/// An NSPI session through the pin: bind, auth3 and a call, answered with Exchange's bytes.
+async fn nspi_session(pin: std::net::SocketAddr) -> Vec<u8> {
+    let mut s = TcpStream::connect(pin).await.unwrap();
+    s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
+    read_pdu(&mut s).await.expect("a bind_ack");
+    read_pdu(&mut s).await.expect("a response")
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness() {
+    let service = nspi_service().await;
+    let port = service.addr.port();
+    let epm = epm_pointing_at(move |_| port).await;
+    let text = config(epm.addr, &[("lifecycle-metrics", "\"nspi\"")], ADMIN);
+    let rpcpin = Running::start(&text).await;
+
+    assert_eq!(get(&rpcpin, "/healthz").await, (200, "ok\n".into()));
+    // Nothing asked the backend yet: /readyz asks it itself.
+    assert_eq!(get(&rpcpin, "/readyz").await, (200, "ready\n".into()));
+    assert_eq!(
+        epm.connections(),
+        1,
+        "one probe of the backend's endpoint mapper"
+    );
+    assert_eq!(get(&rpcpin, "/nope").await.0, 404);
+
+    let response = nspi_session(rpcpin.pins[0]).await;
+    assert_eq!(response, pdus(NSPI_NTLM_SERVER)[1]);
+    // A bind refused on the pin.
+    let mut bind = pdus(NSPI_NTLM_CLIENT)[0].to_vec();
+    replace(&mut bind, &NSPI_LE, &WINREG_LE);
+    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    s.write_all(&bind).await.unwrap();
+    read_to_end(&mut s).await;
+
+    let (status, metrics) = get(&rpcpin, "/metrics").await;
+    assert_eq!(status, 200);
+    let pin = "listener=\"lifecycle-metrics\"";
+    let from_client = NSPI_NTLM_CLIENT.len();
+    for line in [
+        format!("rpcpin_connections_total{{{pin}}} 2"),
+        format!(
+            "rpcpin_bytes_total{{{pin},direction=\"from_client\"}} {}",
+            from_client + bind.len()
+        ),
+        "rpcpin_binds_total{alias=\"winreg\",result=\"refused\"}".to_string(),
+        "rpcpin_binds_total{alias=\"nspi\",result=\"accepted\"}".to_string(),
+        "rpcpin_backend_resolutions_total{result=\"ok\",cached=\"false\"}".to_string(),
+        "rpcpin_refusals_total{policy=\"interface\",reason=\"interface not carried by this pin\"}"
+            .to_string(),
+        "rpcpin_backend_resolution_seconds_count".to_string(),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_backend_is_down() {
+    let down = format!("127.0.0.1:{}", closed_port().await)
+        .parse()
+        .unwrap();
+    let text = config(down, &[("lifecycle-down", "\"nspi\"")], ADMIN);
+    let rpcpin = Running::start(&text).await;
+    let (status, body) = get(&rpcpin, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.starts_with("not ready"), "{body}");
+    assert_eq!(get(&rpcpin, "/healthz").await.0, 200);
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_established_connections_then_closes_the_rest() {
+    let service = nspi_service().await;
+    let port = service.addr.port();
+    let epm = epm_pointing_at(move |_| port).await;
+    let extra = format!("{ADMIN}[limits]\ndrain_timeout = \"1s\"\n");
+    let rpcpin = Running::start(&config(epm.addr, &[("drain", "\"nspi\"")], &extra)).await;
+
+    // An established session, mid-conversation: its bind answered, its call not yet sent.
+    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let client = pdus(NSPI_NTLM_CLIENT);
+    s.write_all(client[0]).await.unwrap();
+    read_pdu(&mut s).await.expect("a bind_ack");
+
+    rpcpin.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No new clients, and load balancers are told so.
+    assert!(
+        TcpStream::connect(rpcpin.pins[0]).await.is_err(),
+        "still accepting"
+    );
+    assert_eq!(get(&rpcpin, "/readyz").await, (503, "draining\n".into()));
+    // The established session goes on.
+    s.write_all(&NSPI_NTLM_CLIENT[client[0].len()..])
+        .await
+        .unwrap();
+    assert_eq!(
+        read_pdu(&mut s).await.expect("a response"),
+        pdus(NSPI_NTLM_SERVER)[1]
+    );
+    assert!(!rpcpin.finished());
+    // Until the drain timeout: then it is closed and rpcpin exits.
+    assert!(read_to_end(&mut s).await.is_empty());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !rpcpin.finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("rpcpin exits after the drain timeout");
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_as_soon_as_the_last_connection_closes() {
+    let service = nspi_service().await;
+    let port = service.addr.port();
+    let epm = epm_pointing_at(move |_| port).await;
+    let extra = "[limits]\ndrain_timeout = \"60s\"\n";
+    let rpcpin = Running::start(&config(epm.addr, &[("drain-fast", "\"nspi\"")], extra)).await;
+    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
+    read_pdu(&mut s).await.expect("a bind_ack");
+    rpcpin.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!rpcpin.finished(), "a connection is still open");
+    drop(s);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !rpcpin.finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("rpcpin exits once drained, well before the 60 s timeout");
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn reload_adds_changes_and_removes_pins_without_dropping_connections() {
+    let service = nspi_service().await;
+    let port = service.addr.port();
+    let epm = epm_pointing_at(move |_| port).await;
+    // Fixed ports, so that a reload can keep or drop a listener by its address.
+    let (a, b) = (closed_port().await, closed_port().await);
+    let pin = |name: &str, port: u16, interfaces: &str| {
+        format!("[[pin]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\ninterfaces = [{interfaces}]\n")
+    };
+    let base = format!(
+        "[backend]\nhost = \"127.0.0.1\"\nepm_port = {}\n[epm]\nlisten = \"127.0.0.1:0\"\n",
+        epm.addr.port()
+    );
+    let first = format!("{base}{}", pin("one", a, "\"nspi\""));
+    let rpcpin = Running::start(&first).await;
+    let pin_a = rpcpin.pins[0];
+
+    // A session established before the reload.
+    let mut before = TcpStream::connect(pin_a).await.unwrap();
+    let client = pdus(NSPI_NTLM_CLIENT);
+    before.write_all(client[0]).await.unwrap();
+    read_pdu(&mut before).await.expect("a bind_ack");
+
+    // The pin on `a` now carries another interface only, and a new pin on `b` carries NSPI.
+    let second = format!(
+        "{base}{}{}",
+        pin("one", a, "\"emsmdb\""),
+        pin("two", b, "\"nspi\"")
+    );
+    rpcpin.reload(&second).await.expect("reloaded");
+    let pin_b = format!("127.0.0.1:{b}").parse().unwrap();
+    assert_eq!(nspi_session(pin_b).await, pdus(NSPI_NTLM_SERVER)[1]);
+    // `a` now refuses NSPI binds...
+    let mut s = TcpStream::connect(pin_a).await.unwrap();
+    s.write_all(client[0]).await.unwrap();
+    let refusal = read_to_end(&mut s).await;
+    assert_eq!(refusal[2], 12, "a bind_ack");
+    assert!(
+        refusal.len() < 80 && service.connections() == 2,
+        "rejected without the backend"
+    );
+    // ...but the session bound before the reload goes on.
+    before
+        .write_all(&NSPI_NTLM_CLIENT[client[0].len()..])
+        .await
+        .unwrap();
+    assert_eq!(
+        read_pdu(&mut before).await.expect("a response"),
+        pdus(NSPI_NTLM_SERVER)[1]
+    );
+
+    // An invalid configuration (the new pin's port taken by the EPM) changes nothing.
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let third = format!("{base}{}", pin("three", busy, "\"nspi\""));
+    let e = rpcpin.reload(&third).await.expect_err("the port is in use");
+    assert!(format!("{e:#}").contains("pin[0].listen"), "{e:#}");
+    assert_eq!(nspi_session(pin_b).await, pdus(NSPI_NTLM_SERVER)[1]);
+
+    // Dropping pin "two" closes its listener.
+    rpcpin.reload(&first).await.expect("reloaded");
+    assert!(
+        TcpStream::connect(pin_b).await.is_err(),
+        "pin two still listens"
+    );
+    assert_eq!(nspi_session(pin_a).await, pdus(NSPI_NTLM_SERVER)[1]);
+    rpcpin.stop().await;
+}
