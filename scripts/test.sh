@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine, as root: installs what the interop suite
-# needs (Debian packages, a venv with impacket), builds, runs the unit and end-to-end tests,
-# the impacket/tshark judges of the endpoint-mapper rewriting, then the interop suite against
-# real Samba, rpcclient, impacket and tshark.
+# Runs the whole test suite on a fresh machine, as root: installs what the interop and
+# packaging tests need (Debian packages, venvs with impacket and hadolint), builds, runs the
+# unit and end-to-end tests, the impacket/tshark judges of the endpoint-mapper rewriting, the
+# packaging test (the Debian package built, installed and purged here; the Dockerfile
+# linted), then the interop suite against real Samba, rpcclient, impacket and tshark.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,9 +13,11 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 tests/interop/install-deps.sh
+tests/package/install-deps.sh
 cargo build --release --locked
 cargo test --locked
 # Independent judges on loopback: impacket's encoders behind rpcpin, its decoders and
 # tshark in front.
 target/interop-venv/bin/python tests/interop/judge_ndr.py target/release/rpcpin
+tests/package/check.sh
 tests/interop/run.sh
