@@ -105,6 +105,9 @@ fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         "epm      listen {}  advertise {}",
         config.epm.listen, advertise
     )?;
+    if let Some(admin) = config.admin.listen {
+        writeln!(out, "admin    listen {admin}  (/metrics, /healthz, /readyz)")?;
+    }
     for pin in &config.pins {
         let public = pin.advertise_port.map_or_else(
             || format!("{} (listen port)", pin.listen.port()),
