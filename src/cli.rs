@@ -106,7 +106,10 @@ fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         config.epm.listen, advertise
     )?;
     if let Some(admin) = config.admin.listen {
-        writeln!(out, "admin    listen {admin}  (/metrics, /healthz, /readyz)")?;
+        writeln!(
+            out,
+            "admin    listen {admin}  (/metrics, /healthz, /readyz)"
+        )?;
     }
     for pin in &config.pins {
         let public = pin.advertise_port.map_or_else(

@@ -104,7 +104,7 @@ pub(crate) async fn open(client: Client, shared: Arc<Shared>) -> anyhow::Result<
     let from_client = first.len() as u64;
     let mut out = Outbox::default();
     policy.request(first, &mut out)?;
-    if out.forward.is_empty() {
+    if out.forwarded().is_empty() {
         // Refused before anything reached the backend, which is never contacted.
         let client = client.get_mut();
         let mut to_client = 0;
@@ -129,13 +129,11 @@ pub(crate) async fn open(client: Client, shared: Arc<Shared>) -> anyhow::Result<
         .await?;
     super::tune(&backend, limits);
     let mut backend = PduReader::new(backend, limits.max_fragment);
-    for pdu in out.forward.drain(..) {
-        backend
-            .get_mut()
-            .write_all(&pdu)
-            .await
-            .context("writing to the backend")?;
-    }
+    backend
+        .get_mut()
+        .write_all(out.forwarded())
+        .await
+        .context("writing to the backend")?;
     Ok(Opened::Relay(Box::new(Relay::new(
         client,
         backend,
@@ -195,7 +193,7 @@ impl Policy for EpmPolicy {
                         bail!("more than {MAX_OUTSTANDING} unanswered binds");
                     }
                     a.proposed.insert(call_id, ids);
-                    out.forward.push(pdu);
+                    out.forward(pdu);
                 }
                 Verdict::Answer(answer) => out.reply.push(answer),
             },
@@ -219,9 +217,9 @@ impl Policy for EpmPolicy {
                     opnum: req.opnum(),
                     answering: false,
                 });
-                out.forward.push(pdu);
+                out.forward(pdu);
             }
-            _ => out.forward.push(pdu),
+            _ => out.forward(pdu),
         }
         Ok(())
     }
@@ -241,7 +239,7 @@ impl Policy for EpmPolicy {
                         }
                     }
                 }
-                out.forward.push(self.gate.answer(pdu)?);
+                out.forward(self.gate.answer(pdu)?);
                 return Ok(());
             }
             PacketType::Response => {
@@ -274,7 +272,7 @@ impl Policy for EpmPolicy {
             }
             _ => {}
         }
-        out.forward.push(pdu);
+        out.forward(pdu);
         Ok(())
     }
 }
@@ -391,7 +389,7 @@ impl EpmPolicy {
                         reason = HIDDEN,
                     );
                     metrics().refused("hide_unpinned", HIDDEN);
-                    out.forward.push(BytesMut::from(&reencoded[..]));
+                    out.forward(BytesMut::from(&reencoded[..]));
                     return Ok(());
                 }
                 None
@@ -399,7 +397,7 @@ impl EpmPolicy {
             Err(why) => Some(why),
         };
         match refusal {
-            None => out.forward.extend(frags),
+            None => frags.into_iter().for_each(|f| out.forward(f)),
             Some(reason) => {
                 warn!(
                     event = "epm_answer_refused",
@@ -416,7 +414,7 @@ impl EpmPolicy {
                     ctx,
                     status::NCA_S_FAULT_ACCESS_DENIED,
                 )?;
-                out.forward.push(BytesMut::from(&fault[..]));
+                out.forward(BytesMut::from(&fault[..]));
             }
         }
         Ok(())

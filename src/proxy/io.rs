@@ -40,12 +40,17 @@ pub struct PduReader<R> {
     inner: R,
     buf: BytesMut,
     max_frag: usize,
+    /// Whether the last read brought more than [`STACK_READ`]: the peer is streaming, and
+    /// reads go straight to a 64 KiB buffer.
+    streaming: bool,
 }
 
 /// How much a read asks for at a time: a whole 64 KiB fragment, or several small ones.
 const READ_CHUNK: usize = 64 * 1024;
 /// Below this much free room, a read first makes room.
 const MIN_ROOM: usize = 4 * 1024;
+/// What a read between PDUs takes onto the stack.
+const STACK_READ: usize = 4 * 1024;
 
 impl<R: AsyncRead + Unpin> PduReader<R> {
     /// A reader that refuses fragments longer than `max_frag`.
@@ -55,6 +60,7 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
             // Allocated when data arrives: a silent connection holds no buffer.
             buf: BytesMut::new(),
             max_frag,
+            streaming: false,
         }
     }
 
@@ -98,18 +104,24 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
 
     /// Reads once, or registers for a wake-up when nothing is there.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ReadError>> {
-        if self.buf.is_empty() {
-            // Between PDUs: wait with a few bytes on the stack, and let the last buffer go
-            // (once the PDUs cut from it are written) instead of holding it while idle.
-            self.buf = BytesMut::new();
-            let mut head = [0u8; crate::wire::HEADER_LEN];
-            let mut head = ReadBuf::new(&mut head);
-            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut head))?;
-            if head.filled().is_empty() {
+        if self.buf.is_empty() && !self.streaming {
+            // Between PDUs: read onto the stack and keep exactly what came (a handshake or
+            // a call is a few hundred bytes), instead of a 64 KiB buffer per connection
+            // whose touched pages the allocator keeps once freed.
+            let mut stack = [0u8; STACK_READ];
+            let mut read = ReadBuf::new(&mut stack);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+            let got = read.filled();
+            if got.is_empty() {
                 return Poll::Ready(Err(ReadError::Closed));
             }
-            self.buf.reserve(READ_CHUNK);
-            self.buf.extend_from_slice(head.filled());
+            self.streaming = got.len() == STACK_READ;
+            if self.streaming {
+                self.buf.reserve(READ_CHUNK);
+                self.buf.extend_from_slice(got);
+            } else {
+                self.buf = BytesMut::from(got);
+            }
             return Poll::Ready(Ok(()));
         }
         if self.buf.capacity() - self.buf.len() < MIN_ROOM {
@@ -119,8 +131,13 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         // read, and dropping it loses nothing.
         let read = std::pin::pin!(self.inner.read_buf(&mut self.buf));
         match ready!(read.poll(cx))? {
+            0 if self.buf.is_empty() => Poll::Ready(Err(ReadError::Closed)),
             0 => Poll::Ready(Err(ReadError::Truncated(self.buf.len()))),
-            _ => Poll::Ready(Ok(())),
+            n => {
+                // More than the stack holds came at once: go on reading in whole chunks.
+                self.streaming = n >= STACK_READ;
+                Poll::Ready(Ok(()))
+            }
         }
     }
 }

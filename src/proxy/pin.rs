@@ -172,7 +172,7 @@ impl Policy for PinPolicy {
         match Pdu::new_checked(&pdu[..])?.ptype() {
             PacketType::AlterContext => {
                 match self.gate.judge(pdu, |s| self.pin.config.allows(s))? {
-                    Verdict::Forward(pdu) => out.forward.push(pdu),
+                    Verdict::Forward(pdu) => out.forward(pdu),
                     Verdict::Answer(answer) => out.reply.push(answer),
                 }
             }
@@ -185,7 +185,7 @@ impl Policy for PinPolicy {
                     .refused
                     .judge(&req, || interface.is_some_and(|i| !allowed(&i)))?
                 {
-                    CallVerdict::Forward => out.forward.push(pdu),
+                    CallVerdict::Forward => out.forward(pdu),
                     CallVerdict::Refuse => {
                         let i = interface.unwrap_or(SyntaxId::NDR);
                         warn!(
@@ -213,7 +213,7 @@ impl Policy for PinPolicy {
                     CallVerdict::Drop => {}
                 }
             }
-            _ => out.forward.push(pdu),
+            _ => out.forward(pdu),
         }
         Ok(())
     }
@@ -221,7 +221,7 @@ impl Policy for PinPolicy {
     fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
         let ptype = Pdu::new_checked(&pdu[..])?.ptype();
         if !matches!(ptype, PacketType::BindAck | PacketType::AlterContextResp) {
-            out.forward.push(pdu);
+            out.forward(pdu);
             return Ok(());
         }
         let pdu = self.gate.answer(pdu)?;
@@ -230,9 +230,9 @@ impl Policy for PinPolicy {
             Some(addr) => {
                 let mut rewritten = Vec::with_capacity(pdu.len() + 8);
                 ack.encode_with_secondary_addr(&addr, &mut rewritten)?;
-                out.forward.push(BytesMut::from(&rewritten[..]));
+                out.forward(BytesMut::from(&rewritten[..]));
             }
-            None => out.forward.push(pdu),
+            None => out.forward(pdu),
         }
         Ok(())
     }

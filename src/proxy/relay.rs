@@ -14,14 +14,32 @@ use tokio::time::{Instant, Sleep};
 
 use super::io::{PduReader, ReadError};
 
-/// What the hook wants done with a PDU: the PDUs to forward (zero, the same one, or several
-/// gathered ones) go in `forward`, answers to the sender in `reply`.
+/// What a policy wants done with the PDUs it sees: those it forwards (none, the same, or
+/// others) are gathered into one batch for the receiving side; answers for the sender go
+/// in `reply`.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    /// PDUs to write to the receiving side.
-    pub forward: Vec<BytesMut>,
+    /// The batch for the receiving side: PDUs cut side by side from one read buffer are
+    /// joined back without copying.
+    forward: BytesMut,
     /// PDUs to send back to the sender, between the PDUs the other side sends it.
     pub reply: Vec<BytesMut>,
+}
+
+impl Outbox {
+    /// Adds `pdu` to the batch for the receiving side.
+    pub fn forward(&mut self, pdu: BytesMut) {
+        if self.forward.is_empty() {
+            self.forward = pdu;
+        } else {
+            self.forward.unsplit(pdu);
+        }
+    }
+
+    /// The batch so far.
+    pub fn forwarded(&self) -> &[u8] {
+        &self.forward
+    }
 }
 
 /// What a listener does with the PDUs of an established connection.
@@ -164,8 +182,9 @@ impl Flow {
                 continue;
             }
             if !self.replies.is_empty() {
-                let replies = std::mem::take(&mut self.replies);
-                self.stage(replies);
+                let mut replies = Outbox::default();
+                self.replies.drain(..).for_each(|r| replies.forward(r));
+                self.stage(replies.forward);
                 continue;
             }
             if let Some(e) = self.failed.take() {
@@ -207,14 +226,8 @@ impl Flow {
         }
     }
 
-    /// Makes `pdus` the next batch to write: one buffer, without copying when they lie side
-    /// by side in the buffer they were read into.
-    fn stage(&mut self, pdus: Vec<BytesMut>) {
-        let mut pdus = pdus.into_iter();
-        let mut batch = pdus.next().unwrap_or_default();
-        for pdu in pdus {
-            batch.unsplit(pdu);
-        }
+    /// Makes `batch` the next bytes to write.
+    fn stage(&mut self, batch: BytesMut) {
         self.pending = batch;
         self.writing_since = Instant::now();
     }
@@ -341,11 +354,11 @@ mod tests {
 
     impl Policy for Pass {
         fn request(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
-            out.forward.push(pdu);
+            out.forward(pdu);
             Ok(())
         }
         fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
-            out.forward.push(pdu);
+            out.forward(pdu);
             Ok(())
         }
     }
