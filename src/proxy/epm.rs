@@ -2,7 +2,6 @@
 //! lets through only the endpoint mapper and its lookup operations, and rewrites (or hides)
 //! the towers in its ept_map and ept_lookup answers.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use tracing::{info, warn};
 use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
 use super::relay::{Outbox, Policy, Relay};
+use super::small_map::SmallMap;
 use super::{Client, Opened, Shared, Summary};
 use crate::config::ProtectedAnswers;
 use crate::interfaces::alias_of;
@@ -62,11 +62,11 @@ fn opnum_refusal(op: u16) -> Option<(u32, &'static str)> {
 #[derive(Debug, Default)]
 struct Association {
     /// Contexts forwarded in a bind or alter_context, by its call id.
-    proposed: HashMap<u32, Vec<u16>>,
+    proposed: SmallMap<u32, Vec<u16>>,
     /// Accepted contexts and their transfer syntax (`None`: one rpcpin cannot walk).
-    contexts: HashMap<u16, Option<Syntax>>,
+    contexts: SmallMap<u16, Option<Syntax>>,
     /// Outstanding calls, by call id.
-    calls: HashMap<u32, Call>,
+    calls: SmallMap<u32, Call>,
 }
 
 /// A call the client made whose answer has not ended yet.
@@ -92,7 +92,7 @@ pub(crate) async fn open(client: Client, shared: Arc<Shared>) -> anyhow::Result<
         ),
         assoc: Association::default(),
         refused: RefusedCalls::default(),
-        pending: HashMap::new(),
+        pending: SmallMap::default(),
         pending_len: 0,
     };
     let mut client = PduReader::with_buffered(client.stream, client.buffered, limits.max_fragment);
@@ -172,7 +172,7 @@ pub(crate) struct EpmPolicy {
     assoc: Association,
     refused: RefusedCalls,
     /// Fragments of tower-carrying answers, by call id, held until their last fragment.
-    pending: HashMap<u32, Vec<BytesMut>>,
+    pending: SmallMap<u32, Vec<BytesMut>>,
     /// Their total size, bounded by `limits.max_reassembly`.
     pending_len: usize,
 }
@@ -212,7 +212,7 @@ impl Policy for EpmPolicy {
                     bail!("more than {MAX_OUTSTANDING} outstanding calls");
                 }
                 // Later fragments of a request repeat its context and opnum.
-                a.calls.entry(call_id).or_insert(Call {
+                a.calls.get_or_insert_with(call_id, || Call {
                     context: req.context_id(),
                     opnum: req.opnum(),
                     answering: false,
@@ -260,7 +260,7 @@ impl Policy for EpmPolicy {
                     if self.pending_len > max {
                         bail!("endpoint-mapper answer larger than limits.max_reassembly ({max} bytes)");
                     }
-                    self.pending.entry(call_id).or_default().push(pdu);
+                    self.pending.get_or_insert_with(call_id, Vec::new).push(pdu);
                     if last {
                         self.finish_call(call_id, ctx, op, syntax, out)?;
                     }

@@ -6,12 +6,11 @@
 //! context's place, so the client sees one result per context it proposed and the backend
 //! never sees a refused interface.
 
-use std::collections::{HashMap, HashSet};
-
 use anyhow::bail;
 use bytes::BytesMut;
 use tracing::warn;
 
+use super::small_map::SmallMap;
 use crate::interfaces::alias_of;
 use crate::metrics::{metrics, BindLabels};
 use crate::wire::bind::{
@@ -52,9 +51,9 @@ pub(crate) struct Gate {
     /// Why a refused context is refused, for the audit log.
     why: &'static str,
     /// Binds forwarded with contexts removed, by call id: which contexts were kept.
-    filtered: HashMap<u32, Vec<bool>>,
+    filtered: SmallMap<u32, Vec<bool>>,
     /// The interface each forwarded context id was proposed for.
-    contexts: HashMap<u16, SyntaxId>,
+    contexts: SmallMap<u16, SyntaxId>,
 }
 
 impl Gate {
@@ -63,8 +62,8 @@ impl Gate {
         Gate {
             when_none,
             why,
-            filtered: HashMap::new(),
-            contexts: HashMap::new(),
+            filtered: SmallMap::default(),
+            contexts: SmallMap::default(),
         }
     }
 
@@ -201,7 +200,7 @@ pub(crate) enum CallVerdict {
 
 /// Calls refused on their first fragment, whose later fragments must be dropped too.
 #[derive(Debug, Default)]
-pub(crate) struct RefusedCalls(HashSet<u32>);
+pub(crate) struct RefusedCalls(SmallMap<u32, ()>);
 
 impl RefusedCalls {
     /// Judges a request fragment; `refuse` says whether the policy refuses the call (every
@@ -219,7 +218,7 @@ impl RefusedCalls {
         if req.pdu().ends_call(in_progress) {
             self.0.remove(&call_id);
         } else if self.0.len() < MAX_PENDING {
-            self.0.insert(call_id);
+            self.0.insert(call_id, ());
         } else {
             bail!("more than {MAX_PENDING} refused calls in progress");
         }

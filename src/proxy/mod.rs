@@ -11,6 +11,7 @@ mod pin;
 pub mod privileges;
 mod relay;
 pub mod resolver;
+mod small_map;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
