@@ -64,6 +64,21 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// The metrics of one listener's connections.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    /// The listener's name (`epm` or the pin's).
+    pub name: String,
+    /// Connections accepted.
+    pub connections: Counter,
+    /// Connections open.
+    pub open: Gauge,
+    /// Bytes from the client.
+    pub from_client: Counter,
+    /// Bytes to the client.
+    pub to_client: Counter,
+}
+
 /// Every metric rpcpin exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -167,17 +182,27 @@ impl Metrics {
             .inc();
     }
 
-    /// The byte counters of a listener's connections: from the client, to the client.
-    pub fn bytes_of(&self, listener: &str) -> (Counter, Counter) {
-        let counter = |direction| {
+    /// The metrics of one listener's connections, looked up once per listener rather
+    /// than once per connection.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let listener = ListenerLabels {
+            listener: name.to_string(),
+        };
+        let bytes = |direction| {
             self.bytes
                 .get_or_create(&BytesLabels {
-                    listener: listener.to_string(),
+                    listener: name.to_string(),
                     direction,
                 })
                 .clone()
         };
-        (counter("from_client"), counter("to_client"))
+        ListenerMetrics {
+            name: name.to_string(),
+            connections: self.connections.get_or_create(&listener).clone(),
+            open: self.connections_open.get_or_create(&listener).clone(),
+            from_client: bytes("from_client"),
+            to_client: bytes("to_client"),
+        }
     }
 
     /// Everything, in the OpenMetrics text format.

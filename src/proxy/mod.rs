@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::{Config, Limits, Pin};
-use crate::metrics::{metrics, ListenerLabels, ReloadLabels};
+use crate::metrics::{metrics, ListenerMetrics, ReloadLabels};
 use crate::proxy_protocol;
 use crate::rewrite::{Table, Target};
 use resolver::Resolver;
@@ -448,6 +448,7 @@ async fn accept_loop(
     process: Arc<Process>,
 ) {
     let local = listener.local_addr().ok();
+    let mut counted = metrics().listener(role.borrow().name());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -467,12 +468,12 @@ async fn accept_loop(
             continue;
         };
         let shared = current.borrow().clone();
-        let listener = ListenerLabels {
-            listener: role.name().to_string(),
-        };
-        metrics().connections.get_or_create(&listener).inc();
-        let open = metrics().connections_open.get_or_create(&listener).clone();
-        open.inc();
+        if counted.name != role.name() {
+            counted = metrics().listener(role.name());
+        }
+        counted.connections.inc();
+        counted.open.inc();
+        let counters = counted.clone();
         let span = info_span!(
             "conn",
             peer = %peer,
@@ -485,10 +486,10 @@ async fn accept_loop(
             async move {
                 let started = Instant::now();
                 let served = tokio::select! {
-                    r = serve(stream, peer, &shared, role, permit) => r,
+                    r = serve(stream, peer, &shared, role, &counters, permit) => r,
                     _ = stop.wait_for(|&s| s) => Ok(Summary::ended("rpcpin shutting down")),
                 };
-                open.dec();
+                counters.open.dec();
                 let duration_ms = started.elapsed().as_millis() as u64;
                 let s = served.unwrap_or_else(Summary::failed);
                 macro_rules! closed {
@@ -518,16 +519,26 @@ async fn serve(
     peer: SocketAddr,
     shared: &Arc<Shared>,
     role: Role,
+    counters: &ListenerMetrics,
     _permit: OwnedSemaphorePermit,
 ) -> anyhow::Result<Summary> {
-    let proxied = role.proxy_protocol(&shared.config);
-    let client = Box::pin(accept_client(stream, peer, proxied, &shared.config.limits)).await?;
+    let client = if role.proxy_protocol(&shared.config) {
+        Box::pin(accept_proxied(stream, peer, &shared.config.limits)).await?
+    } else {
+        let local = stream.local_addr()?;
+        Client {
+            stream,
+            peer,
+            local,
+            buffered: BytesMut::new(),
+        }
+    };
     // Over the per-address limit: the `refused` event says why; closing is not an error.
     let max_per_ip = shared.config.limits.max_connections_per_ip;
     let Some(_slot) = PerIp::take(&shared.process, max_per_ip, client.peer.ip()) else {
         return Ok(Summary::ended("refused: limits.max_connections_per_ip"));
     };
-    let bytes = metrics().bytes_of(role.name());
+    let bytes = (counters.from_client.clone(), counters.to_client.clone());
     Ok(match role {
         Role::Pin(pin) => finish(Box::pin(pin::open(client, shared, pin)).await?, bytes).await,
         Role::Epm => finish(Box::pin(epm::open(client, shared.clone())).await?, bytes).await,
@@ -552,24 +563,15 @@ async fn finish<P: relay::Policy + Unpin>(
     }
 }
 
-/// Reads the PROXY protocol header when the listener expects one, within the handshake
-/// timeout, and names the real client in the connection's span.
-async fn accept_client(
+/// Reads a PROXY protocol header, within the handshake timeout, and names the real client
+/// in the connection's span.
+async fn accept_proxied(
     mut stream: TcpStream,
     peer: SocketAddr,
-    proxied: bool,
     limits: &Limits,
 ) -> anyhow::Result<Client> {
     let local = stream.local_addr()?;
     let mut buffered = BytesMut::new();
-    if !proxied {
-        return Ok(Client {
-            stream,
-            peer,
-            local,
-            buffered,
-        });
-    }
     let header = tokio::time::timeout(limits.handshake_timeout, async {
         loop {
             if let Some(h) = proxy_protocol::parse(&buffered)? {
