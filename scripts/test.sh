@@ -2,7 +2,8 @@
 # Runs the whole test suite on a fresh machine, as root: installs what the interop suite
 # needs (Debian packages, a venv with impacket), builds, runs the unit and end-to-end tests,
 # the impacket/tshark judges of the endpoint-mapper rewriting, then the interop suite against
-# real Samba, rpcclient, impacket and tshark.
+# real Samba, rpcclient, impacket and tshark, and the scale-out check (three rpcpin instances
+# behind HAProxy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,3 +19,6 @@ cargo test --locked
 # tshark in front.
 target/interop-venv/bin/python tests/interop/judge_ndr.py target/release/rpcpin
 tests/interop/run.sh
+# Three instances behind HAProxy (PROXY protocol v2, /readyz health checks), one killed
+# in the middle of a loop of new clients.
+tests/interop/scale_out.sh
