@@ -374,11 +374,12 @@ ept_map_each_instance() {
             --expect-port "srvsvc=$PIN_CLASSIC" --expect-port "wkssvc=$PIN_CLASSIC" \
             --not-port "samr=$RP_LSAD" --not-port "srvsvc=$RP_CLASSIC" || return 1
     done
+    # The client's connections to the endpoint mapper (their PROXY header names it).
     local deadline=$((SECONDS + 3))
-    until [[ $(conns "$m" | awk '$2 == "epm"' | wc -l) -ge ${#RP_NAMES[@]} ]] || ((SECONDS >= deadline)); do
+    while out=$(conns "$m" | awk -v c="client=$CLI_IP:" '$2 == "epm" && index($3, c) == 1')
+        (($(grep -c . <<<"$out") < ${#RP_NAMES[@]} && SECONDS < deadline)); do
         sleep 0.2
     done
-    out=$(conns "$m")
     echo "$out"
     awk -v n="${#RP_NAMES[@]}" '$2 == "epm" { by[$1]++ }
         END { k = 0; for (i in by) k++; printf "ept_map answered by %d instance(s)\n", k; exit !(k == n) }' <<<"$out"
