@@ -5,11 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::{Config, LogFormat};
 use crate::interfaces::KNOWN;
 use crate::proxy::resolver::Resolver;
-use crate::proxy::Server;
+use crate::proxy::{Control, Server};
 
 /// An endpoint-mapper-aware MS-RPC proxy: clients reach RPC services that live on dynamic
 /// ports through port 135 and a few fixed ("pinned") ports.
@@ -68,14 +73,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
-    init_logging(config.log.format, &config.log.level)?;
+    let log_level = init_logging(config.log.format, &config.log.level)?;
     let user = config.process.user.clone();
     runtime()?.block_on(async {
         let server = Server::bind(config).await?;
         if let Some(user) = user {
             crate::proxy::privileges::drop_to(&user)?;
         }
-        server.run(shutdown_signal()).await
+        let (control, commands) = mpsc::channel(4);
+        tokio::spawn(signals(path, control, log_level));
+        server.run(commands).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -186,46 +193,102 @@ fn resolve(path: PathBuf) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Sets up the global subscriber; `RUST_LOG` overrides the configured level.
-pub fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .map_err(|e| anyhow::anyhow!("log.level {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Changes the log level of a running process.
+pub type LogLevel = reload::Handle<EnvFilter, Registry>;
+
+/// Sets up the global subscriber; `RUST_LOG` overrides the configured level. Returns the
+/// handle that changes the level on a reload.
+pub fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<LogLevel> {
+    let (filter, handle) = reload::Layer::new(log_filter(level)?);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        LogFormat::Json => registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
     };
-    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    Ok(handle)
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+/// The filter for `level`, unless `RUST_LOG` sets one.
+fn log_filter(level: &str) -> anyhow::Result<EnvFilter> {
+    EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .map_err(|e| anyhow::anyhow!("log.level {level:?}: {e}"))
+}
+
+/// Turns signals into [`Control`]s: SIGTERM or SIGINT drains (a second one closes
+/// everything), SIGHUP reloads `path`: a file that does not load keeps the configuration
+/// running, and says why.
+async fn signals(path: PathBuf, control: mpsc::Sender<Control>, log_level: LogLevel) {
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(event = "signals_unavailable", error = %e);
+            return;
+        }
+    };
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {
+                reload(&path, &control, &log_level).await;
+                continue;
             }
         }
+        let command = if stopping {
+            Control::Stop
+        } else {
+            Control::Shutdown
+        };
+        stopping = true;
+        if control.send(command).await.is_err() {
+            return;
+        }
     }
-    #[cfg(not(unix))]
+}
+
+async fn reload(path: &std::path::Path, control: &mpsc::Sender<Control>, log_level: &LogLevel) {
+    let loaded = Config::load(path).and_then(|c| {
+        let filter = log_filter(&c.log.level)?;
+        Ok((c, filter))
+    });
+    let (config, filter) = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(event = "reload_failed", error = %format!("{e:#}"), config = %path.display());
+            crate::metrics::metrics()
+                .reloads
+                .get_or_create(&crate::metrics::ReloadLabels { result: "error" })
+                .inc();
+            return;
+        }
+    };
+    let (done, applied) = oneshot::channel();
+    if control
+        .send(Control::Reload(Box::new(config), done))
+        .await
+        .is_err()
     {
-        let _ = tokio::signal::ctrl_c().await;
+        return;
+    }
+    if let Ok(Ok(())) = applied.await {
+        if let Err(e) = log_level.reload(filter) {
+            tracing::warn!(event = "reload_failed", error = %e, key = "log.level");
+        }
     }
 }

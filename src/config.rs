@@ -26,6 +26,18 @@ pub struct Config {
     pub limits: Limits,
     /// The process itself.
     pub process: Process,
+    /// The admin listener: metrics and health checks.
+    pub admin: Admin,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; off when absent.
+    pub listen: Option<SocketAddr>,
+    /// `/readyz` is ready when the backend's endpoint mapper answered within this long
+    /// (otherwise it asks the backend itself).
+    pub ready_window: Duration,
 }
 
 /// `[process]`.
@@ -147,6 +159,9 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// TCP keepalive idle time on both legs of every connection.
     pub keepalive: Duration,
+    /// On SIGTERM or SIGINT, how long established connections may go on before they are
+    /// closed.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -162,6 +177,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             keepalive: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -203,6 +219,15 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     process: RawProcess,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    ready_window: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -268,6 +293,7 @@ struct RawLimits {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     keepalive: Option<String>,
+    drain_timeout: Option<String>,
 }
 
 impl Config {
@@ -408,7 +434,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         });
     }
     check_not_looped(&backend, &epm)?;
+    let admin = admin(raw.admin, &epm, &pins)?;
     Ok(Config {
+        admin,
         backend,
         epm,
         pins,
@@ -457,6 +485,30 @@ fn check_not_looped(backend: &Backend, epm: &Epm) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn admin(raw: RawAdmin, epm: &Epm, pins: &[Pin]) -> Result<Admin, ConfigError> {
+    let listen = raw
+        .listen
+        .as_deref()
+        .map(|l| parse_listen("admin.listen", l))
+        .transpose()?;
+    if let Some(l) = listen.filter(|l| l.port() != 0) {
+        if l == epm.listen || pins.iter().any(|p| p.listen == l) {
+            return Err(err(
+                "admin.listen",
+                format!("{l} is used by another listener"),
+            ));
+        }
+    }
+    let ready_window = match raw.ready_window {
+        None => Duration::from_secs(30),
+        Some(text) => parse_duration(&text).map_err(|r| err("admin.ready_window", r))?,
+    };
+    Ok(Admin {
+        listen,
+        ready_window,
+    })
+}
+
 fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
     let d = Limits::default();
     let dur = |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
@@ -493,6 +545,7 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
         max_connections,
         max_connections_per_ip,
         keepalive: dur("keepalive", raw.keepalive, d.keepalive)?,
+        drain_timeout: dur("drain_timeout", raw.drain_timeout, d.drain_timeout)?,
         handshake_timeout: dur(
             "handshake_timeout",
             raw.handshake_timeout,

@@ -4,9 +4,11 @@
 //! [`proxy`] owns sockets, tasks and timeouts, and [`config`] is the operator's contract.
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod cli;
 pub mod config;
 pub mod interfaces;
+pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod rewrite;

@@ -4,8 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
@@ -14,16 +13,20 @@ use tracing::{info, warn};
 
 use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
-use super::relay::{both_ways, Leg, Outbox};
-use super::{lock, Client, Shared, Summary};
+use super::relay::{Outbox, Policy, Relay};
+use super::{Client, Opened, Shared, Summary};
 use crate::config::ProtectedAnswers;
 use crate::interfaces::alias_of;
+use crate::metrics::metrics;
 use crate::rewrite::{carries_towers, rewrite_call, Rules};
 use crate::wire::bind::{BindAck, BindRequest, ContextResult};
 use crate::wire::epm::{opnum, EPM};
 use crate::wire::ndr::Syntax;
 use crate::wire::pdu::{encode_fault, status, Request, Response};
 use crate::wire::{PacketType, Pdu, SyntaxId};
+
+/// Why entries are missing from an answer.
+const HIDDEN: &str = "entries of interfaces no pin carries removed from the answer";
 
 /// More outstanding calls than this on one EPM association is not a real client.
 const MAX_OUTSTANDING: usize = 64;
@@ -76,43 +79,48 @@ struct Call {
     answering: bool,
 }
 
-/// Serves one client of the EPM listener.
-pub(crate) async fn serve(client: Client, shared: &Shared) -> anyhow::Result<Summary> {
+/// Reads the client's first PDU and, unless it is refused, connects to the backend's
+/// endpoint mapper and forwards it; the relay that follows is [`EpmPolicy`]'s.
+pub(crate) async fn open(client: Client, shared: Arc<Shared>) -> anyhow::Result<Opened<EpmPolicy>> {
     let limits = &shared.config.limits;
-    let advertise = advertise_for(&client, shared.config.epm.advertise);
-    let (client_rd, mut client_wr) = client.stream.into_split();
-    let mut client_rd = PduReader::with_buffered(client_rd, client.buffered, limits.max_fragment);
+    let mut policy = EpmPolicy {
+        advertise: advertise_for(&client, shared.config.epm.advertise),
+        shared: shared.clone(),
+        gate: Gate::new(
+            WhenNoneAllowed::Nak,
+            "port 135 serves the endpoint mapper only",
+        ),
+        assoc: Association::default(),
+        refused: RefusedCalls::default(),
+        pending: HashMap::new(),
+        pending_len: 0,
+    };
+    let mut client = PduReader::with_buffered(client.stream, client.buffered, limits.max_fragment);
     // A client that says nothing never costs a backend connection.
-    let first = client_rd
+    let first = client
         .next_within(limits.handshake_timeout)
         .await
         .context("waiting for the client's first PDU")?;
-
-    let assoc = Mutex::new(Association::default());
-    let gate = Gate::new(
-        |s: &SyntaxId| s.uuid == EPM.uuid && s.major == EPM.major,
-        WhenNoneAllowed::Nak,
-        "port 135 serves the endpoint mapper only",
-    );
-    let mut requests = Requests {
-        assoc: &assoc,
-        gate: &gate,
-        refused: RefusedCalls::default(),
-    };
-    let (up, down) = (AtomicU64::new(first.len() as u64), AtomicU64::new(0));
+    let from_client = first.len() as u64;
     let mut out = Outbox::default();
-    requests.handle(first, &mut out)?;
+    policy.request(first, &mut out)?;
     if out.forward.is_empty() {
         // Refused before anything reached the backend, which is never contacted.
+        let client = client.get_mut();
+        let mut to_client = 0;
         for answer in &out.reply {
-            client_wr
+            client
                 .write_all(answer)
                 .await
                 .context("sending the refusal")?;
-            down.fetch_add(answer.len() as u64, Ordering::Relaxed);
+            to_client += answer.len() as u64;
         }
-        let _ = client_wr.shutdown().await;
-        return Ok(Summary::new(&up, &down, Ok("refused")));
+        let _ = client.shutdown().await;
+        return Ok(Opened::Done(Summary::new(
+            from_client,
+            to_client,
+            Ok("refused"),
+        )));
     }
 
     let backend = shared
@@ -120,40 +128,26 @@ pub(crate) async fn serve(client: Client, shared: &Shared) -> anyhow::Result<Sum
         .connect(shared.config.backend.epm_port, limits.connect_timeout)
         .await?;
     super::tune(&backend, limits);
-    let (backend_rd, mut backend_wr) = backend.into_split();
-    let mut backend_rd = PduReader::new(backend_rd, limits.max_fragment);
+    let mut backend = PduReader::new(backend, limits.max_fragment);
     for pdu in out.forward.drain(..) {
-        backend_wr
+        backend
+            .get_mut()
             .write_all(&pdu)
             .await
             .context("writing to the backend")?;
     }
-
-    let mut answers = Answers {
-        assoc: &assoc,
-        gate: &gate,
-        pending: HashMap::new(),
-        pending_len: 0,
-        shared,
-        advertise,
-    };
-    let ended = both_ways(
-        Leg {
-            from: &mut client_rd,
-            to: &mut backend_wr,
-            moved: &up,
-        },
-        Leg {
-            from: &mut backend_rd,
-            to: &mut client_wr,
-            moved: &down,
-        },
+    Ok(Opened::Relay(Box::new(Relay::new(
+        client,
+        backend,
+        policy,
         limits.idle_timeout,
-        |pdu, out| requests.handle(pdu, out),
-        |pdu, out| answers.handle(pdu, out),
-    )
-    .await;
-    Ok(Summary::new(&up, &down, ended))
+        from_client,
+    ))))
+}
+
+/// Whether a context names the endpoint mapper.
+fn is_epm(s: &SyntaxId) -> bool {
+    s.uuid == EPM.uuid && s.major == EPM.major
 }
 
 /// The address to write into towers: configured, or the one the client reached us on.
@@ -168,31 +162,39 @@ fn advertise_for(client: &Client, configured: Option<Ipv4Addr>) -> Ipv4Addr {
     }
 }
 
-/// The client-to-backend direction: the gate for binds, the opnum policy for calls, and a
-/// record of what later answers refer to.
-struct Requests<'a, F> {
-    assoc: &'a Mutex<Association>,
-    gate: &'a Gate<F>,
+/// The endpoint mapper's policy on an association. Client to backend: the gate for binds,
+/// the opnum policy for calls, and a record of what later answers refer to. Backend to
+/// client: learns the accepted contexts, splices the gate's refusals into bind answers, and
+/// rewrites (or hides) towers.
+pub(crate) struct EpmPolicy {
+    shared: Arc<Shared>,
+    /// The address written into towers.
+    advertise: Ipv4Addr,
+    gate: Gate,
+    assoc: Association,
     refused: RefusedCalls,
+    /// Fragments of tower-carrying answers, by call id, held until their last fragment.
+    pending: HashMap<u32, Vec<BytesMut>>,
+    /// Their total size, bounded by `limits.max_reassembly`.
+    pending_len: usize,
 }
 
-impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
-    fn handle(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+impl Policy for EpmPolicy {
+    fn request(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
         let p = Pdu::new_checked(&pdu[..])?;
         let call_id = p.call_id();
         match p.ptype() {
-            PacketType::Bind | PacketType::AlterContext => match self.gate.judge(pdu)? {
+            PacketType::Bind | PacketType::AlterContext => match self.gate.judge(pdu, is_epm)? {
                 Verdict::Forward(pdu) => {
                     let ids = BindRequest::parse(&pdu)?
                         .contexts()
                         .map(|c| c.id())
                         .collect();
-                    let mut a = lock(self.assoc);
+                    let a = &mut self.assoc;
                     if a.proposed.len() >= MAX_OUTSTANDING {
                         bail!("more than {MAX_OUTSTANDING} unanswered binds");
                     }
                     a.proposed.insert(call_id, ids);
-                    drop(a);
                     out.forward.push(pdu);
                 }
                 Verdict::Answer(answer) => out.reply.push(answer),
@@ -207,7 +209,7 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
                     CallVerdict::Refuse => return self.refuse(&req, out),
                     CallVerdict::Drop => return Ok(()),
                 }
-                let mut a = lock(self.assoc);
+                let a = &mut self.assoc;
                 if a.calls.len() >= MAX_OUTSTANDING {
                     bail!("more than {MAX_OUTSTANDING} outstanding calls");
                 }
@@ -217,7 +219,6 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
                     opnum: req.opnum(),
                     answering: false,
                 });
-                drop(a);
                 out.forward.push(pdu);
             }
             _ => out.forward.push(pdu),
@@ -225,51 +226,10 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
         Ok(())
     }
 
-    fn refuse(&self, req: &Request<'_>, out: &mut Outbox) -> anyhow::Result<()> {
-        let Some((fault, reason)) = opnum_refusal(req.opnum()) else {
-            return Ok(());
-        };
-        warn!(
-            event = "refused",
-            policy = "opnum",
-            interface = %EPM.uuid,
-            alias = "epm",
-            opnum = req.opnum(),
-            call_id = req.pdu().call_id(),
-            reason,
-        );
-        let p = req.pdu();
-        let mut answer = Vec::with_capacity(32);
-        encode_fault(
-            &mut answer,
-            p.endian(),
-            p.call_id(),
-            req.context_id(),
-            fault,
-        )?;
-        out.reply.push(BytesMut::from(&answer[..]));
-        Ok(())
-    }
-}
-
-/// The backend-to-client direction: learns the accepted contexts, splices the gate's
-/// refusals into bind answers, and rewrites towers.
-struct Answers<'a, F> {
-    assoc: &'a Mutex<Association>,
-    gate: &'a Gate<F>,
-    /// Fragments of tower-carrying answers, by call id, held until their last fragment.
-    pending: HashMap<u32, Vec<BytesMut>>,
-    /// Their total size, bounded by `limits.max_reassembly`.
-    pending_len: usize,
-    shared: &'a Shared,
-    advertise: Ipv4Addr,
-}
-
-impl<F: Fn(&SyntaxId) -> bool> Answers<'_, F> {
-    fn handle(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+    fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
         let p = Pdu::new_checked(&pdu[..])?;
         let (ptype, call_id) = (p.ptype(), p.call_id());
-        let mut a = lock(self.assoc);
+        let a = &mut self.assoc;
         match ptype {
             PacketType::BindAck | PacketType::AlterContextResp => {
                 if let Some(proposed) = a.proposed.remove(&call_id) {
@@ -281,7 +241,6 @@ impl<F: Fn(&SyntaxId) -> bool> Answers<'_, F> {
                         }
                     }
                 }
-                drop(a);
                 out.forward.push(self.gate.answer(pdu)?);
                 return Ok(());
             }
@@ -297,7 +256,6 @@ impl<F: Fn(&SyntaxId) -> bool> Answers<'_, F> {
                 }
                 if carries_towers(op) {
                     let syntax = a.contexts.get(&ctx).copied().flatten();
-                    drop(a);
                     Response::parse(&pdu)?;
                     let max = self.shared.config.limits.max_reassembly;
                     self.pending_len += pdu.len();
@@ -317,6 +275,35 @@ impl<F: Fn(&SyntaxId) -> bool> Answers<'_, F> {
             _ => {}
         }
         out.forward.push(pdu);
+        Ok(())
+    }
+}
+
+impl EpmPolicy {
+    fn refuse(&self, req: &Request<'_>, out: &mut Outbox) -> anyhow::Result<()> {
+        let Some((fault, reason)) = opnum_refusal(req.opnum()) else {
+            return Ok(());
+        };
+        warn!(
+            event = "refused",
+            policy = "opnum",
+            interface = %EPM.uuid,
+            alias = "epm",
+            opnum = req.opnum(),
+            call_id = req.pdu().call_id(),
+            reason,
+        );
+        metrics().refused("opnum", reason);
+        let p = req.pdu();
+        let mut answer = Vec::with_capacity(32);
+        encode_fault(
+            &mut answer,
+            p.endian(),
+            p.call_id(),
+            req.context_id(),
+            fault,
+        )?;
+        out.reply.push(BytesMut::from(&answer[..]));
         Ok(())
     }
 
@@ -378,6 +365,9 @@ impl<F: Fn(&SyntaxId) -> bool> Answers<'_, F> {
                 Some(reason)
             }
             Ok(done) => {
+                metrics()
+                    .towers_rewritten
+                    .inc_by(done.rewritten.len() as u64);
                 for r in &done.rewritten {
                     info!(
                         event = "tower_rewritten",
@@ -398,8 +388,9 @@ impl<F: Fn(&SyntaxId) -> bool> Answers<'_, F> {
                         call_id,
                         opnum = op,
                         hidden = done.hidden,
-                        reason = "entries of interfaces no pin carries removed from the answer",
+                        reason = HIDDEN,
                     );
+                    metrics().refused("hide_unpinned", HIDDEN);
                     out.forward.push(BytesMut::from(&reencoded[..]));
                     return Ok(());
                 }

@@ -7,14 +7,13 @@
 //! never sees a refused interface.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 use anyhow::bail;
 use bytes::BytesMut;
 use tracing::warn;
 
-use super::lock;
 use crate::interfaces::alias_of;
+use crate::metrics::{metrics, BindLabels};
 use crate::wire::bind::{
     encode_bind_ack, encode_bind_nak, nak_reason, reason, BindAck, BindAckFields, BindRequest,
     ResultEntry,
@@ -48,43 +47,53 @@ pub(crate) enum Verdict {
 
 /// Per-connection gate state.
 #[derive(Debug)]
-pub(crate) struct Gate<F> {
-    allows: F,
+pub(crate) struct Gate {
     when_none: WhenNoneAllowed,
     /// Why a refused context is refused, for the audit log.
     why: &'static str,
     /// Binds forwarded with contexts removed, by call id: which contexts were kept.
-    filtered: Mutex<HashMap<u32, Vec<bool>>>,
+    filtered: HashMap<u32, Vec<bool>>,
     /// The interface each forwarded context id was proposed for.
-    contexts: Mutex<HashMap<u16, SyntaxId>>,
+    contexts: HashMap<u16, SyntaxId>,
 }
 
-impl<F: Fn(&SyntaxId) -> bool> Gate<F> {
-    /// A gate that lets through the contexts for which `allows` is true.
-    pub(crate) fn new(allows: F, when_none: WhenNoneAllowed, why: &'static str) -> Gate<F> {
+impl Gate {
+    /// A gate that answers `when_none` when no context is allowed, logging `why`.
+    pub(crate) fn new(when_none: WhenNoneAllowed, why: &'static str) -> Gate {
         Gate {
-            allows,
             when_none,
             why,
-            filtered: Mutex::new(HashMap::new()),
-            contexts: Mutex::new(HashMap::new()),
+            filtered: HashMap::new(),
+            contexts: HashMap::new(),
         }
     }
 
-    /// Judges a client's bind or alter_context, logging every refused context.
-    pub(crate) fn judge(&self, pdu: BytesMut) -> anyhow::Result<Verdict> {
+    /// Judges a client's bind or alter_context, letting through the contexts for which
+    /// `allows` is true and logging every refused one.
+    pub(crate) fn judge(
+        &mut self,
+        pdu: BytesMut,
+        allows: impl Fn(&SyntaxId) -> bool,
+    ) -> anyhow::Result<Verdict> {
         let bind = BindRequest::parse(&pdu)?;
         let keep: Vec<bool> = bind
             .contexts()
             .map(|c| {
                 let s = c.abstract_syntax();
-                let ok = (self.allows)(&s);
+                let ok = allows(&s);
+                let alias = alias_of(&s.uuid).unwrap_or("-");
+                let result = if ok { "accepted" } else { "refused" };
+                metrics()
+                    .binds
+                    .get_or_create(&BindLabels { alias, result })
+                    .inc();
                 if !ok {
+                    metrics().refused("interface", self.why);
                     warn!(
                         event = "refused",
                         policy = "interface",
                         interface = %s.uuid,
-                        alias = alias_of(&s.uuid).unwrap_or("-"),
+                        alias,
                         version = %format_args!("{}.{}", s.major, s.minor),
                         context_id = c.id(),
                         kind = %bind.pdu().ptype(),
@@ -100,33 +109,29 @@ impl<F: Fn(&SyntaxId) -> bool> Gate<F> {
         if !keep.contains(&true) {
             return Ok(Verdict::Answer(self.refusal(&bind)?));
         }
-        {
-            let mut contexts = lock(&self.contexts);
-            for (c, _) in bind.contexts().zip(&keep).filter(|(_, &k)| k) {
-                contexts.insert(c.id(), c.abstract_syntax());
-            }
-            if contexts.len() > MAX_CONTEXTS {
-                bail!("more than {MAX_CONTEXTS} presentation contexts");
-            }
+        for (c, _) in bind.contexts().zip(&keep).filter(|(_, &k)| k) {
+            self.contexts.insert(c.id(), c.abstract_syntax());
+        }
+        if self.contexts.len() > MAX_CONTEXTS {
+            bail!("more than {MAX_CONTEXTS} presentation contexts");
         }
         if !keep.contains(&false) {
             return Ok(Verdict::Forward(pdu));
         }
-        let mut filtered = lock(&self.filtered);
-        if filtered.len() >= MAX_PENDING {
+        if self.filtered.len() >= MAX_PENDING {
             bail!("more than {MAX_PENDING} unanswered binds");
         }
         let mut out = Vec::with_capacity(pdu.len());
         bind.encode_keeping(&keep, &mut out)?;
-        filtered.insert(bind.pdu().call_id(), keep);
+        self.filtered.insert(bind.pdu().call_id(), keep);
         Ok(Verdict::Forward(BytesMut::from(&out[..])))
     }
 
     /// The backend's answer to a bind or alter_context, with a rejection spliced back in for
     /// each context the gate removed from it.
-    pub(crate) fn answer(&self, ack_pdu: BytesMut) -> anyhow::Result<BytesMut> {
+    pub(crate) fn answer(&mut self, ack_pdu: BytesMut) -> anyhow::Result<BytesMut> {
         let ack = BindAck::parse(&ack_pdu)?;
-        let Some(keep) = lock(&self.filtered).remove(&ack.pdu().call_id()) else {
+        let Some(keep) = self.filtered.remove(&ack.pdu().call_id()) else {
             return Ok(ack_pdu);
         };
         let mut backend = ack.results();
@@ -148,7 +153,7 @@ impl<F: Fn(&SyntaxId) -> bool> Gate<F> {
 
     /// The interface a forwarded context id was proposed for.
     pub(crate) fn interface_of(&self, context_id: u16) -> Option<SyntaxId> {
-        lock(&self.contexts).get(&context_id).copied()
+        self.contexts.get(&context_id).copied()
     }
 
     fn refusal(&self, bind: &BindRequest<'_>) -> anyhow::Result<BytesMut> {

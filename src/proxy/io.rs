@@ -3,8 +3,12 @@
 use std::io;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::wire::frame::next_pdu_len;
 
@@ -82,33 +86,42 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         within(limit, self.next()).await
     }
 
-    /// Reads once: as much as is there, up to a 64 KiB chunk. Cancel-safe.
+    /// The stream, to write to it.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Reads once: as much as is there, up to a 64 KiB chunk.
     pub async fn fill(&mut self) -> Result<(), ReadError> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Reads once, or registers for a wake-up when nothing is there.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ReadError>> {
         if self.buf.is_empty() {
             // Between PDUs: wait with a few bytes on the stack, and let the last buffer go
             // (once the PDUs cut from it are written) instead of holding it while idle.
             self.buf = BytesMut::new();
             let mut head = [0u8; crate::wire::HEADER_LEN];
-            let n = self.inner.read(&mut head).await?;
-            if n == 0 {
-                return Err(ReadError::Closed);
+            let mut head = ReadBuf::new(&mut head);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut head))?;
+            if head.filled().is_empty() {
+                return Poll::Ready(Err(ReadError::Closed));
             }
             self.buf.reserve(READ_CHUNK);
-            self.buf.extend_from_slice(&head[..n]);
-            return Ok(());
+            self.buf.extend_from_slice(head.filled());
+            return Poll::Ready(Ok(()));
         }
         if self.buf.capacity() - self.buf.len() < MIN_ROOM {
             self.buf.reserve(READ_CHUNK);
         }
-        match self.inner.read_buf(&mut self.buf).await? {
-            0 => Err(ReadError::Truncated(self.buf.len())),
-            _ => Ok(()),
+        // `read_buf` reads into the spare capacity; polling its future once is a plain
+        // read, and dropping it loses nothing.
+        let read = std::pin::pin!(self.inner.read_buf(&mut self.buf));
+        match ready!(read.poll(cx))? {
+            0 => Poll::Ready(Err(ReadError::Truncated(self.buf.len()))),
+            _ => Poll::Ready(Ok(())),
         }
-    }
-
-    /// [`PduReader::fill`], or [`ReadError::Timeout`] after `limit`.
-    pub async fn fill_within(&mut self, limit: Duration) -> Result<(), ReadError> {
-        within(limit, self.fill()).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! A pin listener: lets through only the pin's interfaces (and, where configured, only some
 //! of their operations), finds the backend's current port for the interface, and relays.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
@@ -11,46 +11,53 @@ use tracing::{info, warn};
 
 use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
-use super::relay::{both_ways, Leg, Outbox};
-use super::{Client, PinRuntime, Shared, Summary};
+use super::relay::{Outbox, Policy, Relay};
+use super::{Client, Opened, PinRuntime, Shared, Summary};
 use crate::interfaces::alias_of;
+use crate::metrics::{metrics, ResolutionLabels};
 use crate::wire::bind::{encode_bind_nak, nak_reason, BindAck, BindRequest};
 use crate::wire::pdu::{encode_fault, status, Request};
 use crate::wire::{PacketType, Pdu, SyntaxId};
 
-/// Serves one client of a pin listener.
-pub(crate) async fn serve(
+/// Why a call is refused on a pin.
+const OPNUM_REFUSED: &str = "operation not in this pin's opnums list";
+
+/// Takes the client's bind through the gate, connects to the backend and forwards the
+/// bind; the relay that follows is [`PinPolicy`]'s.
+pub(crate) async fn open(
     client: Client,
     shared: &Shared,
-    pin: &PinRuntime,
-) -> anyhow::Result<Summary> {
+    pin: Arc<PinRuntime>,
+) -> anyhow::Result<Opened<PinPolicy>> {
     let limits = &shared.config.limits;
-    let (client_rd, mut client_wr) = client.stream.into_split();
-    let mut client_rd = PduReader::with_buffered(client_rd, client.buffered, limits.max_fragment);
-    let first = client_rd
-        .next_within(limits.handshake_timeout)
-        .await
-        .context("waiting for the client's bind")?;
-    let up = AtomicU64::new(first.len() as u64);
-    let down = AtomicU64::new(0);
-    if Pdu::new_checked(&first[..])?.ptype() != PacketType::Bind {
-        bail!("the client's first PDU is not a bind");
-    }
-    let gate = Gate::new(
-        |s: &SyntaxId| pin.config.allows(s),
+    let mut gate = Gate::new(
         WhenNoneAllowed::RejectEach,
         "interface not carried by this pin",
     );
-    let bind_pdu = match gate.judge(first)? {
+    let mut client = PduReader::with_buffered(client.stream, client.buffered, limits.max_fragment);
+    let first = client
+        .next_within(limits.handshake_timeout)
+        .await
+        .context("waiting for the client's bind")?;
+    let from_client = first.len() as u64;
+    if Pdu::new_checked(&first[..])?.ptype() != PacketType::Bind {
+        bail!("the client's first PDU is not a bind");
+    }
+    let bind_pdu = match gate.judge(first, |s| pin.config.allows(s))? {
         Verdict::Forward(pdu) => pdu,
         Verdict::Answer(answer) => {
-            client_wr
+            let client = client.get_mut();
+            client
                 .write_all(&answer)
                 .await
                 .context("sending the refusal")?;
-            let _ = client_wr.shutdown().await;
-            down.store(answer.len() as u64, Ordering::Relaxed);
-            return Ok(Summary::new(&up, &down, Ok("bind refused")));
+            let _ = client.shutdown().await;
+            let to_client = answer.len() as u64;
+            return Ok(Opened::Done(Summary::new(
+                from_client,
+                to_client,
+                Ok("bind refused"),
+            )));
         }
     };
     let bind = BindRequest::parse(&bind_pdu)?;
@@ -58,7 +65,7 @@ pub(crate) async fn serve(
     let Some(interface) = bind.contexts().next().map(|c| c.abstract_syntax()) else {
         bail!("the client's bind proposes no presentation context");
     };
-    let backend = match connect(shared, pin, interface).await {
+    let backend = match connect(shared, &pin, interface).await {
         Ok(b) => b,
         Err(e) => {
             let mut nak = Vec::with_capacity(24);
@@ -69,8 +76,9 @@ pub(crate) async fn serve(
                 p.call_id(),
                 nak_reason::TEMPORARY_CONGESTION,
             )?;
-            let _ = client_wr.write_all(&nak).await;
-            let _ = client_wr.shutdown().await;
+            let client = client.get_mut();
+            let _ = client.write_all(&nak).await;
+            let _ = client.shutdown().await;
             return Err(e);
         }
     };
@@ -83,36 +91,24 @@ pub(crate) async fn serve(
         contexts = bind.contexts().count(),
     );
 
-    let (backend_rd, mut backend_wr) = backend.into_split();
-    let mut backend_rd = PduReader::new(backend_rd, limits.max_fragment);
-    backend_wr
+    let mut backend = PduReader::new(backend, limits.max_fragment);
+    backend
+        .get_mut()
         .write_all(&bind_pdu)
         .await
         .context("forwarding the bind to the backend")?;
-    // It shares the read buffer it was cut from: let both go before the long relay.
-    drop(bind_pdu);
-    let mut requests = Requests {
+    let policy = PinPolicy {
         pin,
-        gate: &gate,
+        gate,
         refused: RefusedCalls::default(),
     };
-    let ended = both_ways(
-        Leg {
-            from: &mut client_rd,
-            to: &mut backend_wr,
-            moved: &up,
-        },
-        Leg {
-            from: &mut backend_rd,
-            to: &mut client_wr,
-            moved: &down,
-        },
+    Ok(Opened::Relay(Box::new(Relay::new(
+        client,
+        backend,
+        policy,
         limits.idle_timeout,
-        |pdu, out| requests.handle(pdu, out),
-        |pdu, out| answer_to_client(pin, &gate, pdu, out),
-    )
-    .await;
-    Ok(Summary::new(&up, &down, ended))
+        from_client,
+    ))))
 }
 
 /// Connects to the backend port of `interface`: the pin's fixed port, or the one the
@@ -129,10 +125,18 @@ async fn connect(
     }
     for attempt in 0..2 {
         let started = std::time::Instant::now();
-        let (port, cached) = resolver
-            .port(interface)
-            .await
-            .with_context(|| format!("resolving {interface} at the backend"))?;
+        let resolved = resolver.port(interface).await;
+        let (result, cached) = match &resolved {
+            Ok((_, true)) => ("ok", "true"),
+            Ok((_, false)) => ("ok", "false"),
+            Err(_) => ("error", "false"),
+        };
+        metrics()
+            .backend_resolutions
+            .get_or_create(&ResolutionLabels { result, cached })
+            .inc();
+        let (port, cached) =
+            resolved.with_context(|| format!("resolving {interface} at the backend"))?;
         info!(
             event = "backend_resolved",
             interface = %interface.uuid,
@@ -153,22 +157,25 @@ async fn connect(
     Err(anyhow!("unreachable: the loop returns"))
 }
 
-/// The client-to-backend direction on an established association: alter_context goes
-/// through the gate, a call must be allowed by the pin's opnum list, and a second bind is a
-/// protocol violation.
-struct Requests<'a, F> {
-    pin: &'a PinRuntime,
-    gate: &'a Gate<F>,
+/// A pin's policy on an established association: alter_context goes through the gate, a
+/// call must be allowed by the pin's opnum list, a second bind is a protocol violation; the
+/// backend's bind answers get the gate's refusals spliced in and its secondary address
+/// (the backend's port as text, which discloses it) replaced by the pin's public port.
+pub(crate) struct PinPolicy {
+    pin: Arc<PinRuntime>,
+    gate: Gate,
     refused: RefusedCalls,
 }
 
-impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
-    fn handle(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+impl Policy for PinPolicy {
+    fn request(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
         match Pdu::new_checked(&pdu[..])?.ptype() {
-            PacketType::AlterContext => match self.gate.judge(pdu)? {
-                Verdict::Forward(pdu) => out.forward.push(pdu),
-                Verdict::Answer(answer) => out.reply.push(answer),
-            },
+            PacketType::AlterContext => {
+                match self.gate.judge(pdu, |s| self.pin.config.allows(s))? {
+                    Verdict::Forward(pdu) => out.forward.push(pdu),
+                    Verdict::Answer(answer) => out.reply.push(answer),
+                }
+            }
             PacketType::Bind => bail!("a second bind on an established association"),
             PacketType::Request => {
                 let req = Request::parse(&pdu)?;
@@ -188,8 +195,9 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
                             alias = alias_of(&i.uuid).unwrap_or("-"),
                             opnum = req.opnum(),
                             call_id = req.pdu().call_id(),
-                            reason = "operation not in this pin's opnums list",
+                            reason = OPNUM_REFUSED,
                         );
+                        metrics().refused("opnum", OPNUM_REFUSED);
                         let p = req.pdu();
                         let mut fault = Vec::with_capacity(32);
                         let denied = status::NCA_S_FAULT_ACCESS_DENIED;
@@ -209,33 +217,25 @@ impl<F: Fn(&SyntaxId) -> bool> Requests<'_, F> {
         }
         Ok(())
     }
-}
 
-/// Forwards the backend's PDUs. A bind_ack or alter_context_resp gets the gate's refusals
-/// spliced in, and its secondary address (the backend's port as text, which discloses it)
-/// replaced by the pin's public port.
-fn answer_to_client<F: Fn(&SyntaxId) -> bool>(
-    pin: &PinRuntime,
-    gate: &Gate<F>,
-    pdu: BytesMut,
-    out: &mut Outbox,
-) -> anyhow::Result<()> {
-    let ptype = Pdu::new_checked(&pdu[..])?.ptype();
-    if !matches!(ptype, PacketType::BindAck | PacketType::AlterContextResp) {
-        out.forward.push(pdu);
-        return Ok(());
-    }
-    let pdu = gate.answer(pdu)?;
-    let ack = BindAck::parse(&pdu)?;
-    match public_secondary_addr(ack.secondary_addr(), pin.public_port) {
-        Some(addr) => {
-            let mut rewritten = Vec::with_capacity(pdu.len() + 8);
-            ack.encode_with_secondary_addr(&addr, &mut rewritten)?;
-            out.forward.push(BytesMut::from(&rewritten[..]));
+    fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+        let ptype = Pdu::new_checked(&pdu[..])?.ptype();
+        if !matches!(ptype, PacketType::BindAck | PacketType::AlterContextResp) {
+            out.forward.push(pdu);
+            return Ok(());
         }
-        None => out.forward.push(pdu),
+        let pdu = self.gate.answer(pdu)?;
+        let ack = BindAck::parse(&pdu)?;
+        match public_secondary_addr(ack.secondary_addr(), self.pin.public_port) {
+            Some(addr) => {
+                let mut rewritten = Vec::with_capacity(pdu.len() + 8);
+                ack.encode_with_secondary_addr(&addr, &mut rewritten)?;
+                out.forward.push(BytesMut::from(&rewritten[..]));
+            }
+            None => out.forward.push(pdu),
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The secondary address to send instead of `backend`, when `backend` is a port number

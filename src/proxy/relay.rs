@@ -1,45 +1,18 @@
-//! Moving PDUs from one socket to another, one direction at a time, with a hook that sees
-//! every PDU before it is forwarded.
+//! Moving PDUs between a client and a backend, both directions in one future, with a
+//! policy that sees every PDU before it is forwarded.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
-use anyhow::{anyhow, Context};
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
+use anyhow::anyhow;
+use bytes::{Buf, BytesMut};
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
 
 use super::io::{PduReader, ReadError};
-
-/// When a connection last moved a PDU in either direction, so that one silent direction
-/// does not count as idle while the other is busy.
-#[derive(Debug)]
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-    idle: Duration,
-}
-
-impl Activity {
-    /// A connection that is active now and may be idle for `idle`.
-    fn new(idle: Duration) -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            idle,
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
-    }
-}
 
 /// What the hook wants done with a PDU: the PDUs to forward (zero, the same one, or several
 /// gathered ones) go in `forward`, answers to the sender in `reply`.
@@ -47,188 +20,403 @@ impl Activity {
 pub struct Outbox {
     /// PDUs to write to the receiving side.
     pub forward: Vec<BytesMut>,
-    /// PDUs to send back to the sender, through the other direction's writer.
+    /// PDUs to send back to the sender, between the PDUs the other side sends it.
     pub reply: Vec<BytesMut>,
 }
 
-/// Answers one direction makes for its sender, handed to the other direction's writer.
-/// Rare (a refused alter_context or call), so nothing is allocated until there is one.
-#[derive(Debug, Default)]
-struct Replies {
-    queue: std::sync::Mutex<Vec<BytesMut>>,
-    ready: Notify,
+/// What a listener does with the PDUs of an established connection.
+pub trait Policy {
+    /// Decides on a PDU from the client.
+    fn request(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()>;
+    /// Decides on a PDU from the backend.
+    fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()>;
 }
 
-impl Replies {
-    fn push(&self, answers: impl IntoIterator<Item = BytesMut>) {
-        super::lock(&self.queue).extend(answers);
-        self.ready.notify_one();
-    }
-
-    fn take(&self) -> Vec<BytesMut> {
-        std::mem::take(&mut *super::lock(&self.queue))
-    }
-}
-
-/// One direction of a relay: reads what the sender has sent, lets `inspect` decide on each
-/// whole PDU, and writes what it forwards to `to` — all the PDUs of one read in one write
-/// when they lie side by side in the read buffer, as they do unless rewritten. Answers the
-/// other direction made for this side's receiver (`injected`) are written between reads,
-/// and this side's own answers go to `replies`. `moved` counts the bytes written to `to`.
-/// Ends with `Ok` when the sending side closes between PDUs.
-async fn pump<R, W, F>(
-    from: &mut PduReader<R>,
-    to: &mut W,
-    activity: &Activity,
-    moved: &AtomicU64,
-    replies: Option<&Replies>,
-    injected: Option<&Replies>,
-    mut inspect: F,
-) -> anyhow::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-    F: FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
-{
-    let mut out = Outbox::default();
-    loop {
-        // Whatever was forwarded before a PDU that ends the connection still goes out.
-        let inspected = inspect_buffered(from, &mut inspect, &mut out);
-        if !out.forward.is_empty() {
-            activity.touch();
-            let batch = join(out.forward.drain(..));
-            write(to, &batch, activity.idle).await?;
-            moved.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        }
-        if !out.reply.is_empty() {
-            replies
-                .context("a reply with no way back to the sender")?
-                .push(out.reply.drain(..));
-        }
-        inspected?;
-        tokio::select! {
-            read = from.fill_within(activity.idle) => match read {
-                Ok(()) => {}
-                Err(ReadError::Closed) => {
-                    // Pass the half-close on: the receiver may still answer what it got.
-                    let _ = to.shutdown().await;
-                    return Ok(());
-                }
-                Err(ReadError::Timeout(_)) if activity.idle_for() < activity.idle => {}
-                Err(ReadError::Timeout(t)) => return Err(anyhow!("idle for {t:?}")),
-                Err(e) => return Err(e.into()),
-            },
-            () = ready(injected) => {
-                let answers = join(injected.map(Replies::take).unwrap_or_default());
-                write(to, &answers, activity.idle).await?;
-                moved.fetch_add(answers.len() as u64, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// Lets `inspect` decide on every whole PDU already read.
-fn inspect_buffered<R, F>(
-    from: &mut PduReader<R>,
-    inspect: &mut F,
-    out: &mut Outbox,
-) -> anyhow::Result<()>
-where
-    R: AsyncRead + Unpin,
-    F: FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
-{
-    while let Some(pdu) = from.buffered()? {
-        inspect(pdu, out)?;
-    }
-    Ok(())
-}
-
-/// Joins PDUs into one buffer: free when they lie side by side in the same allocation,
-/// a copy otherwise.
-fn join(pdus: impl IntoIterator<Item = BytesMut>) -> BytesMut {
-    let mut pdus = pdus.into_iter();
-    let mut all = pdus.next().unwrap_or_default();
-    for pdu in pdus {
-        all.unsplit(pdu);
-    }
-    all
-}
-
-/// One direction of a connection: where PDUs come from, where they go, and the byte count.
-pub struct Leg<'a, R, W> {
-    /// The sending side.
-    pub from: &'a mut PduReader<R>,
-    /// The receiving side.
-    pub to: &'a mut W,
-    /// Bytes written to `to`.
-    pub moved: &'a AtomicU64,
+/// How a relay ended, and how many bytes went each way.
+#[derive(Debug)]
+pub struct Relayed {
+    /// "client closed" or "backend closed", or the error, naming its direction.
+    pub ended: anyhow::Result<&'static str>,
+    /// Bytes from the client forwarded to the backend, the handshake included.
+    pub from_client: u64,
+    /// Bytes written to the client.
+    pub to_client: u64,
 }
 
 /// Relays PDUs both ways until the backend closes, or the client closes and the backend
-/// has answered what it got (the half-close is passed on), or either side fails.
-/// `requests` sees each client PDU (its replies go back to the client between the
-/// backend's PDUs); `answers` sees each backend PDU. Returns how the connection ended,
-/// naming the direction of an error.
-pub async fn both_ways<R1, W1, R2, W2, Q, A>(
-    up: Leg<'_, R1, W1>,
-    down: Leg<'_, R2, W2>,
+/// has answered what it got (the half-close is passed on), or either side fails or both
+/// stay silent for `idle`. The policy sees every PDU; its replies go back to the sender
+/// between the other side's PDUs.
+///
+/// A hand-written future rather than two `async` loops: a connection that waits holds its
+/// two sockets, one timer and a few words per direction — no read buffer, and no write or
+/// timeout futures (which made an idle connection three times larger).
+pub struct Relay<C, B, P> {
+    client: PduReader<C>,
+    backend: PduReader<B>,
+    policy: P,
+    /// Client to backend.
+    up: Flow,
+    /// Backend to client.
+    down: Flow,
     idle: Duration,
-    requests: Q,
-    answers: A,
-) -> anyhow::Result<&'static str>
+    /// One timer for the connection, moved only when it fires (not on every PDU).
+    timer: Pin<Box<Sleep>>,
+    /// When a byte last moved either way.
+    active: Instant,
+}
+
+impl<C, B, P> Relay<C, B, P> {
+    /// A relay between `client` and `backend`, after `forwarded` bytes of the client's
+    /// handshake went to the backend.
+    pub fn new(
+        client: PduReader<C>,
+        backend: PduReader<B>,
+        policy: P,
+        idle: Duration,
+        forwarded: u64,
+    ) -> Relay<C, B, P> {
+        let up = Flow {
+            moved: forwarded,
+            ..Flow::default()
+        };
+        Relay {
+            client,
+            backend,
+            policy,
+            up,
+            down: Flow::default(),
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            active: Instant::now(),
+        }
+    }
+}
+
+/// One direction: what was read and judged but not yet written, and where it stands.
+struct Flow {
+    /// Bytes for the receiver that are not written yet: one batch at a time, so nothing
+    /// more is read while the receiver is slow.
+    pending: BytesMut,
+    /// Answers the other direction's hook made for this direction's receiver.
+    replies: Vec<BytesMut>,
+    /// Bytes written to the receiver, for the metrics.
+    counter: Counter,
+    /// When the receiver last took bytes, or `pending` filled.
+    writing_since: Instant,
+    /// The hook's error, reported once what it forwarded before it is written.
+    failed: Option<anyhow::Error>,
+    /// The sender closed between PDUs: pass the half-close on once `pending` is written.
+    sender_closed: bool,
+    /// The half-close was passed on.
+    done: bool,
+    moved: u64,
+}
+
+impl Default for Flow {
+    fn default() -> Flow {
+        Flow {
+            pending: BytesMut::new(),
+            replies: Vec::new(),
+            counter: Counter::default(),
+            writing_since: Instant::now(),
+            failed: None,
+            sender_closed: false,
+            done: false,
+            moved: 0,
+        }
+    }
+}
+
+impl Flow {
+    /// Moves what it can from `from` to `to`; `Ready(Ok)` once the half-close is passed on.
+    /// Replies for the sender go to `back`, the other direction's queue; while that queue
+    /// is not empty nothing more is read, so a sender that does not read its answers is
+    /// not answered without bound.
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        (from, to): (&mut PduReader<R>, &mut PduReader<W>),
+        mut inspect: impl FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
+        back: &mut Vec<BytesMut>,
+        active: &mut Instant,
+    ) -> Poll<anyhow::Result<()>>
+    where
+        R: AsyncRead + AsyncWrite + Unpin,
+        W: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            if !self.pending.is_empty() {
+                let n = ready!(Pin::new(to.get_mut()).poll_write(cx, &self.pending))
+                    .map_err(|e| anyhow!(e).context("write failed"))?;
+                if n == 0 {
+                    return Poll::Ready(Err(anyhow!("the receiver closed")));
+                }
+                self.pending.advance(n);
+                if self.pending.is_empty() {
+                    // Let go of the read buffer it was cut from.
+                    self.pending = BytesMut::new();
+                }
+                self.moved += n as u64;
+                self.counter.inc_by(n as u64);
+                *active = Instant::now();
+                self.writing_since = *active;
+                continue;
+            }
+            if !self.replies.is_empty() {
+                let replies = std::mem::take(&mut self.replies);
+                self.stage(replies);
+                continue;
+            }
+            if let Some(e) = self.failed.take() {
+                return Poll::Ready(Err(e));
+            }
+            if self.sender_closed {
+                // The receiver may still answer what it got.
+                let _ = ready!(Pin::new(to.get_mut()).poll_shutdown(cx));
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            let mut out = Outbox::default();
+            while let Some(pdu) = from.buffered().transpose() {
+                if let Err(e) = pdu
+                    .map_err(anyhow::Error::from)
+                    .and_then(|pdu| inspect(pdu, &mut out))
+                {
+                    self.failed = Some(e);
+                    break;
+                }
+            }
+            back.append(&mut out.reply);
+            if !out.forward.is_empty() {
+                self.stage(out.forward);
+                continue;
+            }
+            if self.failed.is_some() {
+                continue;
+            }
+            if !back.is_empty() {
+                // Read on once the sender has taken its answers.
+                return Poll::Pending;
+            }
+            match ready!(from.poll_fill(cx)) {
+                Ok(()) => *active = Instant::now(),
+                Err(ReadError::Closed) => self.sender_closed = true,
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+
+    /// Makes `pdus` the next batch to write: one buffer, without copying when they lie side
+    /// by side in the buffer they were read into.
+    fn stage(&mut self, pdus: Vec<BytesMut>) {
+        let mut pdus = pdus.into_iter();
+        let mut batch = pdus.next().unwrap_or_default();
+        for pdu in pdus {
+            batch.unsplit(pdu);
+        }
+        self.pending = batch;
+        self.writing_since = Instant::now();
+    }
+}
+
+impl<C, B, P> Relay<C, B, P> {
+    /// Counts the bytes relayed from now on (and those the handshake forwarded) in these
+    /// counters too.
+    pub fn count_into(&mut self, from_client: Counter, to_client: Counter) {
+        from_client.inc_by(self.up.moved);
+        self.up.counter = from_client;
+        self.down.counter = to_client;
+    }
+}
+
+impl<C, B, P> Future for Relay<C, B, P>
 where
-    R1: AsyncRead + Unpin,
-    W1: AsyncWrite + Unpin,
-    R2: AsyncRead + Unpin,
-    W2: AsyncWrite + Unpin,
-    Q: FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
-    A: FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+    P: Policy + Unpin,
 {
-    let activity = Activity::new(idle);
-    let replies = Replies::default();
-    let up = pump(
-        up.from,
-        up.to,
-        &activity,
-        up.moved,
-        Some(&replies),
-        None,
-        requests,
-    );
-    let down = pump(
-        down.from,
-        down.to,
-        &activity,
-        down.moved,
-        None,
-        Some(&replies),
-        answers,
-    );
-    tokio::pin!(up, down);
-    tokio::select! {
-        r = &mut up => match r {
-            // The client is done sending; what the backend still answers reaches it.
-            Ok(()) => (&mut down).await.map(|()| "client closed").context("backend → client"),
-            Err(e) => Err(e.context("client → backend")),
-        },
-        r = &mut down => r.map(|()| "backend closed").context("backend → client"),
+    type Output = Relayed;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Relayed> {
+        let ended = ready!(self.poll_relay(cx));
+        Poll::Ready(Relayed {
+            ended,
+            from_client: self.up.moved,
+            to_client: self.down.moved,
+        })
     }
 }
 
-async fn ready(replies: Option<&Replies>) {
-    match replies {
-        Some(r) => r.ready.notified().await,
-        None => std::future::pending().await,
+impl<C, B, P> Relay<C, B, P>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+    P: Policy,
+{
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<anyhow::Result<&'static str>> {
+        let r = self;
+        let policy = &mut r.policy;
+        if !r.up.done {
+            let up = r.up.poll(
+                cx,
+                (&mut r.client, &mut r.backend),
+                |pdu, out| policy.request(pdu, out),
+                &mut r.down.replies,
+                &mut r.active,
+            );
+            if let Poll::Ready(Err(e)) = up {
+                return Poll::Ready(Err(e.context("client → backend")));
+            }
+        }
+        let up_waits_for_down = !r.down.replies.is_empty();
+        let down = r.down.poll(
+            cx,
+            (&mut r.backend, &mut r.client),
+            |pdu, out| policy.answer(pdu, out),
+            &mut r.up.replies,
+            &mut r.active,
+        );
+        match down {
+            Poll::Ready(Ok(())) => {
+                let closed = if r.up.done {
+                    "client closed"
+                } else {
+                    "backend closed"
+                };
+                return Poll::Ready(Ok(closed));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.context("backend → client"))),
+            Poll::Pending => {}
+        }
+        // Poll `up` again when `down` just made replies for it to write, or wrote the
+        // replies `up` made and waits to read on after.
+        let unblocked = up_waits_for_down && r.down.replies.is_empty();
+        if !r.up.done && (unblocked || !r.up.replies.is_empty()) {
+            cx.waker().wake_by_ref();
+        }
+        r.poll_timer(cx)
+    }
+
+    /// Fails the relay when nothing moved either way for `idle`, or a receiver has not
+    /// taken its bytes for `idle`; otherwise sets the timer for the next moment that could
+    /// be true.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<anyhow::Result<&'static str>> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            let now = Instant::now();
+            let stalled = [
+                (&self.up.pending, self.up.writing_since, "backend"),
+                (&self.down.pending, self.down.writing_since, "client"),
+            ]
+            .into_iter()
+            .filter(|(pending, ..)| !pending.is_empty());
+            let mut next = self.active + self.idle;
+            for (_, since, receiver) in stalled {
+                if now >= since + self.idle {
+                    return Poll::Ready(Err(anyhow!(
+                        "the {receiver} did not read for {:?}",
+                        self.idle
+                    )));
+                }
+                next = next.min(since + self.idle);
+            }
+            if now >= self.active + self.idle {
+                return Poll::Ready(Err(anyhow!("idle for {:?}", self.idle)));
+            }
+            self.timer.as_mut().reset(next);
+        }
     }
 }
 
-async fn write<W: AsyncWrite + Unpin>(
-    to: &mut W,
-    bytes: &[u8],
-    limit: Duration,
-) -> anyhow::Result<()> {
-    tokio::time::timeout(limit, to.write_all(bytes))
-        .await
-        .map_err(|_| anyhow!("peer did not read for {limit:?}"))?
-        .context("write failed")
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::pdu::encode_request;
+    use crate::wire::Endian;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// Forwards everything.
+    struct Pass;
+
+    impl Policy for Pass {
+        fn request(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+            out.forward.push(pdu);
+            Ok(())
+        }
+        fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
+            out.forward.push(pdu);
+            Ok(())
+        }
+    }
+
+    fn request(stub_len: usize) -> Vec<u8> {
+        let mut pdu = Vec::new();
+        encode_request(&mut pdu, Endian::Little, 1, 0, 0, &vec![7; stub_len]).unwrap();
+        pdu
+    }
+
+    /// A relay between two in-memory pipes of `capacity` bytes; returns the far ends.
+    fn relay(
+        idle: Duration,
+        capacity: usize,
+    ) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<Relayed>) {
+        let (client, client_far) = duplex(capacity);
+        let (backend, backend_far) = duplex(capacity);
+        let relay = Relay::new(
+            PduReader::new(client, 65535),
+            PduReader::new(backend, 65535),
+            Pass,
+            idle,
+            0,
+        );
+        (client_far, backend_far, tokio::spawn(relay))
+    }
+
+    #[tokio::test]
+    async fn one_busy_direction_keeps_the_connection_alive() {
+        let idle = Duration::from_millis(200);
+        let (mut client, mut backend, relay) = relay(idle, 1 << 16);
+        let pdu = request(16);
+        let mut got = vec![0; pdu.len()];
+        for _ in 0..8 {
+            client.write_all(&pdu).await.unwrap();
+            backend.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, pdu);
+            tokio::time::sleep(idle / 4).await;
+        }
+        assert!(!relay.is_finished(), "closed while the client was sending");
+        drop(client);
+        drop(backend);
+        let done = relay.await.unwrap();
+        assert_eq!(done.ended.unwrap(), "client closed");
+        assert_eq!(done.from_client, 8 * pdu.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_does_not_read_ends_the_relay() {
+        let idle = Duration::from_millis(200);
+        let (mut client, _backend, relay) = relay(idle, 64);
+        // More than the pipe holds; the backend never reads.
+        let pdu = request(4000);
+        client.write_all(&pdu).await.unwrap();
+        let done = tokio::time::timeout(idle * 10, relay)
+            .await
+            .unwrap()
+            .unwrap();
+        let e = format!("{:#}", done.ended.unwrap_err());
+        assert!(e.contains("the backend did not read"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn silence_both_ways_ends_the_relay() {
+        let idle = Duration::from_millis(100);
+        let (_client, _backend, relay) = relay(idle, 64);
+        let done = tokio::time::timeout(idle * 10, relay)
+            .await
+            .unwrap()
+            .unwrap();
+        let e = format!("{:#}", done.ended.unwrap_err());
+        assert!(e.contains("idle for"), "{e}");
+    }
 }

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use super::io::PduReader;
 use crate::config::{Backend, Limits};
+use crate::metrics::metrics;
 use crate::wire::bind::{encode_bind, BindAck, ContextProposal, ContextResult};
 use crate::wire::epm::{encode_map_request, opnum, walk_map_response, EPM};
 use crate::wire::ndr::Syntax;
@@ -42,6 +43,8 @@ pub struct Resolver {
     timeout: Duration,
     ttl: Duration,
     cache: Mutex<HashMap<SyntaxId, (u16, Instant)>>,
+    /// When the endpoint mapper last answered an ept_map, whatever it said.
+    answered: Mutex<Option<Instant>>,
 }
 
 impl Resolver {
@@ -52,6 +55,7 @@ impl Resolver {
             timeout: limits.resolve_timeout,
             ttl: limits.resolve_cache,
             cache: Mutex::new(HashMap::new()),
+            answered: Mutex::new(None),
         }
     }
 
@@ -68,12 +72,21 @@ impl Resolver {
                 return Ok((port, true));
             }
         }
-        let endpoints = self.query(interface).await?;
-        let port = endpoints.first().map(|e| e.port).ok_or_else(|| {
+        let started = Instant::now();
+        let endpoints = self.query(interface).await;
+        metrics()
+            .backend_resolution_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let port = endpoints?.first().map(|e| e.port).ok_or_else(|| {
             anyhow!("the backend's endpoint mapper returned no ncacn_ip_tcp tower")
         })?;
         self.cache().insert(interface, (port, Instant::now()));
         Ok((port, false))
+    }
+
+    /// When the backend's endpoint mapper last answered an ept_map.
+    pub fn last_answer(&self) -> Option<Instant> {
+        *super::lock(&self.answered)
     }
 
     /// Forgets the cached port of `interface` (after a connect to it failed).
@@ -100,7 +113,7 @@ impl Resolver {
     /// Connects to the backend at `port`, trying each address its name resolves to.
     pub async fn connect(&self, port: u16, timeout: Duration) -> anyhow::Result<TcpStream> {
         let host = self.backend.host.as_str();
-        tokio::time::timeout(timeout, async {
+        let connected = tokio::time::timeout(timeout, async {
             let mut last = None;
             for addr in tokio::net::lookup_host((host, port))
                 .await
@@ -117,7 +130,12 @@ impl Resolver {
             })
         })
         .await
-        .map_err(|_| anyhow!("connecting to backend {host}:{port} took longer than {timeout:?}"))?
+        .map_err(|_| anyhow!("connecting to backend {host}:{port} took longer than {timeout:?}"))
+        .and_then(|r| r);
+        if connected.is_err() {
+            metrics().backend_connect_failures.inc();
+        }
+        connected
     }
 
     async fn query_unbounded(&self, interface: SyntaxId) -> anyhow::Result<Vec<Endpoint>> {
@@ -171,6 +189,7 @@ impl Resolver {
             }
             answer.extend_from_slice(&pdu[response_stub_range(&pdu)?]);
             if p.ends_call(fragment > 0) {
+                *super::lock(&self.answered) = Some(Instant::now());
                 let _ = wr.shutdown().await;
                 return endpoints(&answer, p.endian(), interface);
             }

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rpcpin::config::Config;
-use rpcpin::proxy::Server;
+use rpcpin::proxy::{Control, Server};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 pub const NSPI_EPM_CLIENT: &[u8] = include_bytes!("../data/mapi-epm-map-nspi.client.bin");
 pub const NSPI_EPM_SERVER: &[u8] = include_bytes!("../data/mapi-epm-map-nspi.server.bin");
@@ -166,7 +166,8 @@ impl Replay {
 pub struct Running {
     pub epm: SocketAddr,
     pub pins: Vec<SocketAddr>,
-    stop: Option<oneshot::Sender<()>>,
+    pub admin: Option<SocketAddr>,
+    control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -175,21 +176,45 @@ impl Running {
     pub async fn start(config: &str) -> Running {
         let config = Config::parse(config).expect("test config is valid");
         let server = Server::bind(config).await.expect("bind");
-        let (epm, pins) = (server.epm_addr(), server.pin_addrs());
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
+        let (epm, pins, admin) = (server.epm_addr(), server.pin_addrs(), server.admin_addr());
+        let (control, commands) = mpsc::channel(4);
+        let task = tokio::spawn(server.run(commands));
         Running {
             epm,
             pins,
-            stop: Some(tx),
+            admin,
+            control,
             task,
         }
     }
 
-    pub async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
+    /// Applies a new configuration (TOML text), as SIGHUP does.
+    pub async fn reload(&self, config: &str) -> anyhow::Result<()> {
+        let config = Config::parse(config)?;
+        let (done, applied) = oneshot::channel();
+        self.control
+            .send(Control::Reload(Box::new(config), done))
+            .await
+            .expect("rpcpin runs");
+        applied.await.expect("rpcpin answers")
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM does; `finished` then waits for its end.
+    pub async fn shutdown(&self) {
+        self.control
+            .send(Control::Shutdown)
+            .await
+            .expect("rpcpin runs");
+    }
+
+    /// Whether rpcpin has exited.
+    pub fn finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Closes everything now and waits for rpcpin to exit.
+    pub async fn stop(self) {
+        let _ = self.control.send(Control::Stop).await;
         self.task.await.unwrap().unwrap();
     }
 }

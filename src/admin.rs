@@ -1,0 +1,164 @@
+//! The admin listener: `/metrics` for Prometheus, `/healthz` and `/readyz` for load
+//! balancers and orchestrators.
+//!
+//! A deliberately small HTTP/1.1 server: one `GET` per connection, a bounded request head
+//! read within a timeout, `Connection: close`. It is meant for loopback or a management
+//! network (see `admin.listen`), and nothing it serves changes rpcpin's state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Mutex};
+use tracing::{debug, warn};
+
+use crate::metrics::metrics;
+use crate::proxy::Shared;
+use crate::wire::epm::EPM;
+
+/// The longest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin connections served at once; more wait in the accept queue.
+const MAX_CONCURRENT: usize = 64;
+
+/// Serves the admin endpoints on `listener` for the configuration `current` holds.
+pub(crate) async fn serve(listener: TcpListener, current: watch::Receiver<Arc<Shared>>) {
+    let probe = Arc::new(Mutex::new(()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(event = "accept_failed", listener = "admin", error = %e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = current.borrow().clone();
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &shared, &probe).await {
+                debug!(event = "admin_request_failed", peer = %peer, error = %e);
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, shared: &Shared, probe: &Mutex<()>) -> anyhow::Result<()> {
+    let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream))
+        .await
+        .map_err(|_| anyhow::anyhow!("no request within {READ_TIMEOUT:?}"))??;
+    let (status, content_type, body) = match parse_request_line(&head) {
+        Some(("GET", "/metrics")) => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics().encode(),
+        ),
+        Some(("GET", "/healthz")) => ("200 OK", TEXT, "ok\n".to_string()),
+        Some(("GET", "/readyz")) => match readiness(shared, probe).await {
+            Ok(()) => ("200 OK", TEXT, "ready\n".to_string()),
+            Err(why) => ("503 Service Unavailable", TEXT, format!("{why}\n")),
+        },
+        Some(("GET", _)) => ("404 Not Found", TEXT, "not found\n".to_string()),
+        Some(_) => ("405 Method Not Allowed", TEXT, "only GET\n".to_string()),
+        None => ("400 Bad Request", TEXT, "bad request\n".to_string()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::time::timeout(READ_TIMEOUT, stream.write_all(response.as_bytes())).await??;
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Reads up to the end of the request head (the blank line), at most [`MAX_HEAD`] bytes.
+async fn read_head(stream: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.ends_with(b"\n\n") {
+        if head.len() >= MAX_HEAD {
+            anyhow::bail!("request head longer than {MAX_HEAD} bytes");
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            anyhow::bail!("closed before the end of the request head");
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    Ok(head)
+}
+
+/// The method and path of an HTTP/1.x request line (the query string dropped).
+fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let line = head.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    Some((method, target.split('?').next()?))
+}
+
+/// Ready when not draining and the backend's endpoint mapper answered an ept_map within
+/// `admin.ready_window`; otherwise asks it once (one probe at a time) and answers from
+/// that.
+async fn readiness(shared: &Shared, probe: &Mutex<()>) -> Result<(), String> {
+    let window = shared.config().admin.ready_window;
+    let fresh = |shared: &Shared| {
+        shared
+            .resolver()
+            .last_answer()
+            .is_some_and(|at| at.elapsed() < window)
+    };
+    if shared.process().is_draining() {
+        return Err("draining".to_string());
+    }
+    if fresh(shared) {
+        return Ok(());
+    }
+    let _one = probe.lock().await;
+    if fresh(shared) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    match shared.resolver().query(EPM).await {
+        // Any answer, "not registered" included, shows the endpoint mapper works.
+        _ if fresh(shared) => Ok(()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "not ready: the backend's endpoint mapper did not answer ({e:#}, after {} ms)",
+            started.elapsed().as_millis()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_request_line;
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(
+            parse_request_line(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(("GET", "/readyz"))
+        );
+        assert_eq!(
+            parse_request_line(b"GET /metrics?x=1 HTTP/1.0\n\n"),
+            Some(("GET", "/metrics"))
+        );
+        assert_eq!(parse_request_line(b"GET /readyz\r\n\r\n"), None);
+        assert_eq!(parse_request_line(b"\xff\xfe\r\n\r\n"), None);
+    }
+}

@@ -1,0 +1,218 @@
+//! The process's metrics, served in the Prometheus/OpenMetrics text format on the admin
+//! listener's `/metrics`.
+//!
+//! One set per process (like its log): everything that counts reaches it through
+//! [`metrics()`]. Counters are atomics; nothing here is on the per-PDU path except the
+//! byte counters, which the relay bumps once per write.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A listener: `epm`, or the pin's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `epm` or the pin's name.
+    pub listener: String,
+}
+
+/// A presentation context judged by a gate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BindLabels {
+    /// The interface's alias, or `-`.
+    pub alias: &'static str,
+    /// `accepted` or `refused`.
+    pub result: &'static str,
+}
+
+/// A backend port resolution.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResolutionLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+    /// `true` when the port came from the cache.
+    pub cached: &'static str,
+}
+
+/// Bytes one way on one listener's connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    /// `epm` or the pin's name.
+    pub listener: String,
+    /// `from_client` or `to_client`.
+    pub direction: &'static str,
+}
+
+/// A refusal, as the `refused` log event names it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The policy that refused (`interface`, `opnum`, `hide_unpinned`, `max_connections`…).
+    pub policy: &'static str,
+    /// Why, in the log event's words.
+    pub reason: &'static str,
+}
+
+/// A configuration reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Every metric rpcpin exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Open client connections.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// Client connections accepted.
+    pub connections: Family<ListenerLabels, Counter>,
+    /// Presentation contexts let through or refused by a gate.
+    pub binds: Family<BindLabels, Counter>,
+    /// ncacn_ip_tcp towers rewritten in endpoint-mapper answers.
+    pub towers_rewritten: Counter,
+    /// Backend port resolutions.
+    pub backend_resolutions: Family<ResolutionLabels, Counter>,
+    /// How long the backend's endpoint mapper took to answer an (uncached) resolution.
+    pub backend_resolution_seconds: Histogram,
+    /// Connections to the backend that failed.
+    pub backend_connect_failures: Counter,
+    /// Bytes relayed.
+    pub bytes: Family<BytesLabels, Counter>,
+    /// Refusals by policy and reason.
+    pub refusals: Family<RefusalLabels, Counter>,
+    /// Configuration reloads.
+    pub reloads: Family<ReloadLabels, Counter>,
+    registry: Registry,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let m = Metrics {
+            connections_open: Family::default(),
+            connections: Family::default(),
+            binds: Family::default(),
+            towers_rewritten: Counter::default(),
+            backend_resolutions: Family::default(),
+            // 0.5 ms to 1 s.
+            backend_resolution_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 12)),
+            backend_connect_failures: Counter::default(),
+            bytes: Family::default(),
+            refusals: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::with_prefix("rpcpin"),
+        };
+        let mut r = Registry::with_prefix("rpcpin");
+        r.register(
+            "connections_open",
+            "Open client connections, by listener",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections",
+            "Client connections accepted, by listener",
+            m.connections.clone(),
+        );
+        r.register(
+            "binds",
+            "Presentation contexts let through (accepted) or refused by rpcpin, by interface alias",
+            m.binds.clone(),
+        );
+        r.register(
+            "towers_rewritten",
+            "ncacn_ip_tcp towers rewritten in endpoint-mapper answers",
+            m.towers_rewritten.clone(),
+        );
+        r.register(
+            "backend_resolutions",
+            "Backend port resolutions for pin connections",
+            m.backend_resolutions.clone(),
+        );
+        r.register(
+            "backend_resolution_seconds",
+            "Time for the backend's endpoint mapper to answer an uncached resolution",
+            m.backend_resolution_seconds.clone(),
+        );
+        r.register(
+            "backend_connect_failures",
+            "Connections to the backend that failed",
+            m.backend_connect_failures.clone(),
+        );
+        r.register(
+            "bytes",
+            "Bytes relayed, by listener and direction",
+            m.bytes.clone(),
+        );
+        r.register(
+            "refusals",
+            "Requests refused by a policy, by policy and reason",
+            m.refusals.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP), by result",
+            m.reloads.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// Counts a refusal (next to its `refused` log event).
+    pub fn refused(&self, policy: &'static str, reason: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels { policy, reason })
+            .inc();
+    }
+
+    /// The byte counters of a listener's connections: from the client, to the client.
+    pub fn bytes_of(&self, listener: &str) -> (Counter, Counter) {
+        let counter = |direction| {
+            self.bytes
+                .get_or_create(&BytesLabels {
+                    listener: listener.to_string(),
+                    direction,
+                })
+                .clone()
+        };
+        (counter("from_client"), counter("to_client"))
+    }
+
+    /// Everything, in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_family() {
+        let m = Metrics::new();
+        m.refused("opnum", "operation not in this pin's opnums list");
+        m.towers_rewritten.inc_by(2);
+        let text = m.encode();
+        for name in [
+            "rpcpin_connections_open",
+            "rpcpin_towers_rewritten_total 2",
+            "rpcpin_refusals_total{policy=\"opnum\",reason=\"operation not in this pin's opnums list\"} 1",
+            "rpcpin_backend_resolution_seconds_bucket",
+            "# EOF",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}
