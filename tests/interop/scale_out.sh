@@ -263,10 +263,11 @@ all_up() {
 
 # up_within SECONDS: all_up holds within SECONDS; prints the servers' state either way.
 up_within() {
-    local started=$SECONDS
+    local started
+    started=$(ms_now)
     if wait_for "$1" all_up; then
         all_up
-        echo "all UP after about $((SECONDS - started)) s"
+        echo "all UP $(($(ms_now) - started)) ms after the restart"
     else
         all_up
         return 1
