@@ -3,7 +3,8 @@
 # packaging tests need (Debian packages, venvs with impacket and hadolint), builds, runs the
 # unit and end-to-end tests, the impacket/tshark judges of the endpoint-mapper rewriting, the
 # packaging test (the Debian package built, installed and purged here; the Dockerfile
-# linted), then the interop suite against real Samba, rpcclient, impacket and tshark.
+# linted), then the interop suite against real Samba, rpcclient, impacket and tshark, and
+# the scale-out check (three rpcpin instances behind HAProxy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,3 +22,6 @@ cargo test --locked
 target/interop-venv/bin/python tests/interop/judge_ndr.py target/release/rpcpin
 tests/package/check.sh
 tests/interop/run.sh
+# Three instances behind HAProxy (PROXY protocol v2, /readyz health checks), one killed
+# in the middle of a loop of new clients.
+tests/interop/scale_out.sh

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install what the interop suite (run.sh) needs on a fresh Debian machine:
-# Samba (the real EPM + dynamic-port RPC services), rpcclient (a real RPC
+# Install what the interop suite (run.sh, scale_out.sh) needs on a fresh Debian
+# machine: Samba (the real EPM + dynamic-port RPC services), rpcclient (a real RPC
 # runtime), tshark (an independent dissector), nftables and iproute2 (the
-# namespaced "DMZ" topology), and a Python venv with impacket.
+# namespaced "DMZ" topology), HAProxy (the load balancer in front of several
+# rpcpin instances), and a Python venv with impacket.
 #
 # Idempotent: packages already installed are skipped, an existing venv with the
 # pinned impacket version is left alone. Must run as root (apt-get).
@@ -22,7 +23,7 @@ fi
 
 # --- Debian packages --------------------------------------------------------
 # python3-venv: the venv is built from Debian's python3, which needs it.
-packages=(samba smbclient tshark nftables iproute2 python3-venv)
+packages=(samba smbclient tshark nftables iproute2 haproxy python3-venv)
 missing=()
 for pkg in "${packages[@]}"; do
     # dpkg-query prints "install ok installed" only for a fully installed package.

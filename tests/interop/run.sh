@@ -68,103 +68,9 @@ error_at=""   # set by the ERR trap: where an unexpected failure stopped the sui
 stdout_fd=""
 stderr_fd=""
 
-# --- reporting ----------------------------------------------------------------
-pass() { echo "PASS: $*"; passed=$((passed + 1)); }
-fail() { echo "FAIL: $*"; failed=$((failed + 1)); }
-log() { echo "--- $*"; }
-
-# Indent a command's captured output under its PASS/FAIL line (bounded).
-show() { awk 'NR <= 25 { print "    " $0 }' "$1"; }
-
-# check DESCRIPTION CMD...: run CMD, PASS when it exits 0. Its output is shown
-# either way, so a report carries the evidence (towers, rpcclient output...).
-check() {
-    local desc=$1
-    shift
-    local out="$WORK/check.out"
-    if "$@" >"$out" 2>&1; then
-        pass "$desc"
-    else
-        fail "$desc (exit $?)"
-    fi
-    show "$out"
-}
-
-# A setup step that failed leaves nothing meaningful to check: count it, stop.
-die() {
-    fail "setup: $*"
-    exit 1
-}
-
-# --- helpers ------------------------------------------------------------------
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-# Run a client command in a namespace with a timeout.
-client() { local ns=$1; shift; ip netns exec "$ns" timeout "$CLIENT_TIMEOUT" "$@"; }
-
-# Poll CMD until it succeeds, at most $1 seconds.
-wait_for() {
-    local limit=$1
-    shift
-    local deadline=$((SECONDS + limit))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.3
-    done
-}
-
-# Can a TCP connection be opened from namespace NS to HOST:PORT (within 3 s)?
-tcp_connects() {
-    local ns=$1 host=$2 port=$3
-    ip netns exec "$ns" timeout 3 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null
-}
-
-# Stop a process we started (by pid), politely first; returns once it is gone.
-stop_pid() {
-    local pid=$1
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# Kill whatever still runs inside one of our namespaces (Samba's helpers,
-# a leftover listener) - they would otherwise outlive `ip netns del`.
-kill_ns_pids() {
-    local ns=$1 pids
-    pids=$(ip netns pids "$ns" 2>/dev/null || true)
-    [[ -z "$pids" ]] && return 0
-    # shellcheck disable=SC2086
-    kill -TERM $pids 2>/dev/null || true
-    for _ in $(seq 30); do
-        [[ -z "$(ip netns pids "$ns" 2>/dev/null)" ]] && return 0
-        sleep 0.1
-    done
-    pids=$(ip netns pids "$ns" 2>/dev/null || true)
-    if [[ -n "$pids" ]]; then
-        # shellcheck disable=SC2086
-        kill -KILL $pids 2>/dev/null || true
-    fi
-    for _ in $(seq 30); do
-        [[ -z "$(ip netns pids "$ns" 2>/dev/null)" ]] && return 0
-        sleep 0.1
-    done
-}
-
-# Remove the account this run created. Samba's workers run calls as the
-# authenticated user, and userdel refuses while any process (even one being
-# reaped) still has that uid: retry briefly.
-remove_user() {
-    for _ in $(seq 25); do
-        userdel "$RPC_USER" 2>/dev/null && return 0
-        sleep 0.2
-    done
-    userdel "$RPC_USER" || echo "--- warning: could not remove user $RPC_USER"
-}
+# Reporting, process and namespace helpers, Samba, rpcclient: shared with scale_out.sh.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$script_dir/lib.sh"
 
 # --- cleanup (always runs) ----------------------------------------------------
 cleanup() {
@@ -179,49 +85,9 @@ cleanup() {
     stop_pid "$held_pid"
     stop_pid "$rpcpin_pid"
     stop_pid "$samba_pid"
-    for ns in "$NS_CLI" "$NS_DMZ" "$NS_LAN"; do
-        if ip netns list | grep -qw "$ns"; then
-            kill_ns_pids "$ns"
-            ip netns del "$ns"
-        fi
-    done
+    delete_namespaces "$NS_CLI" "$NS_DMZ" "$NS_LAN"
     ((created_user)) && remove_user
-    if [[ -n "$error_at" ]]; then
-        fail "suite aborted by an unexpected error (exit $rc) at $error_at"
-    elif ((rc != 0 && failed == 0)); then
-        fail "suite aborted (exit $rc)"
-    fi
-    if ((failed > 0)) && [[ -n "$WORK" ]]; then
-        for f in "$WORK/rpcpin.log" "$WORK"/samba-*.log; do
-            [[ -s "$f" ]] || continue
-            echo "--- tail of $(basename "$f"):"
-            tail -n 40 "$f" | sed -e 's/^/    /'
-        done
-    fi
-    if [[ -n "$WORK" ]]; then
-        if [[ "${KEEP_WORK:-0}" == 1 ]]; then
-            echo "--- work dir kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    echo "--- elapsed: $((SECONDS - start_time)) s"
-    echo "$passed passed, $failed failed"
-    if ((failed > 0)); then exit 1; fi
-    exit 0
-}
-
-# Namespaces left by a run that was killed outright (its PID is gone).
-remove_stale_namespaces() {
-    local ns pid
-    for ns in $(ip netns list | awk '{print $1}' | grep -E '^rpcpin-(cli|dmz|lan)-[0-9]+$' || true); do
-        pid=${ns##*-}
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "removing stale namespace $ns"
-            kill_ns_pids "$ns"
-            ip netns del "$ns" || true
-        fi
-    done
+    finish "$rc" "$WORK/rpcpin.log" "$WORK"/samba-*.log
 }
 
 # --- setup: topology ----------------------------------------------------------
@@ -266,83 +132,6 @@ table inet rpcpin_dmz {
     }
 }
 NFT
-}
-
-# --- setup: Samba in the LAN namespace ---------------------------------------
-write_smb_conf() {
-    local range=$1
-    cat >"$WORK/smb.conf" <<CONF
-[global]
-  workgroup = RIG
-  netbios name = RIGSRV
-  server role = standalone server
-  interfaces = $LAN_IP
-  bind interfaces only = yes
-  rpc start on demand helpers = no
-  rpc server dynamic port range = $range
-  disable netbios = yes
-  smb ports = 1445
-  lock directory = $WORK/samba/lock
-  state directory = $WORK/samba/state
-  cache directory = $WORK/samba/cache
-  pid directory = $WORK/samba/pid
-  private dir = $WORK/samba/private
-  ncalrpc dir = $WORK/samba/ncalrpc
-  log file = $WORK/samba/log/%m.log
-CONF
-}
-
-# rpcclient reads an smb.conf too; give it one of its own so the machine's
-# /etc/samba/smb.conf (if any) plays no part.
-write_client_conf() {
-    mkdir -p "$WORK"/client/{lock,state,cache,pid,private}
-    cat >"$WORK/client.conf" <<CONF
-[global]
-  workgroup = RIG
-  lock directory = $WORK/client/lock
-  state directory = $WORK/client/state
-  cache directory = $WORK/client/cache
-  pid directory = $WORK/client/pid
-  private dir = $WORK/client/private
-  log file = $WORK/client/%m.log
-CONF
-}
-
-setup_samba_user() {
-    if ! id "$RPC_USER" >/dev/null 2>&1; then
-        useradd -M -s /usr/sbin/nologin "$RPC_USER"
-        created_user=1
-    fi
-    printf '%s\n%s\n' "$RPC_PASS" "$RPC_PASS" |
-        smbpasswd -c "$WORK/smb.conf" -s -a "$RPC_USER" >/dev/null
-}
-
-# Samba's EPM answers for every service we use once all helpers registered.
-samba_ready() {
-    client "$NS_DMZ" "$PY" "$script_dir/epm_towers.py" "$LAN_IP" samr srvsvc winreg
-}
-
-start_samba() {
-    local range=$1 n=$2
-    write_smb_conf "$range"
-    log "starting samba-dcerpcd in $NS_LAN, dynamic ports $range"
-    # `ip netns exec` execs the daemon, so $! is samba-dcerpcd itself.
-    ip netns exec "$NS_LAN" "$SAMBA_DCERPCD" -s "$WORK/smb.conf" --libexec-rpcds \
-        -F --debug-stdout -d 1 >"$WORK/samba-$n.log" 2>&1 &
-    samba_pid=$!
-    wait_for 30 samba_ready || die "Samba's EPM did not answer for samr/srvsvc/winreg within 30 s"
-}
-
-stop_samba() {
-    stop_pid "$samba_pid"
-    samba_pid=""
-    kill_ns_pids "$NS_LAN"   # the rpcd_* helpers, should any outlive their parent
-}
-
-# Where Samba's own EPM says IFACE lives: prints the port, asked from the DMZ.
-samba_port() {
-    client "$NS_DMZ" "$PY" "$script_dir/epm_towers.py" "$LAN_IP" "$1" |
-        awk '/^TOWER/ { sub("port=", "", $6); print $6; exit }'
 }
 
 # --- rpcpin -----------------------------------------------------------------------
@@ -423,22 +212,6 @@ resolve_reports() {
 }
 
 # --- client-side checks --------------------------------------------------------
-# rpcclient CMD from namespace NS against BINDING; succeeds when rpcclient
-# exits 0 and its output contains every PATTERN (fixed strings).
-rpcclient_ok() {
-    local ns=$1 binding=$2 cmd=$3
-    shift 3
-    local out="$WORK/rpcclient.out" rc=0
-    client "$ns" rpcclient -s "$WORK/client.conf" -U "$RPC_USER%$RPC_PASS" \
-        "$binding" -c "$cmd" >"$out" 2>&1 || rc=$?
-    cat "$out"
-    ((rc == 0)) || { echo "rpcclient exited $rc"; return 1; }
-    local p
-    for p in "$@"; do
-        grep -qF -- "$p" "$out" || { echo "missing in output: $p"; return 1; }
-    done
-}
-
 rpcclient_fails() {
     local ns=$1 binding=$2 cmd=$3
     local out="$WORK/rpcclient.out" rc=0
@@ -717,7 +490,8 @@ main() {
     "$script_dir/install-deps.sh" | sed -e 's/^/    /' || die "install-deps.sh failed"
     [[ -x "$RPCPIN_BIN" ]] || die "no rpcpin binary at $RPCPIN_BIN (cargo build --release)"
 
-    remove_stale_namespaces
+    # Namespaces left by a run that was killed outright (its PID is gone).
+    remove_stale_namespaces '^rpcpin-(cli|dmz|lan)-[0-9]+$'
     setup_namespaces
     setup_firewall
     write_smb_conf "$RANGE1"
