@@ -216,25 +216,6 @@ def check_kustomization(m: Manifests) -> list[str]:
     return problems
 
 
-# Keys of issue 6's contract ([admin], limits.drain_timeout) that a binary built before it
-# refuses as unknown fields.
-CONTRACT_KEYS = re.compile(r"unknown field `(admin|drain_timeout|ready_window)`")
-NOTES: dict[str, list[str]] = {}
-
-
-def without_contract_keys(text: str) -> str:
-    """The configuration without the [admin] table and limits.drain_timeout."""
-    out, in_admin = [], False
-    for line in text.splitlines(keepends=True):
-        header = re.match(r"\s*\[", line)
-        if header:
-            in_admin = re.match(r"\s*\[admin\]", line) is not None
-        if in_admin or re.match(r"\s*drain_timeout\s*=", line):
-            continue
-        out.append(line)
-    return "".join(out)
-
-
 def rpcpin_check(binary: str, text: str) -> subprocess.CompletedProcess:
     with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="rpcpin-k8s-") as f:
         f.write(text)
@@ -246,14 +227,6 @@ def rpcpin_check(binary: str, text: str) -> subprocess.CompletedProcess:
 
 def check_rpcpin_accepts(m: Manifests) -> list[str]:
     out = rpcpin_check(m.rpcpin, m.toml_text)
-    if out.returncode != 0 and CONTRACT_KEYS.search(out.stderr):
-        # A binary from before the admin listener and the drain: check everything else, and
-        # say so. Once the binary knows these keys this branch is never taken.
-        out = rpcpin_check(m.rpcpin, without_contract_keys(m.toml_text))
-        NOTES.setdefault("rpcpin-check", []).append(
-            "this binary predates [admin] and limits.drain_timeout (issue 6): "
-            "checked the configuration without them"
-        )
     if out.returncode != 0:
         return [f"`rpcpin check` refuses the ConfigMap's rpcpin.toml: {out.stderr.strip()}"]
     if "valid" not in out.stdout:
@@ -506,6 +479,8 @@ FAULTS = [
     ("kustomization", "a manifest left out", lambda m: m.kustomization["resources"].pop()),
     ("rpcpin-check", "an unknown interface alias", lambda m: set_toml(m, '"rfr"', '"rfx"')),
     ("rpcpin-check", "an unknown key", lambda m: set_toml(m, "[log]", "[log]\ncolour = true")),
+    ("rpcpin-check", "a bad [admin] key", lambda m: set_toml(m, "[admin]", "[admin]\nport = 9135")),
+    ("rpcpin-check", "a drain without unit", lambda m: set_toml(m, 'drain_timeout = "30s"', 'drain_timeout = "30"')),
     ("config", "text logs", lambda m: set_toml(m, 'format = "json"', 'format = "text"')),
     ("config", "admin on loopback", lambda m: set_toml(m, '"0.0.0.0:9135"', '"127.0.0.1:9135"')),
     ("ports", "a pin moved to another port", lambda m: set_toml(m, '"0.0.0.0:6001"', '"0.0.0.0:6002"')),
@@ -550,7 +525,7 @@ def main() -> int:
 
     for name, what, fn in CHECKS:
         problems = run_check(fn, manifests)
-        report(not problems, f"k8s {name}: {what}", problems or NOTES.get(name, []))
+        report(not problems, f"k8s {name}: {what}", problems)
 
     by_name = {name: fn for name, _, fn in CHECKS}
     for name, what, fault in FAULTS:
