@@ -343,11 +343,15 @@ def check_security(m: Manifests) -> list[str]:
     if effective("runAsNonRoot") is not True:
         problems.append("runAsNonRoot must be true")
     uid = effective("runAsUser")
-    if not isinstance(uid, int) or uid == 0:
+    image_user = re.search(r"^USER\s+(\S+)", m.dockerfile, re.M)
+    image_uid = image_user.group(1).split(":")[0] if image_user else None
+    if uid is None and not (image_uid or "").isdigit():
         problems.append(
-            f"runAsUser must be a non-zero number (is {uid!r}): the image's USER is a name, "
-            "which the kubelet cannot prove non-root"
+            "runAsUser is unset and the image's USER is not a number: the kubelet cannot "
+            "prove the user non-root"
         )
+    elif uid is not None and (not isinstance(uid, int) or uid == 0):
+        problems.append(f"runAsUser must be a non-zero number (is {uid!r})")
     if sc.get("readOnlyRootFilesystem") is not True:
         problems.append("readOnlyRootFilesystem must be true")
     if sc.get("allowPrivilegeEscalation") is not False:
