@@ -3,7 +3,8 @@
 # machine: Samba (the real EPM + dynamic-port RPC services), rpcclient (a real RPC
 # runtime), tshark (an independent dissector), nftables and iproute2 (the
 # namespaced "DMZ" topology), HAProxy (the load balancer in front of several
-# rpcpin instances), and a Python venv with impacket.
+# rpcpin instances), and a Python venv with impacket (and kubernetes-validate, for
+# tests/deploy/check_kubernetes.py).
 #
 # Idempotent: packages already installed are skipped, an existing venv with the
 # pinned impacket version is left alone. Must run as root (apt-get).
@@ -11,6 +12,9 @@ set -euo pipefail
 
 # impacket version known to work with the suite's scripts.
 IMPACKET_VERSION="0.13.1"
+# kubernetes-validate bundles the Kubernetes JSON schemas (1.25 to 1.37 in this version), so
+# tests/deploy/check_kubernetes.py validates deploy/kubernetes/ with no cluster and no network.
+KUBERNETES_VALIDATE_VERSION="1.37.0"
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$script_dir/../.." && pwd)"
@@ -64,6 +68,14 @@ if [[ "$have" != "$IMPACKET_VERSION" ]]; then
     "$venv/bin/pip" install -q --disable-pip-version-check "impacket==$IMPACKET_VERSION"
 else
     echo "install-deps: impacket $IMPACKET_VERSION already in the venv"
+fi
+
+have="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null || true)"
+if [[ "$have" != "$KUBERNETES_VALIDATE_VERSION" ]]; then
+    echo "install-deps: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into the venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+else
+    echo "install-deps: kubernetes-validate $KUBERNETES_VALIDATE_VERSION already in the venv"
 fi
 
 echo "install-deps: done"
