@@ -267,8 +267,9 @@ impl Server {
             running.insert(b.configured, start(b)?);
         }
         let admin = self.admin.map(|l| {
-            let addr = l.local_addr().ok();
-            info!(event = "listening", listener = "admin", addr = ?addr);
+            if let Ok(addr) = l.local_addr() {
+                info!(event = "listening", listener = "admin", addr = %addr);
+            }
             tokio::spawn(crate::admin::serve(l, current_rx.clone()))
         });
 
@@ -308,7 +309,9 @@ impl Server {
                     match control.recv().await {
                         Some(Control::Shutdown | Control::Stop) => return,
                         Some(Control::Reload(_, done)) => {
-                            let _ = done.send(Err(anyhow!("rpcpin is shutting down")));
+                            let why = "rpcpin is draining";
+                            warn!(event = "reload_failed", error = why);
+                            let _ = done.send(Err(anyhow!(why)));
                         }
                         None => std::future::pending::<()>().await,
                     }

@@ -148,7 +148,7 @@ async fn connect(
         match resolver.connect(port, timeout).await {
             Ok(s) => return Ok(s),
             Err(e) if attempt == 0 => {
-                warn!(event = "backend_connect_failed", backend_port = port, error = %e, retry = true);
+                warn!(event = "backend_connect_failed", backend_port = port, error = %format!("{e:#}"), retry = true);
                 resolver.forget(&interface);
             }
             Err(e) => return Err(e),
