@@ -231,6 +231,17 @@ impl Running {
         self.task.is_finished()
     }
 
+    /// Whether rpcpin exits within `limit`.
+    pub async fn exits_within(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            while !self.finished() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// Closes everything now and waits for rpcpin to exit.
     pub async fn stop(self) {
         let _ = self.control.send(Control::Stop).await;

@@ -25,57 +25,18 @@ if [[ $EUID -ne 0 ]]; then
     exit 1
 fi
 
-# --- Debian packages --------------------------------------------------------
-# python3-venv: the venv is built from Debian's python3, which needs it.
-packages=(samba smbclient tshark nftables iproute2 haproxy python3-venv)
-missing=()
-for pkg in "${packages[@]}"; do
-    # dpkg-query prints "install ok installed" only for a fully installed package.
-    if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" != "install ok installed" ]]; then
-        missing+=("$pkg")
-    fi
-done
+who=install-deps
+# shellcheck source=../../scripts/lib/deps.sh
+source "$repo_root/scripts/lib/deps.sh"
 
-if ((${#missing[@]})); then
-    echo "install-deps: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # tshark asks whether non-root users may capture; answer it up front so the
-    # install never blocks on a prompt.
-    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-else
-    echo "install-deps: Debian packages already present"
-fi
-
-# Samba's package may start its own daemons on install; the suite runs its own
-# samba-dcerpcd inside a namespace and does not need (or want) the system ones,
-# but they do not collide (different network namespace), so leave them be.
-
-# --- Python venv with impacket ---------------------------------------------
-# Use Debian's interpreter explicitly: it is the one python3-venv matches,
-# whatever other python3 (pyenv, ...) comes first on PATH.
-python=/usr/bin/python3
-if [[ ! -x "$venv/bin/python" ]]; then
-    echo "install-deps: creating venv $venv"
-    mkdir -p "$(dirname "$venv")"
-    "$python" -m venv "$venv"
-fi
-
-have="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("impacket"))' 2>/dev/null || true)"
-if [[ "$have" != "$IMPACKET_VERSION" ]]; then
-    echo "install-deps: installing impacket $IMPACKET_VERSION into the venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "impacket==$IMPACKET_VERSION"
-else
-    echo "install-deps: impacket $IMPACKET_VERSION already in the venv"
-fi
-
-have="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null || true)"
-if [[ "$have" != "$KUBERNETES_VALIDATE_VERSION" ]]; then
-    echo "install-deps: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into the venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-else
-    echo "install-deps: kubernetes-validate $KUBERNETES_VALIDATE_VERSION already in the venv"
-fi
+# tshark asks whether non-root users may capture; answer it up front so that the install
+# never blocks on a prompt.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+# python3-venv: the venv is built from Debian's python3, which needs it. Samba's package
+# may start its own daemons on install; the suite runs its own samba-dcerpcd inside a
+# namespace, and they do not collide.
+apt_install samba smbclient tshark nftables iproute2 haproxy python3-venv
+venv_pin "$venv" impacket "$IMPACKET_VERSION"
+venv_pin "$venv" kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
 
 echo "install-deps: done"

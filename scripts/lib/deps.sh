@@ -1,0 +1,40 @@
+# Shared by the test suites' install-deps.sh scripts (sourced, not run): Debian packages
+# with apt-get, and pinned PyPI packages in a venv. Both are idempotent. `$who` names the
+# caller in messages.
+
+# apt_install PACKAGE...: installs those not fully installed.
+apt_install() {
+    local pkg missing=()
+    for pkg in "$@"; do
+        # dpkg-query prints "install ok installed" only for a fully installed package.
+        if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" != "install ok installed" ]]; then
+            missing+=("$pkg")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        echo "$who: Debian packages already present"
+        return
+    fi
+    echo "$who: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# venv_pin VENV PACKAGE VERSION: creates VENV from Debian's python3 if needed (whatever
+# other python3 comes first on PATH) and installs PACKAGE==VERSION unless it is there.
+venv_pin() {
+    local venv=$1 package=$2 version=$3 have
+    if [[ ! -x "$venv/bin/python" ]]; then
+        echo "$who: creating venv $venv"
+        mkdir -p "$(dirname "$venv")"
+        /usr/bin/python3 -m venv "$venv"
+    fi
+    have="$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$package'))" 2>/dev/null || true)"
+    if [[ "$have" == "$version" ]]; then
+        echo "$who: $package $version already in the venv"
+        return
+    fi
+    echo "$who: installing $package $version into the venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$package==$version"
+}
