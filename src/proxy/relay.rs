@@ -96,6 +96,7 @@ impl<C, B, P> Relay<C, B, P> {
     ) -> Relay<C, B, P> {
         let up = Flow {
             moved: forwarded,
+            shutdown_on_close: true,
             ..Flow::default()
         };
         Relay {
@@ -126,6 +127,9 @@ struct Flow {
     failed: Option<anyhow::Error>,
     /// The sender closed between PDUs: pass the half-close on once `pending` is written.
     sender_closed: bool,
+    /// Whether the half-close is passed on with a `shutdown`: the relay ends when the
+    /// backend closes, and closing the client's socket then says it.
+    shutdown_on_close: bool,
     /// The half-close was passed on.
     done: bool,
     moved: u64,
@@ -140,6 +144,7 @@ impl Default for Flow {
             writing_since: Instant::now(),
             failed: None,
             sender_closed: false,
+            shutdown_on_close: false,
             done: false,
             moved: 0,
         }
@@ -191,8 +196,10 @@ impl Flow {
                 return Poll::Ready(Err(e));
             }
             if self.sender_closed {
-                // The receiver may still answer what it got.
-                let _ = ready!(Pin::new(to.get_mut()).poll_shutdown(cx));
+                if self.shutdown_on_close {
+                    // The receiver may still answer what it got.
+                    let _ = ready!(Pin::new(to.get_mut()).poll_shutdown(cx));
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
