@@ -276,11 +276,7 @@ async fn reload(path: &std::path::Path, control: &mpsc::Sender<Control>, log_lev
     let (config, filter) = match loaded {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(event = "reload_failed", error = %format!("{e:#}"), config = %path.display());
-            crate::metrics::metrics()
-                .reloads
-                .get_or_create(&crate::metrics::ReloadLabels { result: "error" })
-                .inc();
+            crate::proxy::report_reload(&Err(e));
             return;
         }
     };
@@ -294,7 +290,7 @@ async fn reload(path: &std::path::Path, control: &mpsc::Sender<Control>, log_lev
     }
     if let Ok(Ok(())) = applied.await {
         if let Err(e) = log_level.reload(filter) {
-            tracing::warn!(event = "reload_failed", error = %e, key = "log.level");
+            crate::proxy::report_reload(&Err(anyhow::anyhow!(e).context("log.level")));
         }
     }
 }

@@ -241,7 +241,6 @@ impl Server {
     /// shutdown).
     pub async fn run(self, mut control: mpsc::Receiver<Control>) -> anyhow::Result<()> {
         let process = self.shared.process.clone();
-        let drain_timeout = self.shared.config.limits.drain_timeout;
         let (current, current_rx) = watch::channel(Arc::new(self.shared));
         let (stop, stop_rx) = watch::channel(false);
         let start = |b: Bound| -> anyhow::Result<Listening> {
@@ -277,15 +276,7 @@ impl Server {
             match control.recv().await {
                 Some(Control::Reload(config, done)) => {
                     let applied = reload(*config, &current, &mut running, &start);
-                    match &applied {
-                        Ok(()) => info!(event = "reloaded"),
-                        Err(e) => warn!(event = "reload_failed", error = %format!("{e:#}")),
-                    }
-                    let result = if applied.is_ok() { "ok" } else { "error" };
-                    metrics()
-                        .reloads
-                        .get_or_create(&ReloadLabels { result })
-                        .inc();
+                    report_reload(&applied);
                     let _ = done.send(applied);
                 }
                 Some(Control::Shutdown) | None => break false,
@@ -299,6 +290,7 @@ impl Server {
             l.task.abort();
         }
         if !stop_now {
+            let drain_timeout = current.borrow().config.limits.drain_timeout;
             info!(
                 event = "draining",
                 connections = process.open_connections(),
@@ -309,9 +301,9 @@ impl Server {
                     match control.recv().await {
                         Some(Control::Shutdown | Control::Stop) => return,
                         Some(Control::Reload(_, done)) => {
-                            let why = "rpcpin is draining";
-                            warn!(event = "reload_failed", error = why);
-                            let _ = done.send(Err(anyhow!(why)));
+                            let refused = Err(anyhow!("rpcpin is draining"));
+                            report_reload(&refused);
+                            let _ = done.send(refused);
                         }
                         None => std::future::pending::<()>().await,
                     }
@@ -333,6 +325,19 @@ impl Server {
         info!(event = "shutdown", closed_connections = left);
         Ok(())
     }
+}
+
+/// Logs and counts the outcome of a reload.
+pub fn report_reload(result: &anyhow::Result<()>) {
+    match result {
+        Ok(()) => info!(event = "reloaded"),
+        Err(e) => warn!(event = "reload_failed", error = %format!("{e:#}")),
+    }
+    let result = if result.is_ok() { "ok" } else { "error" };
+    metrics()
+        .reloads
+        .get_or_create(&ReloadLabels { result })
+        .inc();
 }
 
 /// Builds a configuration's generation: binds every listener not already running (those
