@@ -153,15 +153,15 @@ impl Default for Flow {
 
 impl Flow {
     /// Moves what it can from `from` to `to`; `Ready(Ok)` once the half-close is passed on.
-    /// Replies for the sender go to `back`, the other direction's queue; while that queue
-    /// is not empty nothing more is read, so a sender that does not read its answers is
-    /// not answered without bound.
+    /// Replies for the sender go to `back`, the other direction's queue (dropped when there
+    /// is none); while that queue is not empty nothing more is read, so a sender that does
+    /// not read its answers is not answered without bound.
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         (from, to): (&mut PduReader<R>, &mut PduReader<W>),
         mut inspect: impl FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
-        back: &mut Vec<BytesMut>,
+        mut back: Option<&mut Vec<BytesMut>>,
         active: &mut Instant,
     ) -> Poll<anyhow::Result<()>>
     where
@@ -213,7 +213,13 @@ impl Flow {
                     break;
                 }
             }
-            back.append(&mut out.reply);
+            let waiting = match back.as_deref_mut() {
+                Some(back) => {
+                    back.append(&mut out.reply);
+                    !back.is_empty()
+                }
+                None => false,
+            };
             if !out.forward.is_empty() {
                 self.stage(out.forward);
                 continue;
@@ -221,7 +227,7 @@ impl Flow {
             if self.failed.is_some() {
                 continue;
             }
-            if !back.is_empty() {
+            if waiting {
                 // Read on once the sender has taken its answers.
                 return Poll::Pending;
             }
@@ -282,7 +288,7 @@ where
                 cx,
                 (&mut r.client, &mut r.backend),
                 |pdu, out| policy.request(pdu, out),
-                &mut r.down.replies,
+                Some(&mut r.down.replies),
                 &mut r.active,
             );
             if let Poll::Ready(Err(e)) = up {
@@ -294,7 +300,8 @@ where
             cx,
             (&mut r.backend, &mut r.client),
             |pdu, out| policy.answer(pdu, out),
-            &mut r.up.replies,
+            // Once the backend's side is shut, answers made for it have nowhere to go.
+            (!r.up.done).then_some(&mut r.up.replies),
             &mut r.active,
         );
         match down {
