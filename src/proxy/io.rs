@@ -4,6 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -108,8 +109,9 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
             // Between PDUs: read onto the stack and keep exactly what came (a handshake or
             // a call is a few hundred bytes), instead of a 64 KiB buffer per connection
             // whose touched pages the allocator keeps once freed.
-            let mut stack = [0u8; STACK_READ];
-            let mut read = ReadBuf::new(&mut stack);
+            // Not zeroed: `ReadBuf` hands out only what the read filled.
+            let mut stack = [const { MaybeUninit::<u8>::uninit() }; STACK_READ];
+            let mut read = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
             let got = read.filled();
             if got.is_empty() {

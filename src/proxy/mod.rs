@@ -456,6 +456,8 @@ async fn accept_loop(
     process: Arc<Process>,
 ) {
     let local = listener.local_addr().ok();
+    // The address clients reach: the listener's, unless it listens on every address.
+    let reached = local.filter(|a| !a.ip().is_unspecified());
     let mut counted = metrics().listener(role.borrow().name());
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -494,7 +496,7 @@ async fn accept_loop(
             async move {
                 let started = Instant::now();
                 let served = tokio::select! {
-                    r = serve(stream, peer, &shared, role, &counters, permit) => r,
+                    r = serve(stream, peer, reached, &shared, role, &counters, permit) => r,
                     _ = stop.wait_for(|&s| s) => Ok(Summary::ended("rpcpin shutting down")),
                 };
                 counters.open.dec();
@@ -525,6 +527,7 @@ async fn accept_loop(
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    reached: Option<SocketAddr>,
     shared: &Arc<Shared>,
     role: Role,
     counters: &ListenerMetrics,
@@ -533,7 +536,10 @@ async fn serve(
     let client = if role.proxy_protocol(&shared.config) {
         Box::pin(accept_proxied(stream, peer, &shared.config.limits)).await?
     } else {
-        let local = stream.local_addr()?;
+        let local = match reached {
+            Some(a) => a,
+            None => stream.local_addr()?,
+        };
         Client {
             stream,
             peer,
