@@ -75,7 +75,16 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
 
     /// The next whole PDU already read, if there is one; never waits.
     pub fn buffered(&mut self) -> Result<Option<BytesMut>, ReadError> {
-        Ok(next_pdu_len(&self.buf, self.max_frag)?.map(|len| self.buf.split_to(len)))
+        let Some(len) = next_pdu_len(&self.buf, self.max_frag)? else {
+            return Ok(None);
+        };
+        // The whole buffer (a handshake's PDU, a call) is handed over as it is: splitting
+        // it would make it a shared buffer, which costs an allocation.
+        Ok(Some(if len == self.buf.len() {
+            std::mem::take(&mut self.buf)
+        } else {
+            self.buf.split_to(len)
+        }))
     }
 
     /// The next whole PDU.

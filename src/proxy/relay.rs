@@ -120,7 +120,7 @@ struct Flow {
     /// Answers the other direction's hook made for this direction's receiver.
     replies: Vec<BytesMut>,
     /// Bytes written to the receiver, for the metrics.
-    counter: Counter,
+    counter: Option<Counter>,
     /// When the receiver last took bytes, or `pending` filled.
     writing_since: Instant,
     /// The hook's error, reported once what it forwarded before it is written.
@@ -140,7 +140,7 @@ impl Default for Flow {
         Flow {
             pending: BytesMut::new(),
             replies: Vec::new(),
-            counter: Counter::default(),
+            counter: None,
             writing_since: Instant::now(),
             failed: None,
             sender_closed: false,
@@ -181,7 +181,9 @@ impl Flow {
                     self.pending = BytesMut::new();
                 }
                 self.moved += n as u64;
-                self.counter.inc_by(n as u64);
+                if let Some(c) = &self.counter {
+                    c.inc_by(n as u64);
+                }
                 *active = Instant::now();
                 self.writing_since = *active;
                 continue;
@@ -251,8 +253,8 @@ impl<C, B, P> Relay<C, B, P> {
     /// counters too.
     pub fn count_into(&mut self, from_client: Counter, to_client: Counter) {
         from_client.inc_by(self.up.moved);
-        self.up.counter = from_client;
-        self.down.counter = to_client;
+        self.up.counter = Some(from_client);
+        self.down.counter = Some(to_client);
     }
 }
 

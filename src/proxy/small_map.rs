@@ -1,13 +1,16 @@
 //! A map for the handful of entries a connection keeps (contexts, outstanding calls):
-//! a vector searched in order, which for a few entries beats hashing and allocates less.
+//! a vector searched in order, which for a few entries beats hashing, and whose first two
+//! entries live inline, so that a typical connection allocates nothing for it.
+
+use smallvec::SmallVec;
 
 /// Keys and values in insertion order. Every user bounds its size (a few hundred at most).
 #[derive(Debug, Clone)]
-pub(crate) struct SmallMap<K, V>(Vec<(K, V)>);
+pub(crate) struct SmallMap<K, V>(SmallVec<[(K, V); 2]>);
 
 impl<K, V> Default for SmallMap<K, V> {
     fn default() -> Self {
-        SmallMap(Vec::new())
+        SmallMap(SmallVec::new())
     }
 }
 
