@@ -21,9 +21,8 @@ use rpcpin::wire::bind::{
 };
 use rpcpin::wire::epm::{encode_answer, encode_map_request, walk_map_response, Answer, EntryRef};
 use rpcpin::wire::frame::{next_pdu_len, MAX_FRAG_LEN};
-use rpcpin::wire::header::{finish_pdu, flags, write_header};
 use rpcpin::wire::ndr::Syntax;
-use rpcpin::wire::pdu::{encode_request, response_stub_range, Request};
+use rpcpin::wire::pdu::{encode_request, encode_response, response_stub_range, Request};
 use rpcpin::wire::tower::{encode_tcp_tower, Tower};
 use rpcpin::wire::{Endian, PacketType, Pdu, SyntaxId, HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -116,22 +115,7 @@ pub fn request(call_id: u32, opnum: u16, stub: &[u8]) -> Vec<u8> {
 
 /// Appends a whole response PDU (first and last fragment) on context 0.
 pub fn push_response(out: &mut Vec<u8>, endian: Endian, call_id: u32, stub: &[u8]) {
-    let start = out.len();
-    write_header(
-        out,
-        PacketType::Response,
-        flags::FIRST_FRAG | flags::LAST_FRAG,
-        endian,
-        call_id,
-    );
-    let hint = stub.len() as u32;
-    out.extend_from_slice(&match endian {
-        Endian::Little => hint.to_le_bytes(),
-        Endian::Big => hint.to_be_bytes(),
-    });
-    out.extend_from_slice(&[0, 0, 0, 0]); // p_cont_id 0, cancel_count, reserved
-    out.extend_from_slice(stub);
-    finish_pdu(&mut out[start..], endian).expect("stub fits a fragment");
+    encode_response(out, endian, call_id, 0, stub).expect("stub fits a fragment");
 }
 
 /// `count` back-to-back PDUs of exactly `frag_len` bytes each, made by `one` from a stub

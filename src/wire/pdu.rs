@@ -181,6 +181,34 @@ pub fn encode_request(
     finish_pdu(&mut out[start..], endian)
 }
 
+/// Appends a single-fragment response carrying `stub`.
+pub fn encode_response(
+    out: &mut Vec<u8>,
+    endian: Endian,
+    call_id: u32,
+    context_id: u16,
+    stub: &[u8],
+) -> Result<()> {
+    let start = out.len();
+    write_header(
+        out,
+        PacketType::Response,
+        flags::FIRST_FRAG | flags::LAST_FRAG,
+        endian,
+        call_id,
+    );
+    let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
+    let (hint, ctx) = match endian {
+        Endian::Little => (hint.to_le_bytes(), context_id.to_le_bytes()),
+        Endian::Big => (hint.to_be_bytes(), context_id.to_be_bytes()),
+    };
+    out.extend_from_slice(&hint);
+    out.extend_from_slice(&ctx);
+    out.extend_from_slice(&[0, 0]); // cancel_count, reserved
+    out.extend_from_slice(stub);
+    finish_pdu(&mut out[start..], endian)
+}
+
 /// Well-known `nca_status` codes for faults (C706 appendix E, MS-RPCE 2.2.2.11).
 pub mod status {
     /// The operation number is not valid for the interface.
@@ -223,6 +251,14 @@ mod tests {
         let mut out = Vec::new();
         encode_request(&mut out, Endian::Little, 1, 0, 3, &original[24..]).unwrap();
         // Outlook's alloc_hint (0x84) is the stub length too.
+        assert_eq!(out, original);
+    }
+
+    #[test]
+    fn encoded_response_matches_exchanges() {
+        let original = &NSPI_SERVER[60..];
+        let mut out = Vec::new();
+        encode_response(&mut out, Endian::Little, 1, 0, &original[24..]).unwrap();
         assert_eq!(out, original);
     }
 
