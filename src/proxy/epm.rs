@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
-use super::relay::{Outbox, Policy, Relay};
+use super::relay::{Outbox, Policy};
 use super::small_map::SmallMap;
 use super::{Client, Opened, Shared, Summary};
 use crate::config::ProtectedAnswers;
@@ -134,13 +134,7 @@ pub(crate) async fn open(client: Client, shared: Arc<Shared>) -> anyhow::Result<
         .write_all(out.forwarded())
         .await
         .context("writing to the backend")?;
-    Ok(Opened::Relay(Box::new(Relay::new(
-        client,
-        backend,
-        policy,
-        limits.idle_timeout,
-        from_client,
-    ))))
+    Ok(Opened::relay(client, backend, policy, limits, from_client))
 }
 
 /// Whether a context names the endpoint mapper.

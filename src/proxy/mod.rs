@@ -155,6 +155,21 @@ pub(crate) enum Opened<P> {
     Done(Summary),
 }
 
+impl<P> Opened<P> {
+    /// A connection to relay with `policy`, `from_client` bytes of its handshake already
+    /// forwarded.
+    fn relay(
+        client: io::PduReader<TcpStream>,
+        backend: io::PduReader<TcpStream>,
+        policy: P,
+        limits: &Limits,
+        from_client: u64,
+    ) -> Opened<P> {
+        let relay = relay::Relay::new(client, backend, policy, limits.idle_timeout, from_client);
+        Opened::Relay(Box::new(relay))
+    }
+}
+
 /// What a running server is told to do.
 #[derive(Debug)]
 pub enum Control {

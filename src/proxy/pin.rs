@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
 use super::io::PduReader;
-use super::relay::{Outbox, Policy, Relay};
+use super::relay::{Outbox, Policy};
 use super::{Client, Opened, PinRuntime, Shared, Summary};
 use crate::interfaces::alias_of;
 use crate::metrics::{metrics, ResolutionLabels};
@@ -102,13 +102,7 @@ pub(crate) async fn open(
         gate,
         refused: RefusedCalls::default(),
     };
-    Ok(Opened::Relay(Box::new(Relay::new(
-        client,
-        backend,
-        policy,
-        limits.idle_timeout,
-        from_client,
-    ))))
+    Ok(Opened::relay(client, backend, policy, limits, from_client))
 }
 
 /// Connects to the backend port of `interface`: the pin's fixed port, or the one the
