@@ -13,8 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, warn};
 
+use crate::backend::Resolver;
 use crate::metrics::metrics;
-use crate::proxy::Shared;
 use crate::wire::epm::EPM;
 
 /// The longest request head read.
@@ -24,8 +24,20 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Admin connections served at once; more wait in the accept queue.
 const MAX_CONCURRENT: usize = 64;
 
-/// Serves the admin endpoints on `listener` for the configuration `current` holds.
-pub(crate) async fn serve(listener: TcpListener, current: watch::Receiver<Arc<Shared>>) {
+/// What `/readyz` judges, kept current by the proxy: whether it drains, and the backend of
+/// the configuration in force.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    /// Set once rpcpin stops accepting (SIGTERM): load balancers must send no new clients.
+    pub draining: bool,
+    /// The backend's endpoint-mapper client of the configuration in force.
+    pub backend: Arc<Resolver>,
+    /// `admin.ready_window`.
+    pub window: Duration,
+}
+
+/// Serves the admin endpoints on `listener`, judging readiness by what `readiness` holds.
+pub async fn serve(listener: TcpListener, readiness: watch::Receiver<Readiness>) {
     let probe = Arc::new(Mutex::new(()));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
@@ -40,10 +52,10 @@ pub(crate) async fn serve(listener: TcpListener, current: watch::Receiver<Arc<Sh
                 continue;
             }
         };
-        let shared = current.borrow().clone();
+        let ready = readiness.borrow().clone();
         let probe = probe.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &shared, &probe).await {
+            if let Err(e) = answer(stream, &ready, &probe).await {
                 debug!(event = "admin_request_failed", peer = %peer, error = %e);
             }
             drop(permit);
@@ -51,7 +63,7 @@ pub(crate) async fn serve(listener: TcpListener, current: watch::Receiver<Arc<Sh
     }
 }
 
-async fn answer(mut stream: TcpStream, shared: &Shared, probe: &Mutex<()>) -> anyhow::Result<()> {
+async fn answer(mut stream: TcpStream, ready: &Readiness, probe: &Mutex<()>) -> anyhow::Result<()> {
     let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream))
         .await
         .map_err(|_| anyhow::anyhow!("no request within {READ_TIMEOUT:?}"))??;
@@ -62,7 +74,7 @@ async fn answer(mut stream: TcpStream, shared: &Shared, probe: &Mutex<()>) -> an
             metrics().encode(),
         ),
         Some(("GET", "/healthz")) => ("200 OK", TEXT, "ok\n".to_string()),
-        Some(("GET", "/readyz")) => match readiness(shared, probe).await {
+        Some(("GET", "/readyz")) => match readiness(ready, probe).await {
             Ok(()) => ("200 OK", TEXT, "ready\n".to_string()),
             Err(why) => ("503 Service Unavailable", TEXT, format!("{why}\n")),
         },
@@ -114,28 +126,27 @@ fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
 /// Ready when not draining and the backend's endpoint mapper answered an ept_map within
 /// `admin.ready_window`; otherwise asks it once (one probe at a time) and answers from
 /// that.
-async fn readiness(shared: &Shared, probe: &Mutex<()>) -> Result<(), String> {
-    let window = shared.config().admin.ready_window;
-    let fresh = |shared: &Shared| {
-        shared
-            .resolver()
+async fn readiness(ready: &Readiness, probe: &Mutex<()>) -> Result<(), String> {
+    let fresh = || {
+        ready
+            .backend
             .last_answer()
-            .is_some_and(|at| at.elapsed() < window)
+            .is_some_and(|at| at.elapsed() < ready.window)
     };
-    if shared.process().is_draining() {
+    if ready.draining {
         return Err("draining".to_string());
     }
-    if fresh(shared) {
+    if fresh() {
         return Ok(());
     }
     let _one = probe.lock().await;
-    if fresh(shared) {
+    if fresh() {
         return Ok(());
     }
     let started = Instant::now();
-    match shared.resolver().query(EPM).await {
+    match ready.backend.query(EPM).await {
         // Any answer, "not registered" included, shows the endpoint mapper works.
-        _ if fresh(shared) => Ok(()),
+        _ if fresh() => Ok(()),
         Ok(_) => Ok(()),
         Err(e) => Err(format!(
             "not ready: the backend's endpoint mapper did not answer ({e:#}, after {} ms)",

@@ -11,10 +11,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
+use crate::backend::Resolver;
 use crate::config::{Config, LogFormat};
+use crate::daemon::{Control, Daemon};
 use crate::interfaces::KNOWN;
-use crate::proxy::resolver::Resolver;
-use crate::proxy::{Control, Server};
 
 /// An endpoint-mapper-aware MS-RPC proxy: clients reach RPC services that live on dynamic
 /// ports through port 135 and a few fixed ("pinned") ports.
@@ -76,13 +76,13 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let log_level = init_logging(config.log.format, &config.log.level)?;
     let user = config.process.user.clone();
     runtime()?.block_on(async {
-        let server = Server::bind(config).await?;
+        let daemon = Daemon::bind(config).await?;
         if let Some(user) = user {
-            crate::proxy::privileges::drop_to(&user)?;
+            crate::privileges::drop_to(&user)?;
         }
         let (control, commands) = mpsc::channel(4);
         tokio::spawn(signals(path, control, log_level));
-        server.run(commands).await
+        daemon.run(commands).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -268,29 +268,24 @@ async fn signals(path: PathBuf, control: mpsc::Sender<Control>, log_level: LogLe
     }
 }
 
+/// Loads `path` and hands it to the proxy, which applies it (or reports why not); the log
+/// level changes once the configuration is applied.
 async fn reload(path: &std::path::Path, control: &mpsc::Sender<Control>, log_level: &LogLevel) {
     let loaded = Config::load(path).and_then(|c| {
         let filter = log_filter(&c.log.level)?;
         Ok((c, filter))
     });
     let (config, filter) = match loaded {
-        Ok(c) => c,
-        Err(e) => {
-            crate::proxy::report_reload(&Err(e));
-            return;
-        }
+        Ok((c, filter)) => (Ok(Box::new(c)), Some(filter)),
+        Err(e) => (Err(e), None),
     };
     let (done, applied) = oneshot::channel();
-    if control
-        .send(Control::Reload(Box::new(config), done))
-        .await
-        .is_err()
-    {
+    if control.send(Control::Reload(config, done)).await.is_err() {
         return;
     }
-    if let Ok(Ok(())) = applied.await {
+    if let (Ok(Ok(())), Some(filter)) = (applied.await, filter) {
         if let Err(e) = log_level.reload(filter) {
-            crate::proxy::report_reload(&Err(anyhow::anyhow!(e).context("log.level")));
+            tracing::warn!(event = "reload_partial", key = "log.level", reason = %e);
         }
     }
 }

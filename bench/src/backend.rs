@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use anyhow::Context;
-use rpcpin::wire::pdu::Request;
+use rpcpin::wire::call::Request;
 use rpcpin::wire::{PacketType, Pdu};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};

@@ -22,7 +22,7 @@ use rpcpin::wire::bind::{
 use rpcpin::wire::epm::{encode_answer, encode_map_request, walk_map_response, Answer, EntryRef};
 use rpcpin::wire::frame::{next_pdu_len, MAX_FRAG_LEN};
 use rpcpin::wire::ndr::Syntax;
-use rpcpin::wire::pdu::{encode_request, encode_response, response_stub_range, Request};
+use rpcpin::wire::call::{encode_request, encode_response, response_stub_range, Request};
 use rpcpin::wire::tower::{encode_tcp_tower, Tower};
 use rpcpin::wire::{Endian, PacketType, Pdu, SyntaxId, HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -352,7 +352,7 @@ impl Framer {
             self.have += n;
             chunk = &chunk[n..];
             if self.have == HEADER_LEN {
-                let len = rpcpin::wire::header::check_header(&self.header)?;
+                let len = rpcpin::wire::pdu::check_header(&self.header)?;
                 self.have = 0;
                 self.left_in_pdu = len - HEADER_LEN;
                 if self.left_in_pdu == 0 {

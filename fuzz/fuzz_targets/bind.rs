@@ -11,7 +11,7 @@ use rpcpin::wire::bind::{
     encode_bind, encode_bind_ack, reason, BindAck, BindAckFields, BindNak, BindRequest,
     ContextProposal, ResultEntry,
 };
-use rpcpin::wire::header::HEADER_LEN;
+use rpcpin::wire::pdu::HEADER_LEN;
 use rpcpin::wire::{Error, PacketType, SyntaxId};
 
 /// Junk already in the output buffer: encoders append and must leave it alone.

@@ -15,12 +15,12 @@ use std::ops::Range;
 
 use libfuzzer_sys::fuzz_target;
 use rpcpin::interfaces::Interface;
-use rpcpin::rewrite::{rewrite_call, rewrite_stub, Done, Rules, Table, Target};
+use rpcpin::epm_rewrite::{rewrite_call, rewrite_stub, Changes, Rules, Table, Target};
 use rpcpin::wire::epm::{opnum, walk_lookup_response, walk_map_response, Walk, EPT_S_NOT_REGISTERED};
 use rpcpin::wire::frame::{next_pdu_len, MAX_FRAG_LEN};
-use rpcpin::wire::header::flags;
+use rpcpin::wire::pdu::flags;
 use rpcpin::wire::ndr::Syntax;
-use rpcpin::wire::pdu::Response;
+use rpcpin::wire::call::Response;
 use rpcpin::wire::tower::Tower;
 use rpcpin::wire::{Endian, PacketType, Pdu, Result};
 
@@ -84,7 +84,7 @@ impl Case {
         Ok(w)
     }
 
-    fn rewrite(&self, stub: &mut [u8], table: &Table) -> Result<Done> {
+    fn rewrite(&self, stub: &mut [u8], table: &Table) -> Result<Changes> {
         let rules = Rules {
             table,
             advertise: ADVERTISE,
@@ -119,7 +119,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(done) = &r {
         assert!(done.rewritten.is_empty());
         if !case.hide {
-            assert_eq!(*done, Done::default());
+            assert_eq!(*done, Changes::default());
         }
     }
 
@@ -208,7 +208,7 @@ fuzz_target!(|data: &[u8]| {
 /// Checks a successful `rewrite_stub`: only the port and IPv4 bytes of towers changed in
 /// place, exactly the pinned ncacn_ip_tcp towers point at their pin and the advertised
 /// address, and a re-encoded answer holds exactly the entries that should stay.
-fn check_stub(case: &Case, before: &[u8], after: &[u8], walk: &Walk, done: &Done, table: &Table) {
+fn check_stub(case: &Case, before: &[u8], after: &[u8], walk: &Walk, done: &Changes, table: &Table) {
     let mut allowed = vec![false; before.len()];
     let mut expected = before.to_vec();
     let mut n = 0;

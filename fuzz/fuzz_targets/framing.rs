@@ -9,8 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use rpcpin::wire::frame::{next_pdu_len, MAX_FRAG_LEN};
-use rpcpin::wire::header::{flags, HEADER_LEN, SEC_TRAILER_LEN};
-use rpcpin::wire::pdu::{response_stub_range, Request, Response};
+use rpcpin::wire::pdu::{flags, HEADER_LEN, SEC_TRAILER_LEN};
+use rpcpin::wire::call::{response_stub_range, Request, Response};
 use rpcpin::wire::{Endian, Error, PacketType, Pdu};
 
 /// How a stream ends: cleanly between PDUs or mid-PDU (`Ok(leftover bytes)`), or on an error.

@@ -10,19 +10,20 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
+use super::accepted::{Client, Opened, Summary};
 use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
-use super::io::PduReader;
+use super::generation::Generation;
 use super::relay::{Outbox, Policy};
 use super::small_map::SmallMap;
-use super::{Client, Opened, Shared, Summary};
 use crate::config::ProtectedAnswers;
+use crate::epm_rewrite::{carries_towers, rewrite_call, Rules};
 use crate::interfaces::alias_of;
 use crate::metrics::metrics;
-use crate::rewrite::{carries_towers, rewrite_call, Rules};
+use crate::pdu_stream::PduReader;
 use crate::wire::bind::{BindAck, BindRequest, ContextResult};
+use crate::wire::call::{encode_fault, status, Request, Response};
 use crate::wire::epm::{opnum, EPM};
 use crate::wire::ndr::Syntax;
-use crate::wire::pdu::{encode_fault, status, Request, Response};
 use crate::wire::{PacketType, Pdu, SyntaxId};
 
 /// Why entries are missing from an answer.
@@ -81,11 +82,14 @@ struct Call {
 
 /// Reads the client's first PDU and, unless it is refused, connects to the backend's
 /// endpoint mapper and forwards it; the relay that follows is [`EpmPolicy`]'s.
-pub(crate) async fn open(client: Client, shared: Arc<Shared>) -> anyhow::Result<Opened<EpmPolicy>> {
-    let limits = &shared.config.limits;
+pub(super) async fn open(
+    client: Client,
+    generation: Arc<Generation>,
+) -> anyhow::Result<Opened<EpmPolicy>> {
+    let limits = &generation.config.limits;
     let mut policy = EpmPolicy {
-        advertise: advertise_for(&client, shared.config.epm.advertise),
-        shared: shared.clone(),
+        advertise: advertise_for(&client, generation.config.epm.advertise),
+        generation: generation.clone(),
         gate: Gate::new(
             WhenNoneAllowed::Nak,
             "port 135 serves the endpoint mapper only",
@@ -123,11 +127,11 @@ pub(crate) async fn open(client: Client, shared: Arc<Shared>) -> anyhow::Result<
         )));
     }
 
-    let backend = shared
+    let backend = generation
         .resolver
-        .connect(shared.config.backend.epm_port, limits.connect_timeout)
+        .connect(generation.config.backend.epm_port, limits.connect_timeout)
         .await?;
-    super::tune(&backend, limits);
+    super::socket::tune(&backend, limits);
     let mut backend = PduReader::new(backend, limits.max_fragment);
     backend
         .get_mut()
@@ -158,8 +162,8 @@ fn advertise_for(client: &Client, configured: Option<Ipv4Addr>) -> Ipv4Addr {
 /// the opnum policy for calls, and a record of what later answers refer to. Backend to
 /// client: learns the accepted contexts, splices the gate's refusals into bind answers, and
 /// rewrites (or hides) towers.
-pub(crate) struct EpmPolicy {
-    shared: Arc<Shared>,
+pub(super) struct EpmPolicy {
+    generation: Arc<Generation>,
     /// The address written into towers.
     advertise: Ipv4Addr,
     gate: Gate,
@@ -249,7 +253,7 @@ impl Policy for EpmPolicy {
                 if carries_towers(op) {
                     let syntax = a.contexts.get(&ctx).copied().flatten();
                     Response::parse(&pdu)?;
-                    let max = self.shared.config.limits.max_reassembly;
+                    let max = self.generation.config.limits.max_reassembly;
                     self.pending_len += pdu.len();
                     if self.pending_len > max {
                         bail!("endpoint-mapper answer larger than limits.max_reassembly ({max} bytes)");
@@ -325,9 +329,9 @@ impl EpmPolicy {
                     .map(|(_, level, _)| level)
             })
             .collect();
-        let config = &self.shared.config;
+        let config = &self.generation.config;
         let rules = Rules {
-            table: &self.shared.table,
+            table: &self.generation.table,
             advertise: self.advertise,
             hide_unpinned: config.epm.hide_unpinned,
         };

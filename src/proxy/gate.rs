@@ -17,7 +17,7 @@ use crate::wire::bind::{
     encode_bind_ack, encode_bind_nak, nak_reason, reason, BindAck, BindAckFields, BindRequest,
     ResultEntry,
 };
-use crate::wire::pdu::Request;
+use crate::wire::call::Request;
 use crate::wire::{PacketType, SyntaxId};
 
 /// More binds awaiting their answer than this on one connection is not a real client.
@@ -27,7 +27,7 @@ const MAX_CONTEXTS: usize = 256;
 
 /// How a bind with no acceptable context is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WhenNoneAllowed {
+pub(super) enum WhenNoneAllowed {
     /// A bind_ack rejecting every context (`abstract_syntax_not_supported`): clients report
     /// which interface is not offered.
     RejectEach,
@@ -37,7 +37,7 @@ pub(crate) enum WhenNoneAllowed {
 
 /// What to do with a client's bind or alter_context.
 #[derive(Debug)]
-pub(crate) enum Verdict {
+pub(super) enum Verdict {
     /// Forward this PDU (the original, or a copy without the refused contexts).
     Forward(BytesMut),
     /// Refuse it: send this answer to the client, forward nothing.
@@ -46,7 +46,7 @@ pub(crate) enum Verdict {
 
 /// Per-connection gate state.
 #[derive(Debug)]
-pub(crate) struct Gate {
+pub(super) struct Gate {
     when_none: WhenNoneAllowed,
     /// Why a refused context is refused, for the audit log.
     why: &'static str,
@@ -58,7 +58,7 @@ pub(crate) struct Gate {
 
 impl Gate {
     /// A gate that answers `when_none` when no context is allowed, logging `why`.
-    pub(crate) fn new(when_none: WhenNoneAllowed, why: &'static str) -> Gate {
+    pub(super) fn new(when_none: WhenNoneAllowed, why: &'static str) -> Gate {
         Gate {
             when_none,
             why,
@@ -69,7 +69,7 @@ impl Gate {
 
     /// Judges a client's bind or alter_context, letting through the contexts for which
     /// `allows` is true and logging every refused one.
-    pub(crate) fn judge(
+    pub(super) fn judge(
         &mut self,
         pdu: BytesMut,
         allows: impl Fn(&SyntaxId) -> bool,
@@ -128,7 +128,7 @@ impl Gate {
 
     /// The backend's answer to a bind or alter_context, with a rejection spliced back in for
     /// each context the gate removed from it.
-    pub(crate) fn answer(&mut self, ack_pdu: BytesMut) -> anyhow::Result<BytesMut> {
+    pub(super) fn answer(&mut self, ack_pdu: BytesMut) -> anyhow::Result<BytesMut> {
         let ack = BindAck::parse(&ack_pdu)?;
         let Some(keep) = self.filtered.remove(&ack.pdu().call_id()) else {
             return Ok(ack_pdu);
@@ -151,7 +151,7 @@ impl Gate {
     }
 
     /// The interface a forwarded context id was proposed for.
-    pub(crate) fn interface_of(&self, context_id: u16) -> Option<SyntaxId> {
+    pub(super) fn interface_of(&self, context_id: u16) -> Option<SyntaxId> {
         self.contexts.get(&context_id).copied()
     }
 
@@ -189,7 +189,7 @@ impl Gate {
 
 /// What to do with one request fragment under an operation policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CallVerdict {
+pub(super) enum CallVerdict {
     /// Forward it.
     Forward,
     /// The first fragment of a refused call: answer it with a fault, forward nothing.
@@ -200,12 +200,12 @@ pub(crate) enum CallVerdict {
 
 /// Calls refused on their first fragment, whose later fragments must be dropped too.
 #[derive(Debug, Default)]
-pub(crate) struct RefusedCalls(SmallMap<u32, ()>);
+pub(super) struct RefusedCalls(SmallMap<u32, ()>);
 
 impl RefusedCalls {
     /// Judges a request fragment; `refuse` says whether the policy refuses the call (every
     /// fragment of a request repeats its context and opnum, so any fragment can answer it).
-    pub(crate) fn judge(
+    pub(super) fn judge(
         &mut self,
         req: &Request<'_>,
         refuse: impl FnOnce() -> bool,

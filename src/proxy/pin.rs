@@ -9,14 +9,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
+use super::accepted::{Client, Opened, Summary};
 use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
-use super::io::PduReader;
+use super::generation::{Generation, PinRuntime};
 use super::relay::{Outbox, Policy};
-use super::{Client, Opened, PinRuntime, Shared, Summary};
 use crate::interfaces::alias_of;
 use crate::metrics::{metrics, ResolutionLabels};
+use crate::pdu_stream::PduReader;
 use crate::wire::bind::{encode_bind_nak, nak_reason, BindAck, BindRequest};
-use crate::wire::pdu::{encode_fault, status, Request};
+use crate::wire::call::{encode_fault, status, Request};
 use crate::wire::{PacketType, Pdu, SyntaxId};
 
 /// Why a call is refused on a pin.
@@ -24,12 +25,12 @@ const OPNUM_REFUSED: &str = "operation not in this pin's opnums list";
 
 /// Takes the client's bind through the gate, connects to the backend and forwards the
 /// bind; the relay that follows is [`PinPolicy`]'s.
-pub(crate) async fn open(
+pub(super) async fn open(
     client: Client,
-    shared: &Shared,
+    generation: &Generation,
     pin: Arc<PinRuntime>,
 ) -> anyhow::Result<Opened<PinPolicy>> {
-    let limits = &shared.config.limits;
+    let limits = &generation.config.limits;
     let mut gate = Gate::new(
         WhenNoneAllowed::RejectEach,
         "interface not carried by this pin",
@@ -65,7 +66,7 @@ pub(crate) async fn open(
     let Some(interface) = bind.contexts().next().map(|c| c.abstract_syntax()) else {
         bail!("the client's bind proposes no presentation context");
     };
-    let backend = match connect(shared, &pin, interface).await {
+    let backend = match connect(generation, &pin, interface).await {
         Ok(b) => b,
         Err(e) => {
             let mut nak = Vec::with_capacity(24);
@@ -82,7 +83,7 @@ pub(crate) async fn open(
             return Err(e);
         }
     };
-    super::tune(&backend, limits);
+    super::socket::tune(&backend, limits);
     info!(
         event = "bind_accepted",
         interface = %interface.uuid,
@@ -108,12 +109,12 @@ pub(crate) async fn open(
 /// Connects to the backend port of `interface`: the pin's fixed port, or the one the
 /// backend's endpoint mapper gives, resolved again once if the cached one fails.
 async fn connect(
-    shared: &Shared,
+    generation: &Generation,
     pin: &PinRuntime,
     interface: SyntaxId,
 ) -> anyhow::Result<TcpStream> {
-    let timeout = shared.config.limits.connect_timeout;
-    let resolver = &shared.resolver;
+    let timeout = generation.config.limits.connect_timeout;
+    let resolver = &generation.resolver;
     if let Some(port) = pin.config.backend_port {
         return resolver.connect(port, timeout).await;
     }
@@ -155,7 +156,7 @@ async fn connect(
 /// call must be allowed by the pin's opnum list, a second bind is a protocol violation; the
 /// backend's bind answers get the gate's refusals spliced in and its secondary address
 /// (the backend's port as text, which discloses it) replaced by the pin's public port.
-pub(crate) struct PinPolicy {
+pub(super) struct PinPolicy {
     pin: Arc<PinRuntime>,
     gate: Gate,
     refused: RefusedCalls,

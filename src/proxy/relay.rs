@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use super::io::{PduReader, ReadError};
+use crate::pdu_stream::{PduReader, ReadError};
 
 /// What a policy wants done with the PDUs it sees: those it forwards (none, the same, or
 /// others) are gathered into one batch for the receiving side; answers for the sender go
@@ -361,7 +361,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::pdu::encode_request;
+    use crate::wire::call::encode_request;
     use crate::wire::Endian;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 

@@ -6,7 +6,7 @@ use smallvec::SmallVec;
 
 /// Keys and values in insertion order. Every user bounds its size (a few hundred at most).
 #[derive(Debug, Clone)]
-pub(crate) struct SmallMap<K, V>(SmallVec<[(K, V); 2]>);
+pub(super) struct SmallMap<K, V>(SmallVec<[(K, V); 2]>);
 
 impl<K, V> Default for SmallMap<K, V> {
     fn default() -> Self {
@@ -15,24 +15,24 @@ impl<K, V> Default for SmallMap<K, V> {
 }
 
 impl<K: PartialEq, V> SmallMap<K, V> {
-    pub(crate) fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.0.len()
     }
 
-    pub(crate) fn get(&self, key: &K) -> Option<&V> {
+    pub(super) fn get(&self, key: &K) -> Option<&V> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
-    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    pub(super) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
-    pub(crate) fn contains(&self, key: &K) -> bool {
+    pub(super) fn contains(&self, key: &K) -> bool {
         self.get(key).is_some()
     }
 
     /// Sets `key` to `value`, replacing an earlier value.
-    pub(crate) fn insert(&mut self, key: K, value: V) {
+    pub(super) fn insert(&mut self, key: K, value: V) {
         match self.get_mut(&key) {
             Some(v) => *v = value,
             None => self.0.push((key, value)),
@@ -40,7 +40,7 @@ impl<K: PartialEq, V> SmallMap<K, V> {
     }
 
     /// The value of `key`, inserted by `make` when missing.
-    pub(crate) fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+    pub(super) fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
         let i = match self.0.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
@@ -51,7 +51,7 @@ impl<K: PartialEq, V> SmallMap<K, V> {
         &mut self.0[i].1
     }
 
-    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
+    pub(super) fn remove(&mut self, key: &K) -> Option<V> {
         let i = self.0.iter().position(|(k, _)| k == key)?;
         Some(self.0.swap_remove(i).1)
     }

@@ -14,7 +14,7 @@
 //!       transfer_syntaxes (20 each)
 //! ```
 
-use super::header::{finish_pdu, write_header, HEADER_LEN};
+use super::pdu::{finish_pdu, write_header, HEADER_LEN};
 use super::{get_u16, get_u32, Endian, Error, PacketType, Pdu, Result, SyntaxId};
 
 const CONTEXTS_AT: usize = HEADER_LEN + 12;
@@ -390,7 +390,7 @@ pub struct BindAckFields<'a> {
 /// Appends a bind_ack or alter_context_resp without auth verifier.
 pub fn encode_bind_ack(out: &mut Vec<u8>, f: &BindAckFields<'_>) -> Result<()> {
     let start = out.len();
-    let flags = super::header::flags::FIRST_FRAG | super::header::flags::LAST_FRAG;
+    let flags = super::pdu::flags::FIRST_FRAG | super::pdu::flags::LAST_FRAG;
     write_header(out, f.ptype, flags, f.endian, f.call_id);
     let e = f.endian;
     put16(out, f.max_xmit_frag, e);
@@ -414,7 +414,7 @@ pub fn encode_bind_ack(out: &mut Vec<u8>, f: &BindAckFields<'_>) -> Result<()> {
 /// Appends a bind_nak offering protocol version 5.0.
 pub fn encode_bind_nak(out: &mut Vec<u8>, endian: Endian, call_id: u32, reason: u16) -> Result<()> {
     let start = out.len();
-    let flags = super::header::flags::FIRST_FRAG | super::header::flags::LAST_FRAG;
+    let flags = super::pdu::flags::FIRST_FRAG | super::pdu::flags::LAST_FRAG;
     write_header(out, PacketType::BindNak, flags, endian, call_id);
     put16(out, reason, endian);
     out.extend_from_slice(&[1, 5, 0]);
@@ -472,7 +472,7 @@ pub fn encode_bind(
     contexts: &[ContextProposal<'_>],
 ) -> Result<()> {
     let start = out.len();
-    let flags = super::header::flags::FIRST_FRAG | super::header::flags::LAST_FRAG;
+    let flags = super::pdu::flags::FIRST_FRAG | super::pdu::flags::LAST_FRAG;
     write_header(out, PacketType::Bind, flags, endian, call_id);
     put16(out, max_frag, endian);
     put16(out, max_frag, endian);

@@ -280,7 +280,7 @@ pub fn encode_map_request(out: &mut Vec<u8>, endian: Endian, query: &[u8], max_t
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::pdu::{response_stub_range, Request};
+    use crate::wire::call::{response_stub_range, Request};
     use crate::wire::tower::{encode_tcp_tower, Tower};
     use core::net::Ipv4Addr;
 

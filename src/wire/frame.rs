@@ -4,7 +4,7 @@
 //! answers "how long is the PDU at the front of this buffer", or "need more bytes" while the
 //! buffer holds less than a whole PDU: a partial PDU is not an error.
 
-use super::header::check_header;
+use super::pdu::check_header;
 use super::{Error, Result};
 
 /// The largest fragment any peer may send: `frag_length` is a u16.

@@ -8,15 +8,15 @@
 //! accessor of a checked view can panic, whatever bytes the network sent.
 
 pub mod bind;
+pub mod call;
 pub mod epm;
 pub mod frame;
-pub mod header;
 pub mod ndr;
 pub mod pdu;
 pub mod tower;
 pub mod uuid;
 
-pub use header::{Endian, PacketType, Pdu, HEADER_LEN};
+pub use pdu::{Endian, PacketType, Pdu, HEADER_LEN};
 pub use uuid::{SyntaxId, Uuid};
 
 /// What can be wrong with bytes a peer sent.

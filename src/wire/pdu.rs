@@ -1,291 +1,405 @@
-//! request, response and fault: the PDUs that carry calls (C706 §12.6.4.9–§12.6.4.10,
-//! §12.6.4.7).
-//!
-//! ```text
-//! request                      response                     fault
-//!  16 alloc_hint u32            16 alloc_hint u32            16 alloc_hint u32
-//!  20 p_cont_id  u16            20 p_cont_id  u16            20 p_cont_id u16
-//!  22 opnum      u16            22 cancel_count u8, rsvd     22 cancel_count u8, rsvd
-//!  24 [object uuid, if flag]    24 stub ...                  24 status u32, reserved u32
-//!  .. stub ...
-//! ```
-//!
-//! The stub ends where the auth verifier's padding begins (`auth_pad_length`, C706 §13.2.6.1).
+//! The 16-byte common header of every connection-oriented PDU (C706 §12.6.3.1).
 
-use core::ops::Range;
+use core::fmt;
 
-use super::header::{finish_pdu, flags, write_header, HEADER_LEN};
-use super::{get_u16, Endian, Error, PacketType, Pdu, Result, Uuid};
+use super::{get_u16, get_u32, put_u16, Error, Result};
 
-/// A checked request PDU.
-#[derive(Debug, Clone)]
-pub struct Request<'a> {
-    pdu: Pdu<&'a [u8]>,
-    stub: Range<usize>,
+/// Offsets of the header fields.
+mod field {
+    use core::ops::Range;
+    pub const VERSION: usize = 0;
+    pub const VERSION_MINOR: usize = 1;
+    pub const PTYPE: usize = 2;
+    pub const FLAGS: usize = 3;
+    pub const DREP: Range<usize> = 4..8;
+    pub const FRAG_LEN: usize = 8;
+    pub const AUTH_LEN: usize = 10;
+    pub const CALL_ID: usize = 12;
 }
 
-impl<'a> Request<'a> {
-    /// Checks a whole request PDU.
-    pub fn parse(bytes: &'a [u8]) -> Result<Request<'a>> {
-        let pdu = Pdu::new_checked(bytes)?;
-        if pdu.ptype() != PacketType::Request {
-            return Err(Error::Unsupported("pdu type (expected request)"));
-        }
-        let fixed = if pdu.flags() & flags::OBJECT_UUID != 0 {
-            24
+/// Length of the common header.
+pub const HEADER_LEN: usize = 16;
+
+/// Length of the `sec_trailer` that precedes an auth verifier (C706 §13.2.6.1).
+pub const SEC_TRAILER_LEN: usize = 8;
+
+/// `pfc_flags` bits (C706 §12.6.3.1, MS-RPCE 2.2.2.3).
+pub mod flags {
+    /// First fragment of a call.
+    pub const FIRST_FRAG: u8 = 0x01;
+    /// Last fragment of a call.
+    pub const LAST_FRAG: u8 = 0x02;
+    /// Bind/alter_context: the client supports concurrent multiplexing; elsewhere, cancel pending.
+    pub const PENDING_CANCEL: u8 = 0x04;
+    /// MS-RPCE: header signing is supported (bind), or reserved.
+    pub const SUPPORT_HEADER_SIGN: u8 = 0x04;
+    /// Concurrent multiplexing.
+    pub const CONC_MPX: u8 = 0x10;
+    /// The call did not execute (fault).
+    pub const DID_NOT_EXECUTE: u8 = 0x20;
+    /// `maybe` call semantics.
+    pub const MAYBE: u8 = 0x40;
+    /// A request carries an object UUID after its fixed fields.
+    pub const OBJECT_UUID: u8 = 0x80;
+}
+
+/// Byte order of every integer that follows drep (C706 §14.1: `drep[0]` bit 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endian {
+    /// `drep[0] & 0x10 != 0`.
+    Little,
+    /// `drep[0] & 0x10 == 0`.
+    Big,
+}
+
+impl Endian {
+    /// The byte order a drep announces.
+    pub fn from_drep(drep: [u8; 4]) -> Endian {
+        if drep[0] & 0x10 != 0 {
+            Endian::Little
         } else {
-            8
-        };
-        let stub = stub_range(&pdu, HEADER_LEN + fixed)?;
-        Ok(Request { pdu, stub })
-    }
-
-    /// The PDU itself.
-    pub fn pdu(&self) -> &Pdu<&'a [u8]> {
-        &self.pdu
-    }
-
-    /// The presentation context the call uses.
-    pub fn context_id(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), 20, self.pdu.endian())
-    }
-
-    /// The operation number within the interface.
-    pub fn opnum(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), 22, self.pdu.endian())
-    }
-
-    /// The object UUID, when the request carries one.
-    pub fn object(&self) -> Option<Uuid> {
-        (self.pdu.flags() & flags::OBJECT_UUID != 0)
-            .then(|| Uuid::from_wire(&self.pdu.into_inner()[24..], self.pdu.endian()).ok())
-            .flatten()
-    }
-
-    /// Where the stub lies in the PDU.
-    pub fn stub_range(&self) -> Range<usize> {
-        self.stub.clone()
-    }
-}
-
-/// A checked response PDU.
-#[derive(Debug, Clone, Copy)]
-pub struct Response<'a> {
-    pdu: Pdu<&'a [u8]>,
-}
-
-impl<'a> Response<'a> {
-    /// Checks a whole response PDU.
-    pub fn parse(bytes: &'a [u8]) -> Result<Response<'a>> {
-        let pdu = Pdu::new_checked(bytes)?;
-        if pdu.ptype() != PacketType::Response {
-            return Err(Error::Unsupported("pdu type (expected response)"));
+            Endian::Big
         }
-        response_stub_range(bytes)?;
-        Ok(Response { pdu })
     }
 
-    /// The PDU itself.
-    pub fn pdu(&self) -> &Pdu<&'a [u8]> {
-        &self.pdu
-    }
-
-    /// The presentation context of the call.
-    pub fn context_id(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), 20, self.pdu.endian())
+    /// The drep rpcpin writes for this byte order: ASCII, IEEE floats.
+    pub fn drep(self) -> [u8; 4] {
+        match self {
+            Endian::Little => [0x10, 0, 0, 0],
+            Endian::Big => [0x00, 0, 0, 0],
+        }
     }
 }
 
-/// Where the stub of the response PDU in `bytes` lies: checks the PDU first.
-pub fn response_stub_range(bytes: &[u8]) -> Result<Range<usize>> {
-    stub_range(&Pdu::new_checked(bytes)?, HEADER_LEN + 8)
+/// The PDU type (C706 §12.6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketType {
+    /// A call's request.
+    Request,
+    /// A call's response.
+    Response,
+    /// A call failed.
+    Fault,
+    /// Association set-up.
+    Bind,
+    /// Bind accepted (possibly with some contexts rejected).
+    BindAck,
+    /// Bind refused as a whole.
+    BindNak,
+    /// Adds or changes presentation contexts on an association.
+    AlterContext,
+    /// Answer to an alter_context.
+    AlterContextResp,
+    /// Third leg of an authentication handshake (MS-RPCE 2.2.2.10).
+    Auth3,
+    /// Server asks the client to shut the association down.
+    Shutdown,
+    /// Cancel of an outstanding call.
+    CoCancel,
+    /// Client abandons a call.
+    Orphaned,
+    /// Any other value, kept so it can be logged and refused.
+    Unknown(u8),
 }
 
-fn stub_range(pdu: &Pdu<&[u8]>, start: usize) -> Result<Range<usize>> {
-    let end = pdu.body_end();
-    if end < start {
-        return Err(Error::Truncated("call pdu fixed fields"));
+impl From<u8> for PacketType {
+    fn from(value: u8) -> PacketType {
+        match value {
+            0 => PacketType::Request,
+            2 => PacketType::Response,
+            3 => PacketType::Fault,
+            11 => PacketType::Bind,
+            12 => PacketType::BindAck,
+            13 => PacketType::BindNak,
+            14 => PacketType::AlterContext,
+            15 => PacketType::AlterContextResp,
+            16 => PacketType::Auth3,
+            17 => PacketType::Shutdown,
+            18 => PacketType::CoCancel,
+            19 => PacketType::Orphaned,
+            other => PacketType::Unknown(other),
+        }
     }
-    let pad = pdu.auth_trailer().map_or(0, |(_, _, pad)| pad as usize);
-    if end - start < pad {
-        return Err(Error::Malformed("auth_pad_length beyond the stub"));
+}
+
+impl From<PacketType> for u8 {
+    fn from(value: PacketType) -> u8 {
+        match value {
+            PacketType::Request => 0,
+            PacketType::Response => 2,
+            PacketType::Fault => 3,
+            PacketType::Bind => 11,
+            PacketType::BindAck => 12,
+            PacketType::BindNak => 13,
+            PacketType::AlterContext => 14,
+            PacketType::AlterContextResp => 15,
+            PacketType::Auth3 => 16,
+            PacketType::Shutdown => 17,
+            PacketType::CoCancel => 18,
+            PacketType::Orphaned => 19,
+            PacketType::Unknown(other) => other,
+        }
     }
-    Ok(start..end - pad)
 }
 
-/// Appends a fault PDU with `status` for the given call.
-pub fn encode_fault(
-    out: &mut Vec<u8>,
-    endian: Endian,
-    call_id: u32,
-    context_id: u16,
-    status: u32,
-) -> Result<()> {
-    let start = out.len();
-    let f = flags::FIRST_FRAG | flags::LAST_FRAG | flags::DID_NOT_EXECUTE;
-    write_header(out, PacketType::Fault, f, endian, call_id);
-    let (hint, ctx, status) = match endian {
-        Endian::Little => (
-            0u32.to_le_bytes(),
-            context_id.to_le_bytes(),
-            status.to_le_bytes(),
-        ),
-        Endian::Big => (
-            0u32.to_be_bytes(),
-            context_id.to_be_bytes(),
-            status.to_be_bytes(),
-        ),
-    };
-    out.extend_from_slice(&hint);
-    out.extend_from_slice(&ctx);
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&status);
-    out.extend_from_slice(&[0; 4]);
-    finish_pdu(&mut out[start..], endian)
+impl fmt::Display for PacketType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PacketType::Unknown(v) => write!(f, "unknown({v})"),
+            other => write!(f, "{}", format!("{other:?}").to_ascii_lowercase()),
+        }
+    }
 }
 
-/// Appends a single-fragment request carrying `stub`.
-pub fn encode_request(
-    out: &mut Vec<u8>,
-    endian: Endian,
-    call_id: u32,
-    context_id: u16,
-    opnum: u16,
-    stub: &[u8],
-) -> Result<()> {
-    let start = out.len();
-    write_header(
-        out,
-        PacketType::Request,
-        flags::FIRST_FRAG | flags::LAST_FRAG,
-        endian,
-        call_id,
-    );
-    let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
-    let (hint, ctx, op) = match endian {
-        Endian::Little => (
-            hint.to_le_bytes(),
-            context_id.to_le_bytes(),
-            opnum.to_le_bytes(),
-        ),
-        Endian::Big => (
-            hint.to_be_bytes(),
-            context_id.to_be_bytes(),
-            opnum.to_be_bytes(),
-        ),
-    };
-    out.extend_from_slice(&hint);
-    out.extend_from_slice(&ctx);
-    out.extend_from_slice(&op);
-    out.extend_from_slice(stub);
-    finish_pdu(&mut out[start..], endian)
+/// A checked view over one whole PDU: the header plus `frag_length - 16` body bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Pdu<T: AsRef<[u8]>> {
+    buffer: T,
 }
 
-/// Appends a single-fragment response carrying `stub`.
-pub fn encode_response(
-    out: &mut Vec<u8>,
-    endian: Endian,
-    call_id: u32,
-    context_id: u16,
-    stub: &[u8],
-) -> Result<()> {
-    let start = out.len();
-    write_header(
-        out,
-        PacketType::Response,
-        flags::FIRST_FRAG | flags::LAST_FRAG,
-        endian,
-        call_id,
-    );
-    let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
-    let (hint, ctx) = match endian {
-        Endian::Little => (hint.to_le_bytes(), context_id.to_le_bytes()),
-        Endian::Big => (hint.to_be_bytes(), context_id.to_be_bytes()),
-    };
-    out.extend_from_slice(&hint);
-    out.extend_from_slice(&ctx);
-    out.extend_from_slice(&[0, 0]); // cancel_count, reserved
-    out.extend_from_slice(stub);
-    finish_pdu(&mut out[start..], endian)
+impl<T: AsRef<[u8]>> Pdu<T> {
+    /// Validates the header (version 5.0/5.1, `frag_length` within the buffer and large
+    /// enough for the header and any auth verifier) so that no accessor can panic.
+    pub fn new_checked(buffer: T) -> Result<Pdu<T>> {
+        let pdu = Pdu { buffer };
+        pdu.check()?;
+        Ok(pdu)
+    }
+
+    fn check(&self) -> Result<()> {
+        let buf = self.buffer.as_ref();
+        check_header(buf)?;
+        let frag_len = get_u16(buf, field::FRAG_LEN, endian_of(buf)) as usize;
+        if buf.len() < frag_len {
+            return Err(Error::Truncated("pdu"));
+        }
+        Ok(())
+    }
+
+    /// The underlying buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    /// The PDU's bytes (exactly `frag_length` of them).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buffer.as_ref()[..self.frag_len()]
+    }
+
+    /// The PDU type.
+    pub fn ptype(&self) -> PacketType {
+        PacketType::from(self.buffer.as_ref()[field::PTYPE])
+    }
+
+    /// The `pfc_flags` byte.
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::FLAGS]
+    }
+
+    /// The data representation label.
+    pub fn drep(&self) -> [u8; 4] {
+        let d = &self.buffer.as_ref()[field::DREP];
+        [d[0], d[1], d[2], d[3]]
+    }
+
+    /// The byte order of the header's integers and the NDR body.
+    pub fn endian(&self) -> Endian {
+        endian_of(self.buffer.as_ref())
+    }
+
+    /// Total length of this fragment.
+    pub fn frag_len(&self) -> usize {
+        get_u16(self.buffer.as_ref(), field::FRAG_LEN, self.endian()) as usize
+    }
+
+    /// Length of the auth verifier's credentials (not counting the 8-byte `sec_trailer`).
+    pub fn auth_len(&self) -> usize {
+        get_u16(self.buffer.as_ref(), field::AUTH_LEN, self.endian()) as usize
+    }
+
+    /// The call identifier.
+    pub fn call_id(&self) -> u32 {
+        get_u32(self.buffer.as_ref(), field::CALL_ID, self.endian())
+    }
+
+    /// Whether this fragment ends its call. Both fragment flags clear means a middle
+    /// fragment of a call in progress, or a whole call from a legacy (NT4) peer: only the
+    /// caller knows whether earlier fragments of this call were seen.
+    pub fn ends_call(&self, call_in_progress: bool) -> bool {
+        let f = self.flags() & (flags::FIRST_FRAG | flags::LAST_FRAG);
+        f & flags::LAST_FRAG != 0 || (f == 0 && !call_in_progress)
+    }
+
+    /// The bytes after the header and before the auth verifier (if any).
+    pub fn body(&self) -> &[u8] {
+        &self.buffer.as_ref()[HEADER_LEN..self.body_end()]
+    }
+
+    /// End offset of the body: the start of the `sec_trailer` when there is one.
+    pub fn body_end(&self) -> usize {
+        let auth = self.auth_len();
+        if auth == 0 {
+            self.frag_len()
+        } else {
+            // check_header guarantees this does not underflow below the header.
+            self.frag_len() - auth - SEC_TRAILER_LEN
+        }
+    }
+
+    /// The `sec_trailer` fields `(auth_type, auth_level, auth_pad_length)`, when present.
+    pub fn auth_trailer(&self) -> Option<(u8, u8, u8)> {
+        if self.auth_len() == 0 {
+            return None;
+        }
+        let t = &self.buffer.as_ref()[self.body_end()..];
+        Some((t[0], t[1], t[2]))
+    }
 }
 
-/// Well-known `nca_status` codes for faults (C706 appendix E, MS-RPCE 2.2.2.11).
-pub mod status {
-    /// The operation number is not valid for the interface.
-    pub const NCA_S_OP_RNG_ERROR: u32 = 0x1c01_0002;
-    /// The call was refused by policy.
-    pub const NCA_S_FAULT_ACCESS_DENIED: u32 = 0x0000_0005;
-    /// The server could not process the call.
-    pub const NCA_S_FAULT_OTHER: u32 = 0x0000_06be;
-    /// The stub received bad data.
-    pub const RPC_S_PROTOCOL_ERROR: u32 = 0x1c01_000b;
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Pdu<T> {
+    /// The PDU's bytes, writable.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.frag_len();
+        &mut self.buffer.as_mut()[..len]
+    }
+
+    /// Sets `frag_length` (only encoders that resize a PDU use this).
+    pub fn set_frag_len(&mut self, len: u16) {
+        let endian = self.endian();
+        put_u16(self.buffer.as_mut(), field::FRAG_LEN, len, endian);
+    }
+}
+
+fn endian_of(buf: &[u8]) -> Endian {
+    Endian::from_drep([buf[4], buf[5], buf[6], buf[7]])
+}
+
+/// Checks the 16 header bytes alone: version, minor version, and that `frag_length` leaves
+/// room for the header and for the auth verifier that `auth_length` announces.
+/// Returns `frag_length`.
+pub fn check_header(buf: &[u8]) -> Result<usize> {
+    if buf.len() < HEADER_LEN {
+        return Err(Error::Truncated("pdu header"));
+    }
+    if buf[field::VERSION] != 5 {
+        return Err(Error::Malformed("rpc version (expected 5)"));
+    }
+    if buf[field::VERSION_MINOR] > 1 {
+        return Err(Error::Malformed("rpc minor version (expected 0 or 1)"));
+    }
+    let endian = endian_of(buf);
+    let frag_len = get_u16(buf, field::FRAG_LEN, endian) as usize;
+    let auth_len = get_u16(buf, field::AUTH_LEN, endian) as usize;
+    if frag_len < HEADER_LEN {
+        return Err(Error::Malformed("frag_length shorter than the header"));
+    }
+    if auth_len > 0 && HEADER_LEN + SEC_TRAILER_LEN + auth_len > frag_len {
+        return Err(Error::Malformed("auth_length beyond frag_length"));
+    }
+    Ok(frag_len)
+}
+
+/// Appends a 16-byte header; `frag_length` is written as 0 for the caller to fix up.
+pub fn write_header(out: &mut Vec<u8>, ptype: PacketType, flags: u8, endian: Endian, call_id: u32) {
+    out.extend_from_slice(&[5, 0, ptype.into(), flags]);
+    out.extend_from_slice(&endian.drep());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&match endian {
+        Endian::Little => call_id.to_le_bytes(),
+        Endian::Big => call_id.to_be_bytes(),
+    });
+}
+
+/// Writes the final `frag_length` into a PDU built with [`write_header`].
+pub fn finish_pdu(out: &mut [u8], endian: Endian) -> Result<()> {
+    let len = u16::try_from(out.len()).map_err(|_| Error::TooLarge {
+        what: "encoded pdu",
+        len: out.len(),
+        max: u16::MAX as usize,
+    })?;
+    put_u16(out, field::FRAG_LEN, len, endian);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_util::hex;
 
-    const NSPI_CLIENT: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.client.bin");
-    const NSPI_SERVER: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.server.bin");
+    // The bind_ack of the NSPI ept_map exchange in mapi.pcap.
+    const BIND_ACK: &str = "05000c03100000003c00000001000000d016d016e5c8000004003133350000000100\
+                            000000000000045d888aeb1cc9119fe808002b10486002000000";
 
     #[test]
-    fn parses_outlooks_ept_map_request() {
-        let req = Request::parse(&NSPI_CLIENT[72..]).unwrap();
-        assert_eq!(req.opnum(), 3);
-        assert_eq!(req.context_id(), 0);
-        assert_eq!(req.object(), None);
-        assert_eq!(req.stub_range(), 24..156);
+    fn test_deconstruct() {
+        let bytes = hex(BIND_ACK);
+        let pdu = Pdu::new_checked(&bytes[..]).unwrap();
+        assert_eq!(pdu.ptype(), PacketType::BindAck);
+        assert_eq!(pdu.flags(), flags::FIRST_FRAG | flags::LAST_FRAG);
+        assert_eq!(pdu.endian(), Endian::Little);
+        assert_eq!(pdu.frag_len(), 60);
+        assert_eq!(pdu.auth_len(), 0);
+        assert_eq!(pdu.call_id(), 1);
+        assert_eq!(pdu.body().len(), 44);
+        assert_eq!(pdu.auth_trailer(), None);
     }
 
     #[test]
-    fn parses_exchanges_ept_map_response() {
-        let resp = Response::parse(&NSPI_SERVER[60..]).unwrap();
-        assert_eq!(resp.pdu().call_id(), 1);
-        assert_eq!(resp.context_id(), 0);
-        assert_eq!(response_stub_range(&NSPI_SERVER[60..]).unwrap(), 24..152);
-    }
-
-    #[test]
-    fn encoded_request_matches_outlooks() {
-        let original = &NSPI_CLIENT[72..];
+    fn test_construct_big_endian() {
         let mut out = Vec::new();
-        encode_request(&mut out, Endian::Little, 1, 0, 3, &original[24..]).unwrap();
-        // Outlook's alloc_hint (0x84) is the stub length too.
-        assert_eq!(out, original);
-    }
-
-    #[test]
-    fn encoded_response_matches_exchanges() {
-        let original = &NSPI_SERVER[60..];
-        let mut out = Vec::new();
-        encode_response(&mut out, Endian::Little, 1, 0, &original[24..]).unwrap();
-        assert_eq!(out, original);
-    }
-
-    #[test]
-    fn fault_round_trips() {
-        let mut out = Vec::new();
-        encode_fault(&mut out, Endian::Big, 9, 1, status::NCA_S_OP_RNG_ERROR).unwrap();
+        write_header(&mut out, PacketType::Fault, 3, Endian::Big, 0x01020304);
+        out.extend_from_slice(&[0; 8]);
+        finish_pdu(&mut out, Endian::Big).unwrap();
+        assert_eq!(hex("05000303 00000000 00180000 01020304"), out[..16]);
         let pdu = Pdu::new_checked(&out[..]).unwrap();
-        assert_eq!(pdu.ptype(), PacketType::Fault);
-        assert_eq!(pdu.frag_len(), 32);
-        assert_eq!(&out[24..28], &[0x1c, 0x01, 0x00, 0x02]);
+        assert_eq!(pdu.frag_len(), 24);
+        assert_eq!(pdu.call_id(), 0x01020304);
     }
 
     #[test]
-    fn auth_padding_beyond_stub_is_an_error() {
-        // A response with an 8-byte sec_trailer that claims 200 bytes of padding.
-        let mut pdu = NSPI_SERVER[60..].to_vec();
-        pdu[10] = 0; // auth_len 0 -> set below
-        let frag = pdu.len() + 8 + 16;
-        pdu.extend_from_slice(&[10, 6, 200, 0, 0, 0, 0, 0]);
-        pdu.extend_from_slice(&[0; 16]);
-        pdu[8] = frag as u8;
-        pdu[9] = (frag >> 8) as u8;
-        pdu[10] = 16;
+    fn rejects_bad_headers() {
+        let good = hex(BIND_ACK);
+        let mut v4 = good.clone();
+        v4[0] = 4;
         assert_eq!(
-            response_stub_range(&pdu),
-            Err(Error::Malformed("auth_pad_length beyond the stub"))
+            check_header(&v4),
+            Err(Error::Malformed("rpc version (expected 5)"))
         );
+        let mut minor = good.clone();
+        minor[1] = 2;
+        assert!(check_header(&minor).is_err());
+        let mut short = good.clone();
+        short[8] = 15;
+        assert_eq!(
+            check_header(&short),
+            Err(Error::Malformed("frag_length shorter than the header"))
+        );
+        let mut auth = good.clone();
+        auth[10] = 0x30; // 48 + 8 + 16 > 60
+        assert_eq!(
+            check_header(&auth),
+            Err(Error::Malformed("auth_length beyond frag_length"))
+        );
+        assert_eq!(
+            Pdu::new_checked(&good[..59]).err(),
+            Some(Error::Truncated("pdu"))
+        );
+        assert_eq!(
+            check_header(&good[..15]),
+            Err(Error::Truncated("pdu header"))
+        );
+    }
+
+    #[test]
+    fn pdu_without_fragment_flags_is_a_whole_call_unless_one_is_in_progress() {
+        let mut bytes = hex(BIND_ACK);
+        bytes[3] = 0;
+        let pdu = Pdu::new_checked(&bytes[..]).unwrap();
+        assert!(pdu.ends_call(false), "legacy whole call");
+        assert!(!pdu.ends_call(true), "middle fragment");
+        bytes[3] = flags::FIRST_FRAG;
+        assert!(!Pdu::new_checked(&bytes[..]).unwrap().ends_call(false));
+        bytes[3] = flags::LAST_FRAG;
+        assert!(Pdu::new_checked(&bytes[..]).unwrap().ends_call(true));
     }
 }

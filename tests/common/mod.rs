@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rpcpin::config::Config;
-use rpcpin::proxy::{Control, Server};
+use rpcpin::daemon::{Control, Daemon};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -194,7 +194,7 @@ impl Running {
     /// Starts rpcpin with `config` (TOML text; listen on port 0).
     pub async fn start(config: &str) -> Running {
         let config = Config::parse(config).expect("test config is valid");
-        let server = Server::bind(config).await.expect("bind");
+        let server = Daemon::bind(config).await.expect("bind");
         let (epm, pins, admin) = (server.epm_addr(), server.pin_addrs(), server.admin_addr());
         let (control, commands) = mpsc::channel(4);
         let task = tokio::spawn(server.run(commands));
@@ -212,7 +212,7 @@ impl Running {
         let config = Config::parse(config)?;
         let (done, applied) = oneshot::channel();
         self.control
-            .send(Control::Reload(Box::new(config), done))
+            .send(Control::Reload(Ok(Box::new(config)), done))
             .await
             .expect("rpcpin runs");
         applied.await.expect("rpcpin answers")

@@ -166,7 +166,7 @@ async fn within<T>(
 mod tests {
     use super::*;
 
-    const CAPTURE: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.server.bin");
+    const CAPTURE: &[u8] = include_bytes!("../tests/data/mapi-epm-map-nspi.server.bin");
 
     #[tokio::test]
     async fn reads_pdus_split_across_reads() {

@@ -7,14 +7,15 @@
 
 use std::net::Ipv4Addr;
 
+use crate::config::Pin;
 use crate::interfaces::Interface;
+use crate::wire::call::response_stub_range;
 use crate::wire::epm::{
     encode_answer, opnum, walk_lookup_response, walk_map_response, Answer, EntryRef,
     EPT_S_NOT_REGISTERED,
 };
-use crate::wire::header::{finish_pdu, flags, write_header};
 use crate::wire::ndr::Syntax;
-use crate::wire::pdu::response_stub_range;
+use crate::wire::pdu::{finish_pdu, flags, write_header};
 use crate::wire::tower::Tower;
 use crate::wire::{Endian, Error, PacketType, Pdu, Result, SyntaxId};
 
@@ -38,6 +39,21 @@ pub struct Target {
 impl Table {
     /// A table from its entries.
     pub fn new(entries: Vec<Target>) -> Table {
+        Table { entries }
+    }
+
+    /// The table for `pins`, each with the port its clients are sent to.
+    pub fn from_pins<'a>(pins: impl IntoIterator<Item = (&'a Pin, u16)>) -> Table {
+        let entries = pins
+            .into_iter()
+            .flat_map(|(pin, port)| {
+                pin.interfaces.iter().map(move |&interface| Target {
+                    interface,
+                    pin: pin.name.clone(),
+                    port,
+                })
+            })
+            .collect();
         Table { entries }
     }
 
@@ -83,7 +99,7 @@ pub struct Rules<'a> {
 
 /// What a rewrite did to one answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Done {
+pub struct Changes {
     /// Each tower pointed at rpcpin.
     pub rewritten: Vec<Rewritten>,
     /// How many entries were removed (towers or ept_lookup entries of unpinned interfaces).
@@ -105,14 +121,14 @@ pub fn rewrite_stub(
     op: u16,
     syntax: Syntax,
     rules: Rules<'_>,
-) -> Result<Done> {
+) -> Result<Changes> {
     let lookup = op == opnum::LOOKUP;
     let walk = match op {
         opnum::MAP | opnum::MAP_AUTH => walk_map_response(stub, endian, syntax)?,
         opnum::LOOKUP => walk_lookup_response(stub, endian, syntax)?,
-        _ => return Ok(Done::default()),
+        _ => return Ok(Changes::default()),
     };
-    let mut done = Done::default();
+    let mut done = Changes::default();
     let mut visible = vec![true; walk.entries.len()];
     for (entry, keep) in walk.entries.iter().zip(visible.iter_mut()) {
         let tower = entry
@@ -191,7 +207,7 @@ fn point_at(
 /// bytes of stub. When towers only need patching, the patched stub is put back into the
 /// fragments where it came from (a tower may straddle a boundary) and every length stays as
 /// it was. When entries are hidden, the answer is re-encoded and cut into new fragments no
-/// larger than the backend's largest, returned in `Done::reencoded` as whole PDUs joined
+/// larger than the backend's largest, returned in `Changes::reencoded` as whole PDUs joined
 /// together (the caller forwards them instead).
 pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
     fragments: &mut [F],
@@ -199,9 +215,9 @@ pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
     syntax: Syntax,
     rules: Rules<'_>,
     max_stub: usize,
-) -> Result<Done> {
+) -> Result<Changes> {
     let Some(first) = fragments.first() else {
-        return Ok(Done::default());
+        return Ok(Changes::default());
     };
     let endian = Pdu::new_checked(first.as_ref())?.endian();
     let mut stub = Vec::new();
@@ -302,12 +318,12 @@ mod tests {
     }
 
     /// Rewrites NDR `frags` as one call with the Exchange table.
-    fn rewrite(frags: &mut [Vec<u8>], op: u16, hide: bool) -> Done {
+    fn rewrite(frags: &mut [Vec<u8>], op: u16, hide: bool) -> Changes {
         rewrite_in(frags, op, &exchange_table(), hide)
     }
 
     /// Rewrites NDR `frags` as one call with `table`.
-    fn rewrite_in(frags: &mut [Vec<u8>], op: u16, table: &Table, hide: bool) -> Done {
+    fn rewrite_in(frags: &mut [Vec<u8>], op: u16, table: &Table, hide: bool) -> Changes {
         rewrite_call(frags, op, Syntax::Ndr, rules(table, hide), MAX).unwrap()
     }
 
@@ -359,7 +375,7 @@ mod tests {
         let table = Table::new(vec![target("emsmdb", "store", 6001)]);
         let mut frags = [original.clone()];
         let done = rewrite_in(&mut frags, opnum::MAP, &table, false);
-        assert_eq!(done, Done::default());
+        assert_eq!(done, Changes::default());
         assert_eq!(frags[0], original);
 
         // Hidden: the answer is re-encoded as "not registered" with no tower, in one
@@ -386,7 +402,7 @@ mod tests {
         let original = LOOKUP_SERVER[60..].to_vec();
         let mut frags = [original.clone()];
         let done = rewrite(&mut frags, opnum::LOOKUP, true);
-        assert_eq!(done, Done::default());
+        assert_eq!(done, Changes::default());
         assert_eq!(frags[0], original);
     }
 

@@ -1,21 +1,22 @@
-//! Asking the backend's endpoint mapper where an interface lives: rpcpin's only own RPC.
+//! The backend: connecting to it, and asking its endpoint mapper where an interface lives
+//! (rpcpin's only RPC of its own). The pins, `/readyz` and `rpcpin resolve` use it.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::io::PduReader;
 use crate::config::{Backend, Limits};
 use crate::metrics::metrics;
+use crate::pdu_stream::PduReader;
 use crate::wire::bind::{encode_bind, BindAck, ContextProposal, ContextResult};
+use crate::wire::call::{encode_request, response_stub_range};
 use crate::wire::epm::{encode_map_request, opnum, walk_map_response, EPM};
 use crate::wire::ndr::Syntax;
-use crate::wire::pdu::{encode_request, response_stub_range};
 use crate::wire::tower::{encode_tcp_tower, Tower};
 use crate::wire::{Endian, PacketType, Pdu, SyntaxId};
 
@@ -86,7 +87,7 @@ impl Resolver {
 
     /// When the backend's endpoint mapper last answered an ept_map.
     pub fn last_answer(&self) -> Option<Instant> {
-        *super::lock(&self.answered)
+        *lock(&self.answered)
     }
 
     /// Forgets the cached port of `interface` (after a connect to it failed).
@@ -94,8 +95,8 @@ impl Resolver {
         self.cache().remove(interface);
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SyntaxId, (u16, Instant)>> {
-        super::lock(&self.cache)
+    fn cache(&self) -> MutexGuard<'_, HashMap<SyntaxId, (u16, Instant)>> {
+        lock(&self.cache)
     }
 
     /// Every ncacn_ip_tcp endpoint the backend's endpoint mapper has for `interface`.
@@ -189,7 +190,7 @@ impl Resolver {
             }
             answer.extend_from_slice(&pdu[response_stub_range(&pdu)?]);
             if p.ends_call(fragment > 0) {
-                *super::lock(&self.answered) = Some(Instant::now());
+                *lock(&self.answered) = Some(Instant::now());
                 let _ = wr.shutdown().await;
                 return endpoints(&answer, p.endian(), interface);
             }
@@ -227,4 +228,9 @@ fn endpoints(stub: &[u8], endian: Endian, interface: SyntaxId) -> anyhow::Result
             })
         })
         .collect())
+}
+
+/// Locks a mutex whose data a panic elsewhere cannot leave half-updated.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

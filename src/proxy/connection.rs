@@ -1,0 +1,240 @@
+//! The accept loop and one connection's life: admission, the PROXY protocol header, the
+//! listener's handshake, the relay, and the closing log event.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use bytes::BytesMut;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, info_span, warn, Instrument};
+
+use super::accepted::{Client, Opened, Summary};
+use super::generation::{Bound, Generation, Listening, Role};
+use super::limits::{Admission, Admitted};
+use super::relay::Policy;
+use super::{epm, pin};
+use crate::config::Limits;
+use crate::metrics::{metrics, ListenerMetrics};
+use crate::proxy_protocol;
+
+/// What every listener's accept loop shares.
+#[derive(Debug, Clone)]
+pub(super) struct Accepting {
+    /// The generation new connections are served under.
+    pub(super) current: watch::Receiver<Arc<Generation>>,
+    /// Turns true when every connection must end.
+    pub(super) stop: watch::Receiver<bool>,
+    pub(super) admission: Arc<Admission>,
+}
+
+impl Accepting {
+    /// Starts serving a newly bound listener.
+    pub(super) fn start(&self, bound: Bound) -> anyhow::Result<Listening> {
+        let listener = bound.listener.context("a new listener is bound")?;
+        let local = listener.local_addr()?;
+        info!(event = "listening", listener = bound.role.name(), addr = %local);
+        let (role, role_rx) = watch::channel(bound.role);
+        let task = tokio::spawn(self.clone().accept_loop(listener, role_rx));
+        Ok(Listening {
+            local,
+            role,
+            task: task.abort_handle(),
+        })
+    }
+
+    /// Accepts clients until aborted, one task each. Errors are logged inside each task.
+    async fn accept_loop(self, listener: TcpListener, role: watch::Receiver<Role>) {
+        let local = listener.local_addr().ok();
+        // The address clients reach: the listener's, unless it listens on every address.
+        let reached = local.filter(|a| !a.ip().is_unspecified());
+        let mut counted = metrics().listener(role.borrow().name());
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    warn!(event = "accept_failed", error = %e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let role = role.borrow().clone();
+            // Over the limit: close at once, without spending a task on it.
+            let Some(admitted) = self.admission.admit(&peer, role.name()) else {
+                continue;
+            };
+            let generation = self.current.borrow().clone();
+            if counted.name != role.name() {
+                counted = metrics().listener(role.name());
+            }
+            counted.connections.inc();
+            counted.open.inc();
+            let span = info_span!(
+                "conn",
+                peer = %peer,
+                listener = %local.map_or_else(String::new, |a| a.to_string()),
+                pin = role.name(),
+                client = tracing::field::Empty,
+            );
+            let connection = Connection {
+                stream,
+                peer,
+                reached,
+                generation,
+                role,
+                counters: counted.clone(),
+                admission: self.admission.clone(),
+                _admitted: admitted,
+            };
+            tokio::spawn(connection.run(self.stop.clone()).instrument(span));
+        }
+    }
+}
+
+/// One accepted connection, before its handshake.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// The address the client reached, when the listener's own address says it.
+    reached: Option<SocketAddr>,
+    generation: Arc<Generation>,
+    role: Role,
+    counters: ListenerMetrics,
+    admission: Arc<Admission>,
+    _admitted: Admitted,
+}
+
+impl Connection {
+    /// Serves the connection until it ends or `stop` turns true, then logs how it ended.
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let started = Instant::now();
+        let counters = self.counters.clone();
+        let served = tokio::select! {
+            r = self.serve() => r,
+            _ = stop.wait_for(|&s| s) => Ok(Summary::ended("rpcpin shutting down")),
+        };
+        counters.open.dec();
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let s = served.unwrap_or_else(Summary::failed);
+        macro_rules! closed {
+            ($level:ident) => {
+                $level!(
+                    event = "connection_closed",
+                    bytes_from_client = s.from_client,
+                    bytes_to_client = s.to_client,
+                    duration_ms,
+                    reason = %s.reason,
+                )
+            };
+        }
+        if s.clean {
+            closed!(info)
+        } else {
+            closed!(warn)
+        }
+    }
+
+    async fn serve(self) -> anyhow::Result<Summary> {
+        let generation = &self.generation;
+        let client = if self.role.proxy_protocol(&generation.config) {
+            Box::pin(accept_proxied(
+                self.stream,
+                self.peer,
+                &generation.config.limits,
+            ))
+            .await?
+        } else {
+            let local = match self.reached {
+                Some(a) => a,
+                None => self.stream.local_addr()?,
+            };
+            Client {
+                stream: self.stream,
+                peer: self.peer,
+                local,
+                buffered: BytesMut::new(),
+            }
+        };
+        // Over the per-address limit: the `refused` event says why; closing is not an error.
+        let max_per_ip = generation.config.limits.max_connections_per_ip;
+        let Some(_slot) = self.admission.per_ip(max_per_ip, client.peer.ip()) else {
+            return Ok(Summary::ended("refused: limits.max_connections_per_ip"));
+        };
+        let bytes = (
+            self.counters.from_client.clone(),
+            self.counters.to_client.clone(),
+        );
+        Ok(match self.role {
+            Role::Pin(p) => finish(Box::pin(pin::open(client, generation, p)).await?, bytes).await,
+            Role::Epm => {
+                finish(
+                    Box::pin(epm::open(client, generation.clone())).await?,
+                    bytes,
+                )
+                .await
+            }
+        })
+    }
+}
+
+/// Relays an opened connection, counting its bytes (from the client, to the client).
+async fn finish<P: Policy + Unpin>(
+    opened: Opened<P>,
+    (from_client, to_client): (Counter, Counter),
+) -> Summary {
+    match opened {
+        Opened::Relay(mut relay) => {
+            relay.count_into(from_client, to_client);
+            relay.await.into()
+        }
+        Opened::Done(s) => {
+            from_client.inc_by(s.from_client);
+            to_client.inc_by(s.to_client);
+            s
+        }
+    }
+}
+
+/// Reads a PROXY protocol header, within the handshake timeout, and names the real client
+/// in the connection's span.
+async fn accept_proxied(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    limits: &Limits,
+) -> anyhow::Result<Client> {
+    let local = stream.local_addr()?;
+    let mut buffered = BytesMut::new();
+    let header = tokio::time::timeout(limits.handshake_timeout, async {
+        loop {
+            if let Some(h) = proxy_protocol::parse(&buffered)? {
+                return anyhow::Ok(h);
+            }
+            if buffered.len() >= proxy_protocol::V2_MAX
+                || stream.read_buf(&mut buffered).await? == 0
+            {
+                return Err(anyhow!("closed before a complete PROXY protocol header"));
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "no PROXY protocol header within {:?}",
+            limits.handshake_timeout
+        )
+    })??;
+    let _ = buffered.split_to(header.len);
+    let (peer, local) = header.addrs.unwrap_or((peer, local));
+    tracing::Span::current().record("client", tracing::field::display(peer));
+    Ok(Client {
+        stream,
+        peer,
+        local,
+        buffered,
+    })
+}

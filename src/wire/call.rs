@@ -1,0 +1,291 @@
+//! request, response and fault: the PDUs that carry calls (C706 §12.6.4.9–§12.6.4.10,
+//! §12.6.4.7).
+//!
+//! ```text
+//! request                      response                     fault
+//!  16 alloc_hint u32            16 alloc_hint u32            16 alloc_hint u32
+//!  20 p_cont_id  u16            20 p_cont_id  u16            20 p_cont_id u16
+//!  22 opnum      u16            22 cancel_count u8, rsvd     22 cancel_count u8, rsvd
+//!  24 [object uuid, if flag]    24 stub ...                  24 status u32, reserved u32
+//!  .. stub ...
+//! ```
+//!
+//! The stub ends where the auth verifier's padding begins (`auth_pad_length`, C706 §13.2.6.1).
+
+use core::ops::Range;
+
+use super::pdu::{finish_pdu, flags, write_header, HEADER_LEN};
+use super::{get_u16, Endian, Error, PacketType, Pdu, Result, Uuid};
+
+/// A checked request PDU.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pdu: Pdu<&'a [u8]>,
+    stub: Range<usize>,
+}
+
+impl<'a> Request<'a> {
+    /// Checks a whole request PDU.
+    pub fn parse(bytes: &'a [u8]) -> Result<Request<'a>> {
+        let pdu = Pdu::new_checked(bytes)?;
+        if pdu.ptype() != PacketType::Request {
+            return Err(Error::Unsupported("pdu type (expected request)"));
+        }
+        let fixed = if pdu.flags() & flags::OBJECT_UUID != 0 {
+            24
+        } else {
+            8
+        };
+        let stub = stub_range(&pdu, HEADER_LEN + fixed)?;
+        Ok(Request { pdu, stub })
+    }
+
+    /// The PDU itself.
+    pub fn pdu(&self) -> &Pdu<&'a [u8]> {
+        &self.pdu
+    }
+
+    /// The presentation context the call uses.
+    pub fn context_id(&self) -> u16 {
+        get_u16(self.pdu.into_inner(), 20, self.pdu.endian())
+    }
+
+    /// The operation number within the interface.
+    pub fn opnum(&self) -> u16 {
+        get_u16(self.pdu.into_inner(), 22, self.pdu.endian())
+    }
+
+    /// The object UUID, when the request carries one.
+    pub fn object(&self) -> Option<Uuid> {
+        (self.pdu.flags() & flags::OBJECT_UUID != 0)
+            .then(|| Uuid::from_wire(&self.pdu.into_inner()[24..], self.pdu.endian()).ok())
+            .flatten()
+    }
+
+    /// Where the stub lies in the PDU.
+    pub fn stub_range(&self) -> Range<usize> {
+        self.stub.clone()
+    }
+}
+
+/// A checked response PDU.
+#[derive(Debug, Clone, Copy)]
+pub struct Response<'a> {
+    pdu: Pdu<&'a [u8]>,
+}
+
+impl<'a> Response<'a> {
+    /// Checks a whole response PDU.
+    pub fn parse(bytes: &'a [u8]) -> Result<Response<'a>> {
+        let pdu = Pdu::new_checked(bytes)?;
+        if pdu.ptype() != PacketType::Response {
+            return Err(Error::Unsupported("pdu type (expected response)"));
+        }
+        response_stub_range(bytes)?;
+        Ok(Response { pdu })
+    }
+
+    /// The PDU itself.
+    pub fn pdu(&self) -> &Pdu<&'a [u8]> {
+        &self.pdu
+    }
+
+    /// The presentation context of the call.
+    pub fn context_id(&self) -> u16 {
+        get_u16(self.pdu.into_inner(), 20, self.pdu.endian())
+    }
+}
+
+/// Where the stub of the response PDU in `bytes` lies: checks the PDU first.
+pub fn response_stub_range(bytes: &[u8]) -> Result<Range<usize>> {
+    stub_range(&Pdu::new_checked(bytes)?, HEADER_LEN + 8)
+}
+
+fn stub_range(pdu: &Pdu<&[u8]>, start: usize) -> Result<Range<usize>> {
+    let end = pdu.body_end();
+    if end < start {
+        return Err(Error::Truncated("call pdu fixed fields"));
+    }
+    let pad = pdu.auth_trailer().map_or(0, |(_, _, pad)| pad as usize);
+    if end - start < pad {
+        return Err(Error::Malformed("auth_pad_length beyond the stub"));
+    }
+    Ok(start..end - pad)
+}
+
+/// Appends a fault PDU with `status` for the given call.
+pub fn encode_fault(
+    out: &mut Vec<u8>,
+    endian: Endian,
+    call_id: u32,
+    context_id: u16,
+    status: u32,
+) -> Result<()> {
+    let start = out.len();
+    let f = flags::FIRST_FRAG | flags::LAST_FRAG | flags::DID_NOT_EXECUTE;
+    write_header(out, PacketType::Fault, f, endian, call_id);
+    let (hint, ctx, status) = match endian {
+        Endian::Little => (
+            0u32.to_le_bytes(),
+            context_id.to_le_bytes(),
+            status.to_le_bytes(),
+        ),
+        Endian::Big => (
+            0u32.to_be_bytes(),
+            context_id.to_be_bytes(),
+            status.to_be_bytes(),
+        ),
+    };
+    out.extend_from_slice(&hint);
+    out.extend_from_slice(&ctx);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&status);
+    out.extend_from_slice(&[0; 4]);
+    finish_pdu(&mut out[start..], endian)
+}
+
+/// Appends a single-fragment request carrying `stub`.
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    endian: Endian,
+    call_id: u32,
+    context_id: u16,
+    opnum: u16,
+    stub: &[u8],
+) -> Result<()> {
+    let start = out.len();
+    write_header(
+        out,
+        PacketType::Request,
+        flags::FIRST_FRAG | flags::LAST_FRAG,
+        endian,
+        call_id,
+    );
+    let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
+    let (hint, ctx, op) = match endian {
+        Endian::Little => (
+            hint.to_le_bytes(),
+            context_id.to_le_bytes(),
+            opnum.to_le_bytes(),
+        ),
+        Endian::Big => (
+            hint.to_be_bytes(),
+            context_id.to_be_bytes(),
+            opnum.to_be_bytes(),
+        ),
+    };
+    out.extend_from_slice(&hint);
+    out.extend_from_slice(&ctx);
+    out.extend_from_slice(&op);
+    out.extend_from_slice(stub);
+    finish_pdu(&mut out[start..], endian)
+}
+
+/// Appends a single-fragment response carrying `stub`.
+pub fn encode_response(
+    out: &mut Vec<u8>,
+    endian: Endian,
+    call_id: u32,
+    context_id: u16,
+    stub: &[u8],
+) -> Result<()> {
+    let start = out.len();
+    write_header(
+        out,
+        PacketType::Response,
+        flags::FIRST_FRAG | flags::LAST_FRAG,
+        endian,
+        call_id,
+    );
+    let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
+    let (hint, ctx) = match endian {
+        Endian::Little => (hint.to_le_bytes(), context_id.to_le_bytes()),
+        Endian::Big => (hint.to_be_bytes(), context_id.to_be_bytes()),
+    };
+    out.extend_from_slice(&hint);
+    out.extend_from_slice(&ctx);
+    out.extend_from_slice(&[0, 0]); // cancel_count, reserved
+    out.extend_from_slice(stub);
+    finish_pdu(&mut out[start..], endian)
+}
+
+/// Well-known `nca_status` codes for faults (C706 appendix E, MS-RPCE 2.2.2.11).
+pub mod status {
+    /// The operation number is not valid for the interface.
+    pub const NCA_S_OP_RNG_ERROR: u32 = 0x1c01_0002;
+    /// The call was refused by policy.
+    pub const NCA_S_FAULT_ACCESS_DENIED: u32 = 0x0000_0005;
+    /// The server could not process the call.
+    pub const NCA_S_FAULT_OTHER: u32 = 0x0000_06be;
+    /// The stub received bad data.
+    pub const RPC_S_PROTOCOL_ERROR: u32 = 0x1c01_000b;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NSPI_CLIENT: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.client.bin");
+    const NSPI_SERVER: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.server.bin");
+
+    #[test]
+    fn parses_outlooks_ept_map_request() {
+        let req = Request::parse(&NSPI_CLIENT[72..]).unwrap();
+        assert_eq!(req.opnum(), 3);
+        assert_eq!(req.context_id(), 0);
+        assert_eq!(req.object(), None);
+        assert_eq!(req.stub_range(), 24..156);
+    }
+
+    #[test]
+    fn parses_exchanges_ept_map_response() {
+        let resp = Response::parse(&NSPI_SERVER[60..]).unwrap();
+        assert_eq!(resp.pdu().call_id(), 1);
+        assert_eq!(resp.context_id(), 0);
+        assert_eq!(response_stub_range(&NSPI_SERVER[60..]).unwrap(), 24..152);
+    }
+
+    #[test]
+    fn encoded_request_matches_outlooks() {
+        let original = &NSPI_CLIENT[72..];
+        let mut out = Vec::new();
+        encode_request(&mut out, Endian::Little, 1, 0, 3, &original[24..]).unwrap();
+        // Outlook's alloc_hint (0x84) is the stub length too.
+        assert_eq!(out, original);
+    }
+
+    #[test]
+    fn encoded_response_matches_exchanges() {
+        let original = &NSPI_SERVER[60..];
+        let mut out = Vec::new();
+        encode_response(&mut out, Endian::Little, 1, 0, &original[24..]).unwrap();
+        assert_eq!(out, original);
+    }
+
+    #[test]
+    fn fault_round_trips() {
+        let mut out = Vec::new();
+        encode_fault(&mut out, Endian::Big, 9, 1, status::NCA_S_OP_RNG_ERROR).unwrap();
+        let pdu = Pdu::new_checked(&out[..]).unwrap();
+        assert_eq!(pdu.ptype(), PacketType::Fault);
+        assert_eq!(pdu.frag_len(), 32);
+        assert_eq!(&out[24..28], &[0x1c, 0x01, 0x00, 0x02]);
+    }
+
+    #[test]
+    fn auth_padding_beyond_stub_is_an_error() {
+        // A response with an 8-byte sec_trailer that claims 200 bytes of padding.
+        let mut pdu = NSPI_SERVER[60..].to_vec();
+        pdu[10] = 0; // auth_len 0 -> set below
+        let frag = pdu.len() + 8 + 16;
+        pdu.extend_from_slice(&[10, 6, 200, 0, 0, 0, 0, 0]);
+        pdu.extend_from_slice(&[0; 16]);
+        pdu[8] = frag as u8;
+        pdu[9] = (frag >> 8) as u8;
+        pdu[10] = 16;
+        assert_eq!(
+            response_stub_range(&pdu),
+            Err(Error::Malformed("auth_pad_length beyond the stub"))
+        );
+    }
+}
