@@ -131,7 +131,7 @@ struct Flow {
     /// backend closes, and closing the client's socket then says it.
     shutdown_on_close: bool,
     /// The half-close was passed on.
-    done: bool,
+    half_close_passed: bool,
     moved: u64,
 }
 
@@ -145,7 +145,7 @@ impl Default for Flow {
             failed: None,
             sender_closed: false,
             shutdown_on_close: false,
-            done: false,
+            half_close_passed: false,
             moved: 0,
         }
     }
@@ -202,7 +202,7 @@ impl Flow {
                     // The receiver may still answer what it got.
                     let _ = ready!(Pin::new(to.get_mut()).poll_shutdown(cx));
                 }
-                self.done = true;
+                self.half_close_passed = true;
                 return Poll::Ready(Ok(()));
             }
             let mut out = Outbox::default();
@@ -285,7 +285,7 @@ where
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<anyhow::Result<&'static str>> {
         let r = self;
         let policy = &mut r.policy;
-        if !r.up.done {
+        if !r.up.half_close_passed {
             let up = r.up.poll(
                 cx,
                 (&mut r.client, &mut r.backend),
@@ -303,12 +303,12 @@ where
             (&mut r.backend, &mut r.client),
             |pdu, out| policy.answer(pdu, out),
             // Once the backend's side is shut, answers made for it have nowhere to go.
-            (!r.up.done).then_some(&mut r.up.replies),
+            (!r.up.half_close_passed).then_some(&mut r.up.replies),
             &mut r.active,
         );
         match down {
             Poll::Ready(Ok(())) => {
-                let closed = if r.up.done {
+                let closed = if r.up.half_close_passed {
                     "client closed"
                 } else {
                     "backend closed"
@@ -321,7 +321,7 @@ where
         // Poll `up` again when `down` just made replies for it to write, or wrote the
         // replies `up` made and waits to read on after.
         let unblocked = up_waits_for_down && r.down.replies.is_empty();
-        if !r.up.done && (unblocked || !r.up.replies.is_empty()) {
+        if !r.up.half_close_passed && (unblocked || !r.up.replies.is_empty()) {
             cx.waker().wake_by_ref();
         }
         r.poll_timer(cx)

@@ -4,7 +4,8 @@
 
 use smallvec::SmallVec;
 
-/// Keys and values in insertion order. Every user bounds its size (a few hundred at most).
+/// Keys and values, in no particular order (`remove` moves the last entry into the gap).
+/// Every user bounds its size (a few hundred at most).
 #[derive(Debug, Clone)]
 pub(super) struct SmallMap<K, V>(SmallVec<[(K, V); 2]>);
 
