@@ -1,9 +1,12 @@
-//! Rewriting the towers of an endpoint-mapper response, in place, across fragments.
+//! Rewriting the endpoint mapper's answers: the towers of ept_map, ept_map_auth and
+//! ept_lookup answers, across fragments.
 //!
 //! A response may span several fragments and a tower may straddle a boundary. The stub is
-//! gathered into one bounded buffer only to walk it and patch it; the patched bytes are then
-//! put back where they came from. Every rewrite keeps every length, so `frag_length`,
-//! alignment and offsets do not change, and a rewrite that changes nothing changes no byte.
+//! gathered into one bounded buffer to walk it. Pointing a tower at its pin changes only
+//! its port and address, so those are patched in place and put back where they came from:
+//! `frag_length`, alignment and offsets stay as they were, and a rewrite that changes
+//! nothing changes no byte. Hiding the entries of unpinned interfaces (`epm.hide_unpinned`,
+//! on by default) removes bytes, so such an answer is re-encoded and cut into new fragments.
 
 use std::net::Ipv4Addr;
 

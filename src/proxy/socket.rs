@@ -27,7 +27,7 @@ pub(super) fn listen(addr: SocketAddr, limits: &Limits) -> std::io::Result<TcpLi
 /// and TCP keepalive so that a peer that vanished is noticed.
 pub(super) fn tune(socket: &impl std::os::fd::AsFd, limits: &Limits) {
     let socket = socket2::SockRef::from(socket);
-    let _ = socket.set_nodelay(true);
+    let _ = socket.set_tcp_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(limits.keepalive)
         .with_interval(limits.keepalive / 4 + Duration::from_secs(1))
@@ -51,6 +51,6 @@ mod tests {
         assert!(accepted.nodelay().unwrap());
         let sock = socket2::SockRef::from(&accepted);
         assert!(sock.keepalive().unwrap());
-        assert_eq!(sock.keepalive_time().unwrap(), limits.keepalive);
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), limits.keepalive);
     }
 }
