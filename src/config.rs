@@ -1,5 +1,5 @@
-//! The configuration file (DESIGN.md §4): parsing kept apart from validation, and every
-//! error naming the key it is about.
+//! The configuration file (README.md, "Configuration"): parsing kept apart from validation,
+//! and every error naming the key it is about.
 
 use std::collections::HashMap;
 use std::fmt;
