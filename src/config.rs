@@ -2,7 +2,6 @@
 //! and every error naming the key it is about.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -183,21 +182,14 @@ impl Default for Limits {
 }
 
 /// A configuration error: the key it is about and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
 pub struct ConfigError {
     /// The key, as a path (`pin[1].interfaces[0]`).
     pub key: String,
     /// What is wrong with it.
     pub reason: String,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.reason)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {
