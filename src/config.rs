@@ -552,21 +552,31 @@ fn limits(raw: RawLimits) -> Result<Limits, ConfigError> {
     })
 }
 
+/// The longest duration accepted, 1000 years: far past any timeout anyone means, and small
+/// enough that adding it to an `Instant` (the relay's idle deadline does) cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(8_760_000 * 3600);
+
 /// Parses `"250ms"`, `"10s"`, `"15m"` or `"1h"`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as \"10s\""))?;
+    let too_long = || format!("{text:?} is too long: at most 8760000h (1000 years)");
+    let n: u64 = num.parse().map_err(|e: std::num::ParseIntError| {
+        if *e.kind() == std::num::IntErrorKind::PosOverflow {
+            too_long()
+        } else {
+            format!("{text:?} is not a duration such as \"10s\"")
+        }
+    })?;
     let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
         _ => return Err(format!("{text:?} needs a unit: ms, s, m or h")),
     };
+    let d = d.filter(|d| *d <= MAX_DURATION).ok_or_else(too_long)?;
     if d.is_zero() {
         return Err("must be longer than zero".to_string());
     }
@@ -901,6 +911,41 @@ interfaces = ["emsmdb", "async_emsmdb"]
         add(&mut doc, "backend", "port", 1);
         let e = parse(&doc).unwrap_err();
         assert!(e.reason.contains("unknown field `port`"), "{e}");
+    }
+
+    /// Operators write "never" as a huge number; it must be refused, not overflow the
+    /// multiplication (a panic in debug builds) or the clock it is later added to.
+    #[test]
+    fn durations_too_long_are_refused() {
+        for text in [
+            "99999999999999999h",
+            "9999999999999999999m",
+            "18446744073709551615s",
+            "99999999999999999999s",
+            "8760001h",
+            "31536000000001ms",
+        ] {
+            let mut doc = minimal();
+            add(
+                &mut doc,
+                "",
+                "limits",
+                table(&[("idle_timeout", text.into())]),
+            );
+            let e = parse(&doc).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("limits.idle_timeout: {text:?} is too long: at most 8760000h (1000 years)")
+            );
+        }
+        assert_eq!(
+            parse_duration("8760000h"),
+            Ok(Duration::from_secs(1000 * 365 * 24 * 3600))
+        );
+        assert_eq!(
+            parse_duration("31536000000000ms"),
+            parse_duration("8760000h")
+        );
     }
 
     #[test]
