@@ -9,6 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::interfaces::Interface;
+use raw::{RawAdmin, RawConfig, RawLimits};
+
+mod raw;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -198,96 +201,6 @@ fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    backend: RawBackend,
-    epm: RawEpm,
-    #[serde(default)]
-    pin: Vec<RawPin>,
-    #[serde(default)]
-    log: RawLog,
-    #[serde(default)]
-    limits: RawLimits,
-    #[serde(default)]
-    process: RawProcess,
-    #[serde(default)]
-    admin: RawAdmin,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Option<String>,
-    ready_window: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawProcess {
-    user: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackend {
-    host: String,
-    #[serde(default = "default_epm_port")]
-    epm_port: u16,
-}
-
-fn default_epm_port() -> u16 {
-    135
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEpm {
-    listen: String,
-    advertise: Option<String>,
-    protected_answers: Option<ProtectedAnswers>,
-    hide_unpinned: Option<bool>,
-    #[serde(default)]
-    proxy_protocol: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPin {
-    name: String,
-    listen: String,
-    interfaces: Vec<String>,
-    advertise_port: Option<u16>,
-    backend_port: Option<u16>,
-    #[serde(default)]
-    opnums: std::collections::BTreeMap<String, Vec<u16>>,
-    #[serde(default)]
-    proxy_protocol: bool,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    format: Option<LogFormat>,
-    level: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    handshake_timeout: Option<String>,
-    idle_timeout: Option<String>,
-    connect_timeout: Option<String>,
-    resolve_timeout: Option<String>,
-    resolve_cache: Option<String>,
-    max_fragment: Option<usize>,
-    max_reassembly: Option<usize>,
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<usize>,
-    keepalive: Option<String>,
-    drain_timeout: Option<String>,
-}
-
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -299,21 +212,8 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let key = e
-                .span()
-                .map_or_else(|| "(file)".to_string(), |s| key_at(text, s.start));
-            err(key, e.message().to_string())
-        })?;
-        validate(raw)
+        validate(raw::parse(text)?)
     }
-}
-
-/// Names the line a TOML error points at, for errors that serde reports without a path.
-fn key_at(text: &str, offset: usize) -> String {
-    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
-    let content = text.lines().nth(line - 1).unwrap_or("").trim();
-    format!("line {line} ({content})")
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
