@@ -353,21 +353,4 @@ fn durations_too_long_are_refused() {
             format!("limits.idle_timeout: {text:?} is too long: at most 8760000h (1000 years)")
         );
     }
-    assert_eq!(
-        parse_duration("8760000h"),
-        Ok(Duration::from_secs(1000 * 365 * 24 * 3600))
-    );
-    assert_eq!(
-        parse_duration("31536000000000ms"),
-        parse_duration("8760000h")
-    );
-}
-
-#[test]
-fn durations_parse() {
-    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-    assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-    assert!(parse_duration("0s").is_err());
-    assert!(parse_duration("s").is_err());
-    assert!(parse_duration("5 min").is_err());
 }
