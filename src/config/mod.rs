@@ -1,5 +1,8 @@
 //! The configuration file (README.md, "Configuration"): parsing kept apart from validation,
 //! and every error naming the key it is about.
+//!
+//! This file holds the validated types; `raw` is the file as TOML has it (unknown keys
+//! refused) and `validate` turns that into them, one section at a time.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
