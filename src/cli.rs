@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md §4): `run`, `check`, `resolve`.
+//! The command line (README.md, "Command line"): `run`, `check`, `resolve`.
 
 use std::io::Write;
 use std::path::PathBuf;
