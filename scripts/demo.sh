@@ -280,6 +280,7 @@ call() {
     echo "  (sealed with NTLM: rpcpin relays the call untouched)."
     echo "  client\$ rpcclient -U $RPC_USER%$RPC_PASS 'ncacn_ip_tcp:${DMZ_OUT_IP}[seal]' -c $cmd"
     mark=$(log_mark)
+    # -s: an smb.conf of the demo's own, so the machine's /etc/samba plays no part.
     client "$NS_CLI" rpcclient -s "$WORK/client.conf" -U "$RPC_USER%$RPC_PASS" \
         "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" -c "$cmd" >"$out" 2>&1 || rc=$?
     head -n 3 "$out" | expand -t 2 | sed -e 's/^/    /; s/ *$//'
