@@ -1,6 +1,7 @@
-# Shared by the test suites' install-deps.sh scripts (sourced, not run): Debian packages
-# with apt-get, and pinned PyPI packages in a venv. Both are idempotent. `$who` names the
-# caller in messages.
+# shellcheck shell=bash
+# Shared by the test suites' install-deps.sh scripts and scripts/demo.sh (sourced, not run):
+# Debian packages with apt-get, and pinned PyPI packages in a venv. Both are idempotent.
+# `$who` names the caller in messages.
 
 # apt_install PACKAGE...: installs those not fully installed.
 apt_install() {
@@ -12,10 +13,10 @@ apt_install() {
         fi
     done
     if ((${#missing[@]} == 0)); then
-        echo "$who: Debian packages already present"
+        echo "${who:-deps}: Debian packages already present"
         return
     fi
-    echo "$who: installing ${missing[*]}"
+    echo "${who:-deps}: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -26,15 +27,15 @@ apt_install() {
 venv_pin() {
     local venv=$1 package=$2 version=$3 have
     if [[ ! -x "$venv/bin/python" ]]; then
-        echo "$who: creating venv $venv"
+        echo "${who:-deps}: creating venv $venv"
         mkdir -p "$(dirname "$venv")"
         /usr/bin/python3 -m venv "$venv"
     fi
     have="$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$package'))" 2>/dev/null || true)"
     if [[ "$have" == "$version" ]]; then
-        echo "$who: $package $version already in the venv"
+        echo "${who:-deps}: $package $version already in the venv"
         return
     fi
-    echo "$who: installing $package $version into the venv"
+    echo "${who:-deps}: installing $package $version into the venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "$package==$version"
 }

@@ -1,14 +1,21 @@
 # shellcheck shell=bash
-# Shared by the interop scripts (run.sh, scale_out.sh): reporting, namespace and process
-# helpers, Samba in the LAN namespace, rpcclient. Sourced, never run.
+# Shared by the interop scripts (run.sh, scale_out.sh) and scripts/demo.sh: reporting,
+# namespace and process helpers, the client/DMZ/LAN topology with rpcpin in the DMZ, Samba
+# in the LAN namespace, rpcclient. Sourced, never run.
 #
 # The sourcing script sets, before calling anything here:
-#   script_dir, WORK, PY, SAMBA_DCERPCD, RPC_USER, RPC_PASS, CLIENT_TIMEOUT,
+#   WORK, PY, SAMBA_DCERPCD, RPC_USER, RPC_PASS, CLIENT_TIMEOUT,
 #   LAN_IP, NS_LAN, NS_DMZ (a namespace that reaches $LAN_IP), passed, failed,
-#   samba_pid, created_user, start_time, error_at, stdout_fd, stderr_fd.
+#   samba_pid, created_user, start_time, error_at, stdout_fd, stderr_fd;
+# and, for the topology and rpcpin in the DMZ (run.sh, demo.sh):
+#   NS_CLI, CLI_IP, DMZ_OUT_IP, DMZ_IN_IP, PIN_LSAD, PIN_CLASSIC, RPCPIN_BIN, rpcpin_pid.
 
 # Helpers are called through check()/wait_for()/traps, which shellcheck cannot follow:
 # shellcheck disable=SC2317,SC2034,SC2154
+
+# The interop directory, where the Python helpers used here live (the sourcing script may
+# live elsewhere).
+lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # --- reporting ----------------------------------------------------------------
 pass() { echo "PASS: $*"; passed=$((passed + 1)); }
@@ -164,6 +171,65 @@ remove_stale_namespaces() {
     done
 }
 
+# --- setup: client, DMZ and LAN namespaces; rpcpin in the DMZ -----------------------
+# Three namespaces stand in for three hosts: client $CLI_IP -veth- $DMZ_OUT_IP DMZ
+# $DMZ_IN_IP -veth- $LAN_IP LAN. The veth ends are to-dmz (client), to-cli and to-lan
+# (DMZ), to-dmz (LAN).
+setup_dmz_topology() {
+    local ns
+    log "namespaces $NS_CLI / $NS_DMZ / $NS_LAN"
+    for ns in "$NS_CLI" "$NS_DMZ" "$NS_LAN"; do
+        ip netns add "$ns"
+        in_ns "$ns" ip link set lo up
+    done
+    # Create each veth end directly inside its namespace: no name is ever
+    # taken in the host's namespace.
+    ip link add name to-dmz netns "$NS_CLI" type veth peer name to-cli netns "$NS_DMZ"
+    ip link add name to-lan netns "$NS_DMZ" type veth peer name to-dmz netns "$NS_LAN"
+    ip -n "$NS_CLI" addr add "$CLI_IP/24" dev to-dmz
+    ip -n "$NS_DMZ" addr add "$DMZ_OUT_IP/24" dev to-cli
+    ip -n "$NS_DMZ" addr add "$DMZ_IN_IP/24" dev to-lan
+    ip -n "$NS_LAN" addr add "$LAN_IP/24" dev to-dmz
+    ip -n "$NS_CLI" link set to-dmz up
+    ip -n "$NS_DMZ" link set to-cli up
+    ip -n "$NS_DMZ" link set to-lan up
+    ip -n "$NS_LAN" link set to-dmz up
+    # The DMZ is a host, not a router: only rpcpin may carry traffic across.
+    in_ns "$NS_DMZ" sysctl -qw net.ipv4.ip_forward=0
+    # No default routes anywhere: the client knows only 198.51.100.0/24,
+    # the LAN only 10.135.0.0/24.
+}
+
+dmz_rpcpin_listening() {
+    local port
+    for port in 135 "$PIN_LSAD" "$PIN_CLASSIC"; do
+        in_ns "$NS_DMZ" ss -Hltn "sport = :$port" | grep -q . || return 1
+    done
+}
+
+# start_dmz_rpcpin [CONF]: rpcpin in the DMZ (default config $WORK/rpcpin.toml, log appended
+# to $WORK/rpcpin.log); returns once it listens on 135 and both pins.
+start_dmz_rpcpin() {
+    local conf=${1:-$WORK/rpcpin.toml}
+    log "starting rpcpin in $NS_DMZ with $(basename "$conf") (log: rpcpin.log)"
+    ip netns exec "$NS_DMZ" "$RPCPIN_BIN" run --config "$conf" \
+        >>"$WORK/rpcpin.log" 2>&1 &
+    rpcpin_pid=$!
+    local deadline=$((SECONDS + 15)) rc=0
+    until dmz_rpcpin_listening; do
+        if ! kill -0 "$rpcpin_pid" 2>/dev/null; then
+            wait "$rpcpin_pid" || rc=$?
+            rpcpin_pid=""
+            die "rpcpin run exited (status $rc) before listening"
+        fi
+        ((SECONDS < deadline)) || die "rpcpin is not listening on 135/$PIN_LSAD/$PIN_CLASSIC after 15 s"
+        sleep 0.2
+    done
+}
+
+# The number of lines in rpcpin's log so far: a mark to read what was logged after it.
+log_mark() { wc -l <"$WORK/rpcpin.log"; }
+
 # --- setup: Samba in the LAN namespace ---------------------------------------
 write_smb_conf() {
     local range=$1
@@ -215,7 +281,7 @@ setup_samba_user() {
 
 # Samba's EPM answers for every service we use once all helpers registered.
 samba_ready() {
-    client "$NS_DMZ" "$PY" "$script_dir/epm_towers.py" "$LAN_IP" samr srvsvc winreg
+    client "$NS_DMZ" "$PY" "$lib_dir/epm_towers.py" "$LAN_IP" samr srvsvc winreg
 }
 
 start_samba() {
@@ -237,7 +303,7 @@ stop_samba() {
 
 # Where Samba's own EPM says IFACE lives: prints the port, asked from the DMZ.
 samba_port() {
-    client "$NS_DMZ" "$PY" "$script_dir/epm_towers.py" "$LAN_IP" "$1" |
+    client "$NS_DMZ" "$PY" "$lib_dir/epm_towers.py" "$LAN_IP" "$1" |
         awk '/^TOWER/ { sub("port=", "", $6); print $6; exit }'
 }
 

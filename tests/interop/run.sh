@@ -68,7 +68,8 @@ error_at=""   # set by the ERR trap: where an unexpected failure stopped the sui
 stdout_fd=""
 stderr_fd=""
 
-# Reporting, process and namespace helpers, Samba, rpcclient: shared with scale_out.sh.
+# Reporting, process and namespace helpers, the namespaces and rpcpin in the DMZ, Samba,
+# rpcclient: shared with scale_out.sh and scripts/demo.sh.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$script_dir/lib.sh"
 
@@ -90,31 +91,7 @@ cleanup() {
     finish "$rc" "$WORK/rpcpin.log" "$WORK"/samba-*.log
 }
 
-# --- setup: topology ----------------------------------------------------------
-setup_namespaces() {
-    log "namespaces $NS_CLI / $NS_DMZ / $NS_LAN"
-    for ns in "$NS_CLI" "$NS_DMZ" "$NS_LAN"; do
-        ip netns add "$ns"
-        in_ns "$ns" ip link set lo up
-    done
-    # Create each veth end directly inside its namespace: no name is ever
-    # taken in the host's namespace.
-    ip link add name to-dmz netns "$NS_CLI" type veth peer name to-cli netns "$NS_DMZ"
-    ip link add name to-lan netns "$NS_DMZ" type veth peer name to-dmz netns "$NS_LAN"
-    ip -n "$NS_CLI" addr add "$CLI_IP/24" dev to-dmz
-    ip -n "$NS_DMZ" addr add "$DMZ_OUT_IP/24" dev to-cli
-    ip -n "$NS_DMZ" addr add "$DMZ_IN_IP/24" dev to-lan
-    ip -n "$NS_LAN" addr add "$LAN_IP/24" dev to-dmz
-    ip -n "$NS_CLI" link set to-dmz up
-    ip -n "$NS_DMZ" link set to-cli up
-    ip -n "$NS_DMZ" link set to-lan up
-    ip -n "$NS_LAN" link set to-dmz up
-    # The DMZ is a host, not a router: only rpcpin may carry traffic across.
-    in_ns "$NS_DMZ" sysctl -qw net.ipv4.ip_forward=0
-    # No default routes anywhere: the client knows only 198.51.100.0/24,
-    # the LAN only 10.135.0.0/24.
-}
-
+# --- setup: the firewall (the namespaces are set up by lib.sh) -------------------
 setup_firewall() {
     log "nftables in the DMZ: client side may reach tcp/135, $PIN_LSAD, $PIN_CLASSIC only"
     in_ns "$NS_DMZ" nft -f - <<NFT
@@ -173,31 +150,6 @@ $per_ip_line
 # rpcpin binds 135 as root, then switches to this user.
 user = "$RPCPIN_USER"
 TOML
-}
-
-rpcpin_listening() {
-    local port
-    for port in 135 "$PIN_LSAD" "$PIN_CLASSIC"; do
-        in_ns "$NS_DMZ" ss -Hltn "sport = :$port" | grep -q . || return 1
-    done
-}
-
-start_rpcpin() {
-    local conf=${1:-$WORK/rpcpin.toml}
-    log "starting rpcpin in $NS_DMZ with $(basename "$conf") (log: rpcpin.log)"
-    ip netns exec "$NS_DMZ" "$RPCPIN_BIN" run --config "$conf" \
-        >>"$WORK/rpcpin.log" 2>&1 &
-    rpcpin_pid=$!
-    local deadline=$((SECONDS + 15)) rc=0
-    until rpcpin_listening; do
-        if ! kill -0 "$rpcpin_pid" 2>/dev/null; then
-            wait "$rpcpin_pid" || rc=$?
-            rpcpin_pid=""
-            die "rpcpin run exited (status $rc) before listening"
-        fi
-        ((SECONDS < deadline)) || die "rpcpin is not listening on 135/$PIN_LSAD/$PIN_CLASSIC after 15 s"
-        sleep 0.2
-    done
 }
 
 # `rpcpin resolve` exits 0 and its table names every PORT given.
@@ -333,9 +285,7 @@ backend_leg_clean() {
     ((bad == 0))
 }
 
-# --- rpcpin's log -------------------------------------------------------------
-log_mark() { wc -l <"$WORK/rpcpin.log"; }
-
+# --- rpcpin's log (log_mark is in lib.sh) ------------------------------------------
 # rpcpin_logged MARK MIN PATTERN...: at least MIN lines logged after line MARK
 # contain every PATTERN (fixed strings); waits up to 3 s for them. Prints the count
 # and the first two.
@@ -492,7 +442,7 @@ main() {
 
     # Namespaces left by a run that was killed outright (its PID is gone).
     remove_stale_namespaces '^rpcpin-(cli|dmz|lan)-[0-9]+$'
-    setup_namespaces
+    setup_dmz_topology
     setup_firewall
     write_smb_conf "$RANGE1"
     write_client_conf
@@ -558,7 +508,7 @@ main() {
     check "rpcpin resolve (from the DMZ) reports Samba's current samr and srvsvc ports" \
         resolve_reports "$samr1" "$srvsvc1"
 
-    start_rpcpin
+    start_dmz_rpcpin
     local rpcpin_main=$rpcpin_pid
 
     # --- h. privileges --------------------------------------------------------------
@@ -686,7 +636,7 @@ main() {
         rpcclient_fails "$NS_CLI" "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" enumdomains
 
     # --- k. the default per-address limit ------------------------------------------
-    start_rpcpin "$WORK/rpcpin-default-limits.toml"
+    start_dmz_rpcpin "$WORK/rpcpin-default-limits.toml"
     check "default limits.max_connections_per_ip ($PER_IP_DEFAULT): connection $((PER_IP_DEFAULT + 1)) from $CLI_IP is closed at once while the $PER_IP_DEFAULT silent ones stay open" \
         per_ip_limit
     stop_pid "$rpcpin_pid"
