@@ -30,7 +30,7 @@ const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\nready_window = \"1s\"\n"
 
 /// An NSPI session through the pin: bind, auth3 and a call, answered with Exchange's bytes.
 async fn nspi_session(pin: std::net::SocketAddr) -> Vec<u8> {
-    let mut s = TcpStream::connect(pin).await.unwrap();
+    let mut s = Conn::connect(pin).await;
     s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
     read_pdu(&mut s).await.expect("a bind_ack");
     read_pdu(&mut s).await.expect("a response")
@@ -59,7 +59,7 @@ async fn metrics_health_and_readiness() {
     // A bind refused on the pin.
     let mut bind = pdus(NSPI_NTLM_CLIENT)[0].to_vec();
     replace(&mut bind, &NSPI_LE, &WINREG_LE);
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(&bind).await.unwrap();
     read_to_end(&mut s).await;
 
@@ -87,9 +87,7 @@ async fn metrics_health_and_readiness() {
 
 #[tokio::test]
 async fn readiness_fails_when_the_backend_is_down() {
-    let down = format!("127.0.0.1:{}", closed_port().await)
-        .parse()
-        .unwrap();
+    let down = closed_addr().await;
     let text = config(down, &[("lifecycle-down", "\"nspi\"")], ADMIN);
     let rpcpin = Running::start(&text).await;
     let (status, body) = get(&rpcpin, "/readyz").await;
@@ -108,7 +106,7 @@ async fn shutdown_drains_established_connections_then_closes_the_rest() {
     let rpcpin = Running::start(&config(epm.addr, &[("drain", "\"nspi\"")], &extra)).await;
 
     // An established session, mid-conversation: its bind answered, its call not yet sent.
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     let client = pdus(NSPI_NTLM_CLIENT);
     s.write_all(client[0]).await.unwrap();
     read_pdu(&mut s).await.expect("a bind_ack");
@@ -117,7 +115,7 @@ async fn shutdown_drains_established_connections_then_closes_the_rest() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     // No new clients, and load balancers are told so.
     assert!(
-        TcpStream::connect(rpcpin.pins[0]).await.is_err(),
+        Conn::try_connect(rpcpin.pins[0]).await.is_err(),
         "still accepting"
     );
     assert_eq!(get(&rpcpin, "/readyz").await, (503, "draining\n".into()));
@@ -146,7 +144,7 @@ async fn shutdown_ends_as_soon_as_the_last_connection_closes() {
     let epm = epm_pointing_at(move |_| port).await;
     let extra = "[limits]\ndrain_timeout = \"60s\"\n";
     let rpcpin = Running::start(&config(epm.addr, &[("drain-fast", "\"nspi\"")], extra)).await;
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
     read_pdu(&mut s).await.expect("a bind_ack");
     rpcpin.shutdown().await;
@@ -179,7 +177,7 @@ async fn reload_adds_changes_and_removes_pins_without_dropping_connections() {
     let pin_a = rpcpin.pins[0];
 
     // A session established before the reload.
-    let mut before = TcpStream::connect(pin_a).await.unwrap();
+    let mut before = Conn::connect(pin_a).await;
     let client = pdus(NSPI_NTLM_CLIENT);
     before.write_all(client[0]).await.unwrap();
     read_pdu(&mut before).await.expect("a bind_ack");
@@ -194,7 +192,7 @@ async fn reload_adds_changes_and_removes_pins_without_dropping_connections() {
     let pin_b = format!("127.0.0.1:{b}").parse().unwrap();
     assert_eq!(nspi_session(pin_b).await, pdus(NSPI_NTLM_SERVER)[1]);
     // `a` now refuses NSPI binds...
-    let mut s = TcpStream::connect(pin_a).await.unwrap();
+    let mut s = Conn::connect(pin_a).await;
     s.write_all(client[0]).await.unwrap();
     let refusal = read_to_end(&mut s).await;
     assert_eq!(refusal[2], 12, "a bind_ack");
@@ -223,7 +221,7 @@ async fn reload_adds_changes_and_removes_pins_without_dropping_connections() {
     // Dropping pin "two" closes its listener.
     rpcpin.reload(&first).await.expect("reloaded");
     assert!(
-        TcpStream::connect(pin_b).await.is_err(),
+        Conn::try_connect(pin_b).await.is_err(),
         "pin two still listens"
     );
     assert_eq!(nspi_session(pin_a).await, pdus(NSPI_NTLM_SERVER)[1]);

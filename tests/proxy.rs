@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Sends Outlook's captured EPM bytes through rpcpin and returns what came back.
 async fn outlook_ept_map(epm: SocketAddr, client: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(epm).await.unwrap();
+    let mut s = Conn::connect(epm).await;
     s.write_all(client).await.unwrap();
     let mut out = Vec::new();
     for _ in 0..2 {
@@ -55,10 +54,13 @@ async fn rewrites_a_big_endian_answer_from_samba() {
     // and the NDR are big endian, the tower's lengths little endian, its port big endian.
     let server = include_bytes!("data/samba-be-map-samr.server.bin");
     let client = include_bytes!("data/samba-be-map-samr.client.bin");
-    let backend =
-        Replay::start(|_| pdus_be(include_bytes!("data/samba-be-map-samr.server.bin"))).await;
+    let backend = Replay::start(|_| {
+        let server = include_bytes!("data/samba-be-map-samr.server.bin");
+        pdus(server).iter().map(|p| p.to_vec()).collect()
+    })
+    .await;
     let rpcpin = Running::start(&config(backend.addr, &[("lsad", "\"samr\"")], "")).await;
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(client).await.unwrap();
     let mut got = vec![0u8; server.len()];
     tokio::io::AsyncReadExt::read_exact(&mut s, &mut got)
@@ -78,19 +80,6 @@ async fn rewrites_a_big_endian_answer_from_samba() {
     assert_eq!(replace(&mut expected, &[127, 0, 0, 3], &[127, 0, 0, 1]), 1);
     assert_eq!(got, expected);
     rpcpin.stop().await;
-}
-
-/// Splits a big-endian stream into its PDUs.
-fn pdus_be(stream: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut rest = stream;
-    while rest.len() >= 16 {
-        assert_eq!(rest[4] & 0x10, 0, "big endian");
-        let len = u16::from_be_bytes([rest[8], rest[9]]) as usize;
-        out.push(rest[..len].to_vec());
-        rest = &rest[len..];
-    }
-    out
 }
 
 #[tokio::test]
@@ -167,10 +156,8 @@ async fn hides_an_unpinned_interface_unless_told_not_to() {
     let got = outlook_ept_map(hidden.epm, EMSMDB_EPM_CLIENT).await;
     let answer = &got[60..];
     assert_eq!(answer[..8], EMSMDB_EPM_SERVER[60..68]);
-    assert_eq!(
-        u16::from_le_bytes([answer[8], answer[9]]) as usize,
-        answer.len()
-    );
+    // Header and fixed fields (24), the entry handle (20), five integers (20).
+    assert_eq!(frag_len(answer), 64);
     let stub = &answer[24..];
     assert_eq!(
         stub[..20],
@@ -199,7 +186,7 @@ async fn relays_an_ntlm_session_byte_for_byte_to_the_resolved_port() {
     let (service, epm, rpcpin) = nspi_pin().await;
 
     // Bind, auth3 and the first call in one write: rpcpin must keep what follows the bind.
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
     let ack = read_pdu(&mut s).await.expect("a bind_ack");
     let response = read_pdu(&mut s).await.expect("a response");
@@ -207,7 +194,11 @@ async fn relays_an_ntlm_session_byte_for_byte_to_the_resolved_port() {
     // The bind_ack's secondary address "4997\0" (the backend's port) became the pin's port;
     // what follows it (results, NTLM challenge) is Exchange's, byte for byte.
     let public = format!("{}\0", rpcpin.pins[0].port());
-    assert_eq!(usize::from(u16::from_le_bytes([ack[8], ack[9]])), ack.len());
+    assert_eq!(
+        frag_len(&ack),
+        (26 + public.len()).next_multiple_of(4) + server[0].len() - 32,
+        "frag_length: header and fields, the new address and its padding, Exchange's tail"
+    );
     assert_eq!(
         usize::from(u16::from_le_bytes([ack[24], ack[25]])),
         public.len()
@@ -233,7 +224,7 @@ async fn refuses_bind_to_unpinned_interface_without_touching_the_backend() {
 
     let mut bind = pdus(NSPI_NTLM_CLIENT)[0].to_vec();
     assert_eq!(replace(&mut bind, &NSPI_LE, &WINREG_LE), 1);
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(&bind).await.unwrap();
     let answer = read_to_end(&mut s).await;
 
@@ -253,7 +244,7 @@ async fn refuses_alter_context_to_unpinned_interface_on_an_open_association() {
     let (service, _epm, rpcpin) = nspi_pin().await;
 
     let client = pdus(NSPI_NTLM_CLIENT);
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(client[0]).await.unwrap();
     let ack = read_pdu(&mut s).await.unwrap();
     assert_eq!(ack[2], 12, "a bind_ack");
@@ -289,7 +280,7 @@ async fn resolves_again_when_the_cached_port_is_gone() {
     let epm = epm_pointing_at(move |n| if n == 0 { dead } else { live }).await;
     let rpcpin = Running::start(&config(epm.addr, &[("directory", "\"nspi\"")], "")).await;
 
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
     assert_eq!(read_pdu(&mut s).await.unwrap()[2], 12, "a bind_ack");
     assert_eq!(service.connections(), 1);
@@ -300,16 +291,14 @@ async fn resolves_again_when_the_cached_port_is_gone() {
 #[tokio::test]
 async fn backend_down_gets_the_client_a_bind_nak() {
     let dead = closed_port().await;
-    let epm_addr: SocketAddr = format!("127.0.0.1:{}", closed_port().await)
-        .parse()
-        .unwrap();
+    let epm_addr = closed_addr().await;
     let text = config(epm_addr, &[("directory", "\"nspi\"")], "").replace(
         "interfaces = [\"nspi\"]",
         &format!("interfaces = [\"nspi\"]\nbackend_port = {dead}"),
     );
     let rpcpin = Running::start(&text).await;
 
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
     let answer = read_to_end(&mut s).await;
     assert_eq!(answer[2], 13, "a bind_nak: {answer:02x?}");
@@ -330,7 +319,7 @@ async fn silent_clients_are_closed_and_do_not_block_others() {
     let started = Instant::now();
     let mut silent = Vec::new();
     for addr in [rpcpin.epm, rpcpin.pins[0]].iter().cycle().take(20) {
-        silent.push(TcpStream::connect(addr).await.unwrap());
+        silent.push(Conn::connect(*addr).await);
     }
     // Meanwhile a real client is served at once.
     let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
@@ -416,7 +405,7 @@ async fn walks_each_answer_in_the_transfer_syntax_its_context_negotiated() {
             .await;
     let rpcpin = Running::start(&impacket_config(backend.addr)).await;
 
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(&bind).await.unwrap();
     assert_eq!(read_pdu(&mut s).await.unwrap(), ack);
     // A call on the NDR64 context: its answer is walked as NDR64 and rewritten.
@@ -457,7 +446,7 @@ async fn pipelined_calls_answered_out_of_order_in_fragments() {
 
     let mut lookup = request(4, 0);
     lookup[22] = 2; // opnum: the stub is not read by the backend here
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
     read_pdu(&mut s).await.unwrap();
     s.write_all(&[request(3, 0), lookup].concat())
@@ -544,7 +533,7 @@ async fn protected_answers_close_policy_closes_the_connection() {
     let text = config(backend.addr, &[("p", "\"nspi\"")], "")
         .replace("[epm]\n", "[epm]\nprotected_answers = \"close\"\n");
     let rpcpin = Running::start(&text).await;
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(NSPI_EPM_CLIENT).await.unwrap();
     let got = read_to_end(&mut s).await;
     assert_eq!(
@@ -573,7 +562,7 @@ async fn an_answer_beyond_the_reassembly_bound_closes_the_connection() {
     let backend = Replay::start(move |_| vec![bind_ack.clone(), frags.clone()]).await;
     let limits = "[limits]\nmax_fragment = 1024\nmax_reassembly = 1500\n";
     let rpcpin = Running::start(&config(backend.addr, &[("d", "\"nspi\"")], limits)).await;
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(NSPI_EPM_CLIENT).await.unwrap();
     let got = read_to_end(&mut s).await;
     // Only the bind_ack: the answer was never forwarded, in part or whole.
@@ -584,7 +573,7 @@ async fn an_answer_beyond_the_reassembly_bound_closes_the_connection() {
 #[tokio::test]
 async fn a_client_that_half_closes_still_gets_its_answer() {
     let (_service, _epm, rpcpin) = nspi_pin().await;
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
     // Everything sent: shut the sending side, as a client that has no more requests may.
     s.shutdown().await.unwrap();
