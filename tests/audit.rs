@@ -42,7 +42,7 @@ async fn every_refusal_is_an_audit_event() {
 
     let backend =
         Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
     let mut bind = pdus(NSPI_NTLM_CLIENT)[0].to_vec();
     replace(&mut bind, &NSPI_LE, &WINREG_LE);
     let mut s = Conn::connect(rpcpin.pins[0]).await;

@@ -1,7 +1,11 @@
 //! The command line as an operator uses it: the bundled configurations are valid, and a bad
 //! one is refused with its key named before anything listens.
 
+mod common;
+
 use std::process::{Command, Output};
+
+use common::TestConfig;
 
 fn rpcpin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rpcpin"))
@@ -40,22 +44,28 @@ fn bundled_configurations_are_valid() {
 fn check_names_the_bad_key() {
     let dir = std::env::temp_dir().join(format!("rpcpin-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let good =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/exchange.toml"))
-            .unwrap();
+    let good = TestConfig::from_toml(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/exchange.toml"))
+            .unwrap(),
+    );
+    assert_eq!(good.get("pin[0].interfaces[1]").as_str(), Some("rfr"));
+    let first_listen = good.get("pin[0].listen").clone();
     for (bad, key) in [
-        (good.replace("\"rfr\"", "\"rfx\""), "pin[0].interfaces[1]"),
         (
-            good.replace("0.0.0.0:6001", "0.0.0.0:6004"),
+            good.clone().set("pin[0].interfaces[1]", "rfx"),
+            "pin[0].interfaces[1]",
+        ),
+        (
+            good.clone().set("pin[1].listen", first_listen),
             "pin[1].listen",
         ),
         (
-            good.replace("[log]", "[log]\ncolour = true"),
+            good.clone().set("log.colour", true),
             "unknown field `colour`",
         ),
     ] {
         let path = dir.join("bad.toml");
-        std::fs::write(&path, bad).unwrap();
+        std::fs::write(&path, bad.text()).unwrap();
         let p = path.to_str().unwrap();
         for cmd in ["check", "run"] {
             let out = rpcpin(&[cmd, "--config", p]);
@@ -196,4 +206,13 @@ fn signals_reload_and_stop_the_process() {
     wait_for("shutdown");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// The tests' configuration builder fails on a key whose section is not there, rather than
+/// setting nothing.
+#[test]
+#[should_panic(expected = "no limits in the test configuration (limits.idle_timeout)")]
+fn test_configurations_refuse_a_key_outside_their_sections() {
+    let backend = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    TestConfig::new(backend).set("limits.idle_timeout", "1s");
 }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -17,7 +18,7 @@ async fn get(rpcpin: &Running, path: &str) -> (u16, String) {
         .await
         .unwrap();
     let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut response))
+    tokio::time::timeout(WAIT, s.read_to_string(&mut response))
         .await
         .expect("an answer")
         .unwrap();
@@ -26,10 +27,16 @@ async fn get(rpcpin: &Running, path: &str) -> (u16, String) {
     (status, body)
 }
 
-const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\nready_window = \"1s\"\n";
+/// `config` with an admin listener.
+fn with_admin(config: TestConfig) -> TestConfig {
+    config
+        .section("admin")
+        .set("admin.listen", "127.0.0.1:0")
+        .set("admin.ready_window", "1s")
+}
 
 /// An NSPI session through the pin: bind, auth3 and a call, answered with Exchange's bytes.
-async fn nspi_session(pin: std::net::SocketAddr) -> Vec<u8> {
+async fn nspi_session(pin: SocketAddr) -> Vec<u8> {
     let mut s = Conn::connect(pin).await;
     s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
     read_pdu(&mut s).await.expect("a bind_ack");
@@ -41,8 +48,8 @@ async fn metrics_health_and_readiness() {
     let service = nspi_service().await;
     let port = service.addr.port();
     let epm = epm_pointing_at(move |_| port).await;
-    let text = config(epm.addr, &[("lifecycle-metrics", "\"nspi\"")], ADMIN);
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(epm.addr).pin("lifecycle-metrics", ["nspi"]);
+    let rpcpin = Running::start(&with_admin(config)).await;
 
     assert_eq!(get(&rpcpin, "/healthz").await, (200, "ok\n".into()));
     // Nothing asked the backend yet: /readyz asks it itself.
@@ -87,9 +94,8 @@ async fn metrics_health_and_readiness() {
 
 #[tokio::test]
 async fn readiness_fails_when_the_backend_is_down() {
-    let down = closed_addr().await;
-    let text = config(down, &[("lifecycle-down", "\"nspi\"")], ADMIN);
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(closed_addr().await).pin("lifecycle-down", ["nspi"]);
+    let rpcpin = Running::start(&with_admin(config)).await;
     let (status, body) = get(&rpcpin, "/readyz").await;
     assert_eq!(status, 503);
     assert!(body.starts_with("not ready"), "{body}");
@@ -102,8 +108,11 @@ async fn shutdown_drains_established_connections_then_closes_the_rest() {
     let service = nspi_service().await;
     let port = service.addr.port();
     let epm = epm_pointing_at(move |_| port).await;
-    let extra = format!("{ADMIN}[limits]\ndrain_timeout = \"1s\"\n");
-    let rpcpin = Running::start(&config(epm.addr, &[("drain", "\"nspi\"")], &extra)).await;
+    let config = TestConfig::new(epm.addr)
+        .pin("drain", ["nspi"])
+        .section("limits")
+        .set("limits.drain_timeout", "1s");
+    let rpcpin = Running::start(&with_admin(config)).await;
 
     // An established session, mid-conversation: its bind answered, its call not yet sent.
     let mut s = Conn::connect(rpcpin.pins[0]).await;
@@ -142,8 +151,11 @@ async fn shutdown_ends_as_soon_as_the_last_connection_closes() {
     let service = nspi_service().await;
     let port = service.addr.port();
     let epm = epm_pointing_at(move |_| port).await;
-    let extra = "[limits]\ndrain_timeout = \"60s\"\n";
-    let rpcpin = Running::start(&config(epm.addr, &[("drain-fast", "\"nspi\"")], extra)).await;
+    let config = TestConfig::new(epm.addr)
+        .pin("drain-fast", ["nspi"])
+        .section("limits")
+        .set("limits.drain_timeout", "60s");
+    let rpcpin = Running::start(&config).await;
     let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
     read_pdu(&mut s).await.expect("a bind_ack");
@@ -165,14 +177,12 @@ async fn reload_adds_changes_and_removes_pins_without_dropping_connections() {
     let epm = epm_pointing_at(move |_| port).await;
     // Fixed ports, so that a reload can keep or drop a listener by its address.
     let (a, b) = (closed_port().await, closed_port().await);
-    let pin = |name: &str, port: u16, interfaces: &str| {
-        format!("[[pin]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\ninterfaces = [{interfaces}]\n")
-    };
-    let base = format!(
-        "[backend]\nhost = \"127.0.0.1\"\nepm_port = {}\n[epm]\nlisten = \"127.0.0.1:0\"\n",
-        epm.addr.port()
+    let (a, b) = (
+        SocketAddr::from(([127, 0, 0, 1], a)),
+        SocketAddr::from(([127, 0, 0, 1], b)),
     );
-    let first = format!("{base}{}", pin("one", a, "\"nspi\""));
+    let base = TestConfig::new(epm.addr);
+    let first = base.clone().pin_at("one", a, ["nspi"]);
     let rpcpin = Running::start(&first).await;
     let pin_a = rpcpin.pins[0];
 
@@ -183,13 +193,12 @@ async fn reload_adds_changes_and_removes_pins_without_dropping_connections() {
     read_pdu(&mut before).await.expect("a bind_ack");
 
     // The pin on `a` now carries another interface only, and a new pin on `b` carries NSPI.
-    let second = format!(
-        "{base}{}{}",
-        pin("one", a, "\"emsmdb\""),
-        pin("two", b, "\"nspi\"")
-    );
+    let second = base
+        .clone()
+        .pin_at("one", a, ["emsmdb"])
+        .pin_at("two", b, ["nspi"]);
     rpcpin.reload(&second).await.expect("reloaded");
-    let pin_b = format!("127.0.0.1:{b}").parse().unwrap();
+    let pin_b = b;
     assert_eq!(nspi_session(pin_b).await, pdus(NSPI_NTLM_SERVER)[1]);
     // `a` now refuses NSPI binds...
     let mut s = Conn::connect(pin_a).await;
@@ -212,8 +221,7 @@ async fn reload_adds_changes_and_removes_pins_without_dropping_connections() {
 
     // An invalid configuration (the new pin's port taken by the EPM) changes nothing.
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let busy = taken.local_addr().unwrap().port();
-    let third = format!("{base}{}", pin("three", busy, "\"nspi\""));
+    let third = base.pin_at("three", taken.local_addr().unwrap(), ["nspi"]);
     let e = rpcpin.reload(&third).await.expect_err("the port is in use");
     assert!(format!("{e:#}").contains("pin[0].listen"), "{e:#}");
     assert_eq!(nspi_session(pin_b).await, pdus(NSPI_NTLM_SERVER)[1]);

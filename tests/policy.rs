@@ -26,7 +26,7 @@ fn epm_call(op: u16, call_id: u32) -> Vec<u8> {
 #[tokio::test]
 async fn port_135_refuses_dcom_activation_with_a_bind_nak_and_never_calls_the_backend() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
     // A real Windows bind to ISystemActivator on 135, Kerberos included (kerberos135_auth).
     let bind = pdus(include_bytes!("data/dcom-kerberos-135.client.bin"))[0].to_vec();
     let mut s = Conn::connect(rpcpin.epm).await;
@@ -44,7 +44,7 @@ async fn port_135_refuses_dcom_activation_with_a_bind_nak_and_never_calls_the_ba
 #[tokio::test]
 async fn port_135_forwards_only_the_endpoint_mapper_context_of_a_mixed_bind() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
     // Outlook's EPM bind with a second context for ISystemActivator appended.
     let epm_bind = pdus(NSPI_EPM_CLIENT)[0];
     let mut bind = epm_bind.to_vec();
@@ -82,7 +82,7 @@ async fn port_135_forwards_only_the_endpoint_mapper_context_of_a_mixed_bind() {
 #[tokio::test]
 async fn endpoint_mapper_management_and_unknown_operations_are_refused() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
     let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
     read_pdu(&mut s).await.unwrap();
@@ -133,16 +133,10 @@ async fn endpoint_mapper_management_and_unknown_operations_are_refused() {
 async fn pin_forwards_only_its_interfaces_from_a_mixed_bind() {
     let service =
         Replay::start(|_| pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let rpcpin = Running::start(
-        &config(closed_addr().await, &[("d", "\"nspi\"")], "").replace(
-            "interfaces = [\"nspi\"]",
-            &format!(
-                "interfaces = [\"nspi\"]\nbackend_port = {}",
-                service.addr.port()
-            ),
-        ),
-    )
-    .await;
+    let config = TestConfig::new(closed_addr().await)
+        .pin("d", ["nspi"])
+        .set("pin[0].backend_port", u32::from(service.addr.port()));
+    let rpcpin = Running::start(&config).await;
     // Outlook's NSPI bind with winreg proposed first, as context 5.
     let nspi_bind = pdus(NSPI_NTLM_CLIENT)[0];
     let mut bind = nspi_bind[..28].to_vec();
@@ -179,14 +173,13 @@ async fn pin_forwards_only_its_interfaces_from_a_mixed_bind() {
 async fn pin_opnum_list_refuses_other_operations() {
     let service =
         Replay::start(|_| pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let text = config(closed_addr().await, &[("d", "\"nspi\"")], "").replace(
-        "interfaces = [\"nspi\"]",
-        &format!(
-            "interfaces = [\"nspi\"]\nbackend_port = {}\nopnums = {{ nspi = [0, 1] }}",
-            service.addr.port()
-        ),
-    );
-    let rpcpin = Running::start(&text).await;
+    let mut opnums = toml::Table::new();
+    opnums.insert("nspi".into(), vec![0, 1].into());
+    let config = TestConfig::new(closed_addr().await)
+        .pin("d", ["nspi"])
+        .set("pin[0].backend_port", u32::from(service.addr.port()))
+        .set("pin[0].opnums", opnums);
+    let rpcpin = Running::start(&config).await;
     let client = pdus(NSPI_NTLM_CLIENT);
     let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(&[client[0], client[1]].concat()).await.unwrap();
@@ -212,17 +205,12 @@ async fn pin_opnum_list_refuses_other_operations() {
 #[tokio::test]
 async fn connection_limits_hold_in_total_and_per_address() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let pins = [("p", "\"nspi\"")];
-    for (limits, allowed) in [
-        ("max_connections = 3", 3),
-        ("max_connections_per_ip = 2", 2),
-    ] {
-        let rpcpin = Running::start(&config(
-            backend.addr,
-            &pins,
-            &format!("[limits]\n{limits}\n"),
-        ))
-        .await;
+    for (limit, allowed) in [("max_connections", 3), ("max_connections_per_ip", 2)] {
+        let config = TestConfig::new(backend.addr)
+            .pin("p", ["nspi"])
+            .section("limits")
+            .set(&format!("limits.{limit}"), allowed);
+        let rpcpin = Running::start(&config).await;
         let mut open = Vec::new();
         for _ in 0..allowed {
             open.push(Conn::connect(rpcpin.epm).await);
@@ -232,11 +220,11 @@ async fn connection_limits_hold_in_total_and_per_address() {
         let mut over = Conn::connect(rpcpin.epm).await;
         assert!(
             read_to_end(&mut over).await.is_empty(),
-            "{limits}: closed at once"
+            "{limit}: closed at once"
         );
         // Those within the limit are served.
         open[0].write_all(NSPI_EPM_CLIENT).await.unwrap();
-        assert!(read_pdu(&mut open[0]).await.is_some(), "{limits}");
+        assert!(read_pdu(&mut open[0]).await.is_some(), "{limit}");
         drop(open);
         rpcpin.stop().await;
     }
@@ -259,13 +247,12 @@ fn proxy_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 #[tokio::test]
 async fn proxy_protocol_names_the_real_client_and_the_address_it_reached() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let text = config(
-        backend.addr,
-        &[("directory", "\"nspi\"")],
-        "[limits]\nmax_connections_per_ip = 1\n",
-    )
-    .replace("[epm]\n", "[epm]\nproxy_protocol = true\n");
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("directory", ["nspi"])
+        .set("epm.proxy_protocol", true)
+        .section("limits")
+        .set("limits.max_connections_per_ip", 1);
+    let rpcpin = Running::start(&config).await;
     let vip: SocketAddr = "203.0.113.7:135".parse().unwrap();
 
     // v2 and v1, from two different clients: the per-address limit of 1 counts each
@@ -298,8 +285,12 @@ async fn proxy_protocol_names_the_real_client_and_the_address_it_reached() {
 #[tokio::test]
 async fn idle_and_oversized_connections_are_closed() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let limits = "[limits]\nidle_timeout = \"300ms\"\nmax_fragment = 1024\n";
-    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], limits)).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("p", ["nspi"])
+        .section("limits")
+        .set("limits.idle_timeout", "300ms")
+        .set("limits.max_fragment", 1024);
+    let rpcpin = Running::start(&config).await;
     // Silent after its bind: closed once idle.
     let mut idle = Conn::connect(rpcpin.epm).await;
     idle.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();

@@ -24,12 +24,8 @@ async fn outlook_ept_map(epm: SocketAddr, client: &[u8]) -> Vec<u8> {
 async fn rewrites_exchanges_ept_map_answer_to_the_pinned_port_and_own_address() {
     let backend =
         Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let rpcpin = Running::start(&config(
-        backend.addr,
-        &[("directory", "\"nspi\", \"rfr\"")],
-        "",
-    ))
-    .await;
+    let rpcpin =
+        Running::start(&TestConfig::new(backend.addr).pin("directory", ["nspi", "rfr"])).await;
     let pin_port = rpcpin.pins[0].port();
 
     let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
@@ -59,7 +55,7 @@ async fn rewrites_a_big_endian_answer_from_samba() {
         pdus(server).iter().map(|p| p.to_vec()).collect()
     })
     .await;
-    let rpcpin = Running::start(&config(backend.addr, &[("lsad", "\"samr\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("lsad", ["samr"])).await;
     let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(client).await.unwrap();
     let mut got = vec![0u8; server.len()];
@@ -89,7 +85,7 @@ async fn legacy_answer_without_fragment_flags_is_a_whole_call() {
     answers[1][3] = 0;
     let legacy = answers.clone();
     let backend = Replay::start(move |_| legacy.clone()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("directory", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("directory", ["nspi"])).await;
 
     let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
     let mut expected = answers.concat();
@@ -107,16 +103,11 @@ async fn legacy_answer_without_fragment_flags_is_a_whole_call() {
 async fn configured_advertise_address_goes_into_towers() {
     let backend =
         Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let text = config(backend.addr, &[("store", "\"emsmdb\"")], "")
-        .replace(
-            "listen = \"127.0.0.1:0\"\n[[pin]]",
-            "listen = \"127.0.0.1:0\"\nadvertise = \"203.0.113.10\"\n[[pin]]",
-        )
-        .replace(
-            "interfaces = [\"emsmdb\"]",
-            "interfaces = [\"emsmdb\"]\nadvertise_port = 34567",
-        );
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("store", ["emsmdb"])
+        .set("epm.advertise", "203.0.113.10")
+        .set("pin[0].advertise_port", 34567);
+    let rpcpin = Running::start(&config).await;
 
     let got = outlook_ept_map(rpcpin.epm, EMSMDB_EPM_CLIENT).await;
 
@@ -141,18 +132,15 @@ async fn configured_advertise_address_goes_into_towers() {
 async fn hides_an_unpinned_interface_unless_told_not_to() {
     let backend =
         Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let pins = [("directory", "\"nspi\"")];
-    let shown = Running::start(
-        &config(backend.addr, &pins, "").replace("[epm]\n", "[epm]\nhide_unpinned = false\n"),
-    )
-    .await;
+    let config = TestConfig::new(backend.addr).pin("directory", ["nspi"]);
+    let shown = Running::start(&config.clone().set("epm.hide_unpinned", false)).await;
     let got = outlook_ept_map(shown.epm, EMSMDB_EPM_CLIENT).await;
     assert_eq!(got, EMSMDB_EPM_SERVER, "hiding off: untouched");
     shown.stop().await;
 
     // By default, EMSMDB (pinned nowhere) is not registered, and the tower is gone:
     // handle (20), num_towers 0, max 4, offset 0, actual 0, status.
-    let hidden = Running::start(&config(backend.addr, &pins, "")).await;
+    let hidden = Running::start(&config).await;
     let got = outlook_ept_map(hidden.epm, EMSMDB_EPM_CLIENT).await;
     let answer = &got[60..];
     assert_eq!(answer[..8], EMSMDB_EPM_SERVER[60..68]);
@@ -177,7 +165,7 @@ async fn nspi_pin() -> (Replay, Replay, Running) {
     let service = nspi_service().await;
     let port = service.addr.port();
     let epm = epm_pointing_at(move |_| port).await;
-    let rpcpin = Running::start(&config(epm.addr, &[("directory", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(epm.addr).pin("directory", ["nspi"])).await;
     (service, epm, rpcpin)
 }
 
@@ -278,7 +266,7 @@ async fn resolves_again_when_the_cached_port_is_gone() {
     let dead = closed_port().await;
     // The first answer names a port nothing listens on, as after a server restart.
     let epm = epm_pointing_at(move |n| if n == 0 { dead } else { live }).await;
-    let rpcpin = Running::start(&config(epm.addr, &[("directory", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(epm.addr).pin("directory", ["nspi"])).await;
 
     let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
@@ -291,12 +279,10 @@ async fn resolves_again_when_the_cached_port_is_gone() {
 #[tokio::test]
 async fn backend_down_gets_the_client_a_bind_nak() {
     let dead = closed_port().await;
-    let epm_addr = closed_addr().await;
-    let text = config(epm_addr, &[("directory", "\"nspi\"")], "").replace(
-        "interfaces = [\"nspi\"]",
-        &format!("interfaces = [\"nspi\"]\nbackend_port = {dead}"),
-    );
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(closed_addr().await)
+        .pin("directory", ["nspi"])
+        .set("pin[0].backend_port", u32::from(dead));
+    let rpcpin = Running::start(&config).await;
 
     let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
@@ -309,12 +295,11 @@ async fn backend_down_gets_the_client_a_bind_nak() {
 async fn silent_clients_are_closed_and_do_not_block_others() {
     let backend =
         Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let text = config(
-        backend.addr,
-        &[("directory", "\"nspi\"")],
-        "[limits]\nhandshake_timeout = \"300ms\"\n",
-    );
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("directory", ["nspi"])
+        .section("limits")
+        .set("limits.handshake_timeout", "300ms");
+    let rpcpin = Running::start(&config).await;
 
     let started = Instant::now();
     let mut silent = Vec::new();
@@ -369,25 +354,15 @@ fn impacket_vector(name: &str) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Pins as `tests/data/impacket/generate.py` expects them.
-fn impacket_config(backend: SocketAddr) -> String {
-    config(
-        backend,
-        &[("directory", "\"nspi\""), ("store", "\"emsmdb\"")],
-        "",
-    )
-    .replace(
-        "[epm]\nlisten = \"127.0.0.1:0\"",
+fn impacket_config(backend: SocketAddr) -> TestConfig {
+    TestConfig::new(backend)
+        .pin("directory", ["nspi"])
+        .pin("store", ["emsmdb"])
+        .set("epm.advertise", "203.0.113.10")
         // Unpinned entries stay, so that impacket's expected answers are the judge.
-        "[epm]\nlisten = \"127.0.0.1:0\"\nadvertise = \"203.0.113.10\"\nhide_unpinned = false",
-    )
-    .replace(
-        "interfaces = [\"nspi\"]",
-        "interfaces = [\"nspi\"]\nadvertise_port = 6004",
-    )
-    .replace(
-        "interfaces = [\"emsmdb\"]",
-        "interfaces = [\"emsmdb\"]\nadvertise_port = 6001",
-    )
+        .set("epm.hide_unpinned", false)
+        .set("pin[0].advertise_port", 6004)
+        .set("pin[1].advertise_port", 6001)
 }
 
 #[tokio::test]
@@ -497,10 +472,11 @@ async fn integrity_protected_answer_needing_a_rewrite_becomes_a_fault() {
         let answers = signed_answer(level);
         let sent = answers.clone();
         let backend = Replay::start(move |_| sent.clone()).await;
-        let iface = if pinned { "\"nspi\"" } else { "\"emsmdb\"" };
-        let text = config(backend.addr, &[("p", iface)], "")
-            .replace("[epm]\n", "[epm]\nhide_unpinned = false\n");
-        let rpcpin = Running::start(&text).await;
+        let iface = if pinned { "nspi" } else { "emsmdb" };
+        let config = TestConfig::new(backend.addr)
+            .pin("p", [iface])
+            .set("epm.hide_unpinned", false);
+        let rpcpin = Running::start(&config).await;
         let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
         let answer = &got[60..];
         if !rewritable {
@@ -530,9 +506,10 @@ async fn integrity_protected_answer_needing_a_rewrite_becomes_a_fault() {
 async fn protected_answers_close_policy_closes_the_connection() {
     let answers = signed_answer(6);
     let backend = Replay::start(move |_| answers.clone()).await;
-    let text = config(backend.addr, &[("p", "\"nspi\"")], "")
-        .replace("[epm]\n", "[epm]\nprotected_answers = \"close\"\n");
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("p", ["nspi"])
+        .set("epm.protected_answers", "close");
+    let rpcpin = Running::start(&config).await;
     let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(NSPI_EPM_CLIENT).await.unwrap();
     let got = read_to_end(&mut s).await;
@@ -560,8 +537,12 @@ async fn an_answer_beyond_the_reassembly_bound_closes_the_connection() {
         .collect();
     let bind_ack = pdus(NSPI_EPM_SERVER)[0].to_vec();
     let backend = Replay::start(move |_| vec![bind_ack.clone(), frags.clone()]).await;
-    let limits = "[limits]\nmax_fragment = 1024\nmax_reassembly = 1500\n";
-    let rpcpin = Running::start(&config(backend.addr, &[("d", "\"nspi\"")], limits)).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("d", ["nspi"])
+        .section("limits")
+        .set("limits.max_fragment", 1024)
+        .set("limits.max_reassembly", 1500);
+    let rpcpin = Running::start(&config).await;
     let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(NSPI_EPM_CLIENT).await.unwrap();
     let got = read_to_end(&mut s).await;

@@ -1,7 +1,9 @@
-//! Helpers for the end-to-end tests: rpcpin in-process on port 0, and backends that replay
-//! real captured server bytes.
+//! Helpers for the end-to-end tests: rpcpin in-process on port 0, backends that replay
+//! real captured server bytes, and test configurations.
 
 #![allow(dead_code)]
+
+mod config;
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ use rpcpin::wire::Pdu;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+
+pub use config::TestConfig;
 
 /// How long a test waits for anything it expects (an answer, a close) before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -280,9 +284,10 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts rpcpin with `config` (TOML text; listen on port 0).
-    pub async fn start(config: &str) -> Running {
-        let config = Config::parse(config).expect("test config is valid");
+    /// Starts rpcpin with `config` (listening on port 0).
+    pub async fn start(config: &TestConfig) -> Running {
+        let text = config.text();
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e} in\n{text}"));
         let server = Daemon::bind(config).await.expect("bind");
         let (epm, pins, admin) = (server.epm_addr(), server.pin_addrs(), server.admin_addr());
         let (control, commands) = mpsc::channel(4);
@@ -296,9 +301,9 @@ impl Running {
         }
     }
 
-    /// Applies a new configuration (TOML text), as SIGHUP does.
-    pub async fn reload(&self, config: &str) -> anyhow::Result<()> {
-        let config = Config::parse(config)?;
+    /// Applies a new configuration, as SIGHUP does.
+    pub async fn reload(&self, config: &TestConfig) -> anyhow::Result<()> {
+        let config = Config::parse(&config.text())?;
         let (done, applied) = oneshot::channel();
         self.control
             .send(Control::Reload(Ok(Box::new(config)), done))
@@ -336,21 +341,6 @@ impl Running {
         let _ = self.control.send(Control::Stop).await;
         self.task.await.unwrap().unwrap();
     }
-}
-
-/// A config whose EPM backend is `backend` and with the given pins, all on port 0.
-pub fn config(backend: SocketAddr, pins: &[(&str, &str)], extra: &str) -> String {
-    let mut c = format!(
-        "[backend]\nhost = \"{}\"\nepm_port = {}\n[epm]\nlisten = \"127.0.0.1:0\"\n",
-        backend.ip(),
-        backend.port()
-    );
-    for (name, interfaces) in pins {
-        c += &format!(
-            "[[pin]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ninterfaces = [{interfaces}]\n"
-        );
-    }
-    c + extra
 }
 
 /// A port nothing listens on.
