@@ -3,7 +3,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -103,30 +102,34 @@ async fn readiness_fails_when_the_backend_is_down() {
     rpcpin.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_drains_established_connections_then_closes_the_rest() {
+/// rpcpin with an NSPI pin (and an admin listener) whose drain lasts `drain_timeout`, and
+/// a session through it, mid-conversation: its bind answered, its call not yet sent.
+async fn draining_setup(name: &str, drain_timeout: &str) -> (Running, Conn, Replay, Replay) {
     let service = nspi_service().await;
     let port = service.addr.port();
     let epm = epm_pointing_at(move |_| port).await;
     let config = TestConfig::new(epm.addr)
-        .pin("drain", ["nspi"])
+        .pin(name, ["nspi"])
         .section("limits")
-        .set("limits.drain_timeout", "1s");
+        .set("limits.drain_timeout", drain_timeout);
     let rpcpin = Running::start(&with_admin(config)).await;
-
-    // An established session, mid-conversation: its bind answered, its call not yet sent.
     let mut s = Conn::connect(rpcpin.pins[0]).await;
-    let client = pdus(NSPI_NTLM_CLIENT);
-    s.write_all(client[0]).await.unwrap();
+    s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
     read_pdu(&mut s).await.expect("a bind_ack");
+    (rpcpin, s, service, epm)
+}
+
+#[tokio::test]
+async fn shutdown_drains_established_connections_then_closes_the_rest() {
+    // A drain longer than the test: what ends it is a second signal.
+    let (rpcpin, mut s, _service, _epm) = draining_setup("drain", "1h").await;
+    let client = pdus(NSPI_NTLM_CLIENT);
 
     rpcpin.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let draining = rpcpin.logged("draining").await;
+    assert_eq!(draining["connections"], 1, "{draining}");
     // No new clients, and load balancers are told so.
-    assert!(
-        Conn::try_connect(rpcpin.pins[0]).await.is_err(),
-        "still accepting"
-    );
+    assert_not_served(rpcpin.pins[0], client[0], "a new client while draining").await;
     assert_eq!(get(&rpcpin, "/readyz").await, (503, "draining\n".into()));
     // The established session goes on.
     s.write_all(&NSPI_NTLM_CLIENT[client[0].len()..])
@@ -137,37 +140,49 @@ async fn shutdown_drains_established_connections_then_closes_the_rest() {
         pdus(NSPI_NTLM_SERVER)[1]
     );
     assert!(!rpcpin.finished());
-    // Until the drain timeout: then it is closed and rpcpin exits.
+    // A second signal closes what is left, and rpcpin exits.
+    rpcpin.shutdown().await;
     assert!(read_to_end(&mut s).await.is_empty());
-    assert!(
-        rpcpin.exits_within(Duration::from_secs(5)).await,
-        "rpcpin exits after the drain timeout"
+    assert_eq!(
+        logs::closed_because(s.local_addr()).await,
+        "rpcpin shutting down"
     );
-    rpcpin.stop().await;
+    rpcpin.exits("after a second signal").await;
+}
+
+#[tokio::test]
+async fn the_drain_timeout_closes_what_is_left() {
+    let (rpcpin, mut s, _service, _epm) = draining_setup("drain-timeout", "300ms").await;
+    rpcpin.shutdown().await;
+    let draining = rpcpin.logged("draining").await;
+    assert_eq!(draining["drain_timeout_s"], 0.3, "{draining}");
+    // Nothing else ends the drain: no second signal, and the session stays open.
+    assert!(read_to_end(&mut s).await.is_empty());
+    assert_eq!(
+        logs::closed_because(s.local_addr()).await,
+        "rpcpin shutting down"
+    );
+    rpcpin.exits("after the drain timeout").await;
 }
 
 #[tokio::test]
 async fn shutdown_ends_as_soon_as_the_last_connection_closes() {
-    let service = nspi_service().await;
-    let port = service.addr.port();
-    let epm = epm_pointing_at(move |_| port).await;
-    let config = TestConfig::new(epm.addr)
-        .pin("drain-fast", ["nspi"])
-        .section("limits")
-        .set("limits.drain_timeout", "60s");
-    let rpcpin = Running::start(&config).await;
-    let mut s = Conn::connect(rpcpin.pins[0]).await;
-    s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
-    read_pdu(&mut s).await.expect("a bind_ack");
+    // A drain longer than the test: what ends it is the last connection closing.
+    let (rpcpin, mut s, _service, _epm) = draining_setup("drain-fast", "1h").await;
     rpcpin.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!rpcpin.finished(), "a connection is still open");
-    drop(s);
-    assert!(
-        rpcpin.exits_within(Duration::from_secs(5)).await,
-        "rpcpin exits once drained, well before the 60 s timeout"
+    rpcpin.logged("draining").await;
+    // The session is still served while rpcpin drains...
+    s.write_all(&NSPI_NTLM_CLIENT[pdus(NSPI_NTLM_CLIENT)[0].len()..])
+        .await
+        .unwrap();
+    assert_eq!(
+        read_pdu(&mut s).await.expect("a response"),
+        pdus(NSPI_NTLM_SERVER)[1]
     );
-    rpcpin.stop().await;
+    assert!(!rpcpin.finished(), "a connection is still open");
+    // ...and once it closes, rpcpin exits.
+    drop(s);
+    rpcpin.exits("once drained").await;
 }
 
 #[tokio::test]
@@ -228,10 +243,7 @@ async fn reload_adds_changes_and_removes_pins_without_dropping_connections() {
 
     // Dropping pin "two" closes its listener.
     rpcpin.reload(&first).await.expect("reloaded");
-    assert!(
-        Conn::try_connect(pin_b).await.is_err(),
-        "pin two still listens"
-    );
+    assert_not_served(pin_b, client[0], "pin two, dropped").await;
     assert_eq!(nspi_session(pin_a).await, pdus(NSPI_NTLM_SERVER)[1]);
     rpcpin.stop().await;
 }

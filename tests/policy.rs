@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::*;
 use rpcpin::wire::Pdu;
@@ -211,20 +210,33 @@ async fn connection_limits_hold_in_total_and_per_address() {
             .section("limits")
             .set(&format!("limits.{limit}"), allowed);
         let rpcpin = Running::start(&config).await;
+        // Each within the limit is taken and has its bind answered, before the one over
+        // the limit arrives.
         let mut open = Vec::new();
         for _ in 0..allowed {
-            open.push(Conn::connect(rpcpin.epm).await);
+            let mut s = Conn::connect(rpcpin.epm).await;
+            s.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
+            assert_eq!(
+                read_pdu(&mut s).await.expect("a bind_ack")[2],
+                12,
+                "{limit}"
+            );
+            open.push(s);
         }
-        // Let rpcpin take them all before the one over the limit arrives.
-        tokio::time::sleep(Duration::from_millis(100)).await;
         let mut over = Conn::connect(rpcpin.epm).await;
         assert!(
             read_to_end(&mut over).await.is_empty(),
             "{limit}: closed at once"
         );
+        let refused = logs::about(over.local_addr(), "refused").await;
+        assert_eq!(refused["policy"], limit, "{refused}");
         // Those within the limit are served.
-        open[0].write_all(NSPI_EPM_CLIENT).await.unwrap();
-        assert!(read_pdu(&mut open[0]).await.is_some(), "{limit}");
+        open[0].write_all(pdus(NSPI_EPM_CLIENT)[1]).await.unwrap();
+        assert_eq!(
+            read_pdu(&mut open[0]).await.expect("a response")[2],
+            2,
+            "{limit}"
+        );
         drop(open);
         rpcpin.stop().await;
     }
@@ -295,15 +307,22 @@ async fn idle_and_oversized_connections_are_closed() {
     let mut idle = Conn::connect(rpcpin.epm).await;
     idle.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
     read_pdu(&mut idle).await.unwrap();
-    let started = std::time::Instant::now();
     assert!(read_to_end(&mut idle).await.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(
+        logs::closed_because(idle.local_addr()).await,
+        "idle for 300ms"
+    );
     // A fragment announced larger than limits.max_fragment: closed before it is buffered.
     let mut big = Conn::connect(rpcpin.epm).await;
     let mut bind = pdus(NSPI_EPM_CLIENT)[0].to_vec();
     bind[8..10].copy_from_slice(&2000u16.to_le_bytes());
     big.write_all(&bind).await.unwrap();
     assert!(read_to_end(&mut big).await.is_empty());
+    let why = logs::closed_because(big.local_addr()).await;
+    assert!(
+        why.ends_with("fragment of 2000 bytes exceeds the limit of 1024"),
+        "{why}"
+    );
     assert_eq!(
         backend.connections(),
         1,

@@ -1,14 +1,15 @@
 //! Helpers for the end-to-end tests: rpcpin in-process on port 0, backends that replay
-//! real captured server bytes, and test configurations.
+//! real captured server bytes, test configurations and rpcpin's log events.
 
 #![allow(dead_code)]
 
 mod config;
+pub mod logs;
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,10 +21,12 @@ use rpcpin::wire::Pdu;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 pub use config::TestConfig;
 
-/// How long a test waits for anything it expects (an answer, a close) before it fails.
+/// How long a test waits for anything it expects (an answer, a close, a log event, an
+/// exit) before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub const NSPI_EPM_CLIENT: &[u8] = include_bytes!("../data/mapi-epm-map-nspi.client.bin");
@@ -199,6 +202,18 @@ pub async fn read_to_end(c: &mut Conn) -> Vec<u8> {
     out
 }
 
+/// Asserts that a new client at `addr` sending `first` is not served: its connection is
+/// refused or, when the listener is stopping but not yet closed, closed unanswered.
+pub async fn assert_not_served(addr: SocketAddr, first: &[u8], what: &str) {
+    let Ok(mut c) = Conn::try_connect(addr).await else {
+        return;
+    };
+    if c.write_all(first).await.is_ok() {
+        let answer = read_to_end(&mut c).await;
+        assert!(answer.is_empty(), "{what}: answered {answer:02x?}");
+    }
+}
+
 /// A backend that answers each PDU it receives with the next PDU of a script; PDUs of type
 /// auth3 (16) get no answer, as on a real server. It records everything it received.
 #[derive(Clone)]
@@ -279,23 +294,30 @@ pub struct Running {
     pub epm: SocketAddr,
     pub pins: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// Which rpcpin of the test binary this is, in the `rpcpin` span of its own events.
+    instance: u64,
     control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
-    /// Starts rpcpin with `config` (listening on port 0).
+    /// Starts rpcpin with `config` (listening on port 0), its log events captured.
     pub async fn start(config: &TestConfig) -> Running {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        logs::capture();
         let text = config.text();
         let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e} in\n{text}"));
         let server = Daemon::bind(config).await.expect("bind");
         let (epm, pins, admin) = (server.epm_addr(), server.pin_addrs(), server.admin_addr());
         let (control, commands) = mpsc::channel(4);
-        let task = tokio::spawn(server.run(commands));
+        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("rpcpin", instance);
+        let task = tokio::spawn(server.run(commands).instrument(span));
         Running {
             epm,
             pins,
             admin,
+            instance,
             control,
             task,
         }
@@ -312,7 +334,8 @@ impl Running {
         applied.await.expect("rpcpin answers")
     }
 
-    /// Starts a graceful shutdown, as SIGTERM does; `finished` then waits for its end.
+    /// Starts a graceful shutdown, as SIGTERM does (a second one, as a second signal does,
+    /// closes every connection).
     pub async fn shutdown(&self) {
         self.control
             .send(Control::Shutdown)
@@ -320,20 +343,33 @@ impl Running {
             .expect("rpcpin runs");
     }
 
+    /// The first `event` this rpcpin logged itself (not one of its connections), waiting
+    /// for it.
+    pub async fn logged(&self, event: &str) -> serde_json::Value {
+        let instance = self.instance;
+        logs::wait_for(&format!("{event} from rpcpin #{instance}"), |e| {
+            e["event"] == event
+                && e["spans"].as_array().is_some_and(|spans| {
+                    spans
+                        .iter()
+                        .any(|s| s["name"] == "rpcpin" && s["instance"] == instance)
+                })
+        })
+        .await
+    }
+
     /// Whether rpcpin has exited.
     pub fn finished(&self) -> bool {
         self.task.is_finished()
     }
 
-    /// Whether rpcpin exits within `limit`.
-    pub async fn exits_within(&self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, async {
-            while !self.finished() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .is_ok()
+    /// Waits for rpcpin to exit by itself (it must, within [`WAIT`]) and checks it exited
+    /// cleanly.
+    pub async fn exits(self, why: &str) {
+        let run = tokio::time::timeout(WAIT, self.task)
+            .await
+            .unwrap_or_else(|_| panic!("rpcpin did not exit within {WAIT:?} {why}"));
+        run.unwrap().unwrap();
     }
 
     /// Closes everything now and waits for rpcpin to exit.
