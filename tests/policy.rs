@@ -228,7 +228,7 @@ async fn connection_limits_hold_in_total_and_per_address() {
             read_to_end(&mut over).await.is_empty(),
             "{limit}: closed at once"
         );
-        let refused = logs::about(over.local_addr(), "refused").await;
+        let refused = logs::about(&over, "refused").await;
         assert_eq!(refused["policy"], limit, "{refused}");
         // Those within the limit are served.
         open[0].write_all(pdus(NSPI_EPM_CLIENT)[1]).await.unwrap();
@@ -308,17 +308,14 @@ async fn idle_and_oversized_connections_are_closed() {
     idle.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
     read_pdu(&mut idle).await.unwrap();
     assert!(read_to_end(&mut idle).await.is_empty());
-    assert_eq!(
-        logs::closed_because(idle.local_addr()).await,
-        "idle for 300ms"
-    );
+    assert_eq!(logs::closed_because(&idle).await, "idle for 300ms");
     // A fragment announced larger than limits.max_fragment: closed before it is buffered.
     let mut big = Conn::connect(rpcpin.epm).await;
     let mut bind = pdus(NSPI_EPM_CLIENT)[0].to_vec();
     bind[8..10].copy_from_slice(&2000u16.to_le_bytes());
     big.write_all(&bind).await.unwrap();
     assert!(read_to_end(&mut big).await.is_empty());
-    let why = logs::closed_because(big.local_addr()).await;
+    let why = logs::closed_because(&big).await;
     assert!(
         why.ends_with("fragment of 2000 bytes exceeds the limit of 1024"),
         "{why}"

@@ -316,7 +316,7 @@ async fn silent_clients_are_closed_and_do_not_block_others() {
     // They were waiting all along: stopping rpcpin is what closes them.
     patient.stop().await;
     for s in &silent {
-        let why = logs::closed_because(s.local_addr()).await;
+        let why = logs::closed_because(s).await;
         assert_eq!(why, "rpcpin shutting down");
     }
 
@@ -324,7 +324,7 @@ async fn silent_clients_are_closed_and_do_not_block_others() {
     let strict = Running::start(&config.set("limits.handshake_timeout", "300ms")).await;
     for mut s in silent_clients(&strict).await {
         assert!(read_to_end(&mut s).await.is_empty());
-        let why = logs::closed_because(s.local_addr()).await;
+        let why = logs::closed_because(&s).await;
         assert!(why.ends_with("timed out after 300ms"), "{why}");
     }
     // No silent client cost a backend connection: only the real client's.

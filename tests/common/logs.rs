@@ -1,13 +1,12 @@
 //! rpcpin's log events, captured as JSON objects for tests to wait on: the events that show
 //! what happened (a connection closed, and why; a drain started) instead of a sleep.
 
-use std::net::SocketAddr;
 use std::sync::{LazyLock, Once};
 
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::WAIT;
+use super::{Conn, WAIT};
 
 /// Every event logged in this process since [`capture`].
 static EVENTS: LazyLock<watch::Sender<Vec<Value>>> = LazyLock::new(|| watch::channel(Vec::new()).0);
@@ -55,28 +54,36 @@ impl Drop for Line {
     }
 }
 
-/// The first event logged that `matches`, waiting for it (bounded): panics naming `what`.
-pub async fn wait_for(what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+/// How many events were logged so far: where to start looking for those that follow.
+pub fn count() -> usize {
+    EVENTS.borrow().len()
+}
+
+/// The first event logged after the first `since` that `matches`, waiting for it
+/// (bounded): panics naming `what`.
+pub async fn wait_for(what: &str, since: usize, matches: impl Fn(&Value) -> bool) -> Value {
     let mut events = EVENTS.subscribe();
-    let found = tokio::time::timeout(WAIT, events.wait_for(|all| all.iter().any(&matches))).await;
+    let find = |all: &Vec<Value>| all.iter().skip(since).find(|e| matches(e)).cloned();
+    let found = tokio::time::timeout(WAIT, events.wait_for(|all| find(all).is_some())).await;
     match found {
-        Ok(Ok(all)) => all.iter().find(|e| matches(e)).cloned().unwrap(),
+        Ok(Ok(all)) => find(&all).unwrap(),
         _ => panic!("no {what} logged within {WAIT:?}"),
     }
 }
 
-/// The `event` logged about the client connection from `peer` (in its `conn` span, or
-/// naming it, as a refusal at accept does).
-pub async fn about(peer: SocketAddr, event: &str) -> Value {
-    let peer = peer.to_string();
-    wait_for(&format!("{event} for {peer}"), |e| {
+/// The `event` logged about the client connection `c` (in its `conn` span, or naming it,
+/// as a refusal at accept does). Only events logged since it connected count: another
+/// connection may have had its address before.
+pub async fn about(c: &Conn, event: &str) -> Value {
+    let peer = c.local_addr().to_string();
+    wait_for(&format!("{event} for {peer}"), c.logged_before, |e| {
         e["event"] == event && (e["span"]["peer"] == peer.as_str() || e["peer"] == peer.as_str())
     })
     .await
 }
 
-/// Why rpcpin closed the connection from `peer`, as its `connection_closed` event says.
-pub async fn closed_because(peer: SocketAddr) -> String {
-    let e = about(peer, "connection_closed").await;
+/// Why rpcpin closed the connection `c`, as its `connection_closed` event says.
+pub async fn closed_because(c: &Conn) -> String {
+    let e = about(c, "connection_closed").await;
     e["reason"].as_str().expect("a reason").to_string()
 }

@@ -109,6 +109,8 @@ pub fn replace(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
 pub struct Conn {
     stream: TcpStream,
     read: Vec<u8>,
+    /// How many log events there were before it connected.
+    logged_before: usize,
 }
 
 impl Conn {
@@ -121,7 +123,12 @@ impl Conn {
 
     /// Connects to `addr`.
     pub async fn try_connect(addr: SocketAddr) -> io::Result<Conn> {
-        Ok(Conn::from(TcpStream::connect(addr).await?))
+        let logged_before = logs::count();
+        let stream = TcpStream::connect(addr).await?;
+        Ok(Conn {
+            logged_before,
+            ..Conn::from(stream)
+        })
     }
 
     /// The connection's own address: the peer rpcpin's log events name.
@@ -135,6 +142,7 @@ impl From<TcpStream> for Conn {
         Conn {
             stream,
             read: Vec::new(),
+            logged_before: logs::count(),
         }
     }
 }
@@ -347,7 +355,7 @@ impl Running {
     /// for it.
     pub async fn logged(&self, event: &str) -> serde_json::Value {
         let instance = self.instance;
-        logs::wait_for(&format!("{event} from rpcpin #{instance}"), |e| {
+        logs::wait_for(&format!("{event} from rpcpin #{instance}"), 0, |e| {
             e["event"] == event
                 && e["spans"].as_array().is_some_and(|spans| {
                     spans
