@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -81,7 +81,13 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             crate::privileges::drop_to(&user)?;
         }
         let (control, commands) = mpsc::channel(4);
-        tokio::spawn(signals(path, control, log_level));
+        // The handlers are in place before anything listens (or says so): a signal sent
+        // then is handled, not the default action, which for SIGHUP is to exit.
+        let handlers = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        );
+        tokio::spawn(signals(handlers, path, control, log_level));
         daemon.run(commands).await
     })?;
     Ok(ExitCode::SUCCESS)
@@ -235,11 +241,13 @@ fn log_filter(level: &str) -> anyhow::Result<EnvFilter> {
 /// Turns signals into [`Control`]s: SIGTERM or SIGINT drains (a second one closes
 /// everything), SIGHUP reloads `path`: a file that does not load keeps the configuration
 /// running, and says why.
-async fn signals(path: PathBuf, control: mpsc::Sender<Control>, log_level: LogLevel) {
-    let (mut term, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
+async fn signals(
+    handlers: (std::io::Result<Signal>, std::io::Result<Signal>),
+    path: PathBuf,
+    control: mpsc::Sender<Control>,
+    log_level: LogLevel,
+) {
+    let (mut term, mut hup) = match handlers {
         (Ok(t), Ok(h)) => (t, h),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(event = "signals_unavailable", error = %e);

@@ -190,14 +190,18 @@ mod tests {
         assert!(matches!(r.next().await, Err(ReadError::Truncated(10))));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn silence_times_out() {
         let (_tx, rx) = tokio::io::duplex(64);
         let mut r = PduReader::new(rx, 65535);
         let limit = Duration::from_millis(20);
-        assert!(matches!(
-            r.next_within(limit).await,
-            Err(ReadError::Timeout(_))
-        ));
+        let start = tokio::time::Instant::now();
+        let got = r.next_within(limit).await;
+        assert!(
+            matches!(got, Err(ReadError::Timeout(d)) if d == limit),
+            "{got:?}"
+        );
+        // Time is paused: the wait is exactly the limit.
+        assert_eq!(start.elapsed(), limit);
     }
 }

@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Outlook's ept_map request turned into ept_insert.
 fn ept_insert(call_id: u32) -> Vec<u8> {
@@ -43,13 +42,13 @@ async fn every_refusal_is_an_audit_event() {
 
     let backend =
         Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
     let mut bind = pdus(NSPI_NTLM_CLIENT)[0].to_vec();
     replace(&mut bind, &NSPI_LE, &WINREG_LE);
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(&bind).await.unwrap();
     read_to_end(&mut s).await;
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(&[pdus(NSPI_EPM_CLIENT)[0], &ept_insert(2)].concat())
         .await
         .unwrap();

@@ -1,7 +1,16 @@
 //! The command line as an operator uses it: the bundled configurations are valid, and a bad
 //! one is refused with its key named before anything listens.
 
-use std::process::{Command, Output};
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use common::{TestConfig, WAIT};
 
 fn rpcpin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rpcpin"))
@@ -40,22 +49,28 @@ fn bundled_configurations_are_valid() {
 fn check_names_the_bad_key() {
     let dir = std::env::temp_dir().join(format!("rpcpin-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let good =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/exchange.toml"))
-            .unwrap();
+    let good = TestConfig::from_toml(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/exchange.toml"))
+            .unwrap(),
+    );
+    assert_eq!(good.get("pin[0].interfaces[1]").as_str(), Some("rfr"));
+    let first_listen = good.get("pin[0].listen").clone();
     for (bad, key) in [
-        (good.replace("\"rfr\"", "\"rfx\""), "pin[0].interfaces[1]"),
         (
-            good.replace("0.0.0.0:6001", "0.0.0.0:6004"),
+            good.clone().set("pin[0].interfaces[1]", "rfx"),
+            "pin[0].interfaces[1]",
+        ),
+        (
+            good.clone().set("pin[1].listen", first_listen),
             "pin[1].listen",
         ),
         (
-            good.replace("[log]", "[log]\ncolour = true"),
+            good.clone().set("log.colour", true),
             "unknown field `colour`",
         ),
     ] {
         let path = dir.join("bad.toml");
-        std::fs::write(&path, bad).unwrap();
+        std::fs::write(&path, bad.text()).unwrap();
         let p = path.to_str().unwrap();
         for cmd in ["check", "run"] {
             let out = rpcpin(&[cmd, "--config", p]);
@@ -91,44 +106,107 @@ fn uid_of(pid: u32) -> Option<u32> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `rpcpin run` as a child process, its log lines (JSON) read as they come.
+struct Run {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    /// Every line read so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Run {
+    fn start(config: &Path) -> Run {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rpcpin"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rpcpin runs");
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Run {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next `event` rpcpin logs, within [`WAIT`]; `None` when rpcpin closed its
+    /// stderr first (it exited).
+    fn next(&mut self, event: &str) -> Option<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(&format!("\"event\":\"{event}\"")) {
+                        return Some(line);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no {event} within {WAIT:?}:\n{}", self.seen.join("\n"))
+                }
+            }
+        }
+    }
+
+    /// As [`Run::next`], where rpcpin exiting first is a failure.
+    fn expect(&mut self, event: &str) -> String {
+        self.next(event)
+            .unwrap_or_else(|| panic!("rpcpin exited before {event}:\n{}", self.seen.join("\n")))
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(ok.success());
+    }
+}
+
+/// A configuration with one pin whose backend is never asked; logs in JSON.
+fn minimal() -> TestConfig {
+    TestConfig::new(SocketAddr::from(([127, 0, 0, 1], 1)))
+        .pin("p", ["nspi"])
+        .section("log")
+        .set("log.format", "json")
+}
+
 #[test]
 fn run_switches_to_process_user_after_binding() {
     let dir = std::env::temp_dir().join(format!("rpcpin-user-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("user.toml");
-    std::fs::write(
-        &path,
-        "[backend]\nhost = \"127.0.0.1\"\nepm_port = 1\n[epm]\nlisten = \"127.0.0.1:0\"\n\
-         [[pin]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\ninterfaces = [\"nspi\"]\n\
-         [process]\nuser = \"nobody\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rpcpin"))
-        .args(["run", "--config", path.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let config = minimal().section("process").set("process.user", "nobody");
+    std::fs::write(&path, config.text()).unwrap();
+    let mut run = Run::start(&path);
     let root = uid_of(std::process::id()) == Some(0);
     let nobody = 65534;
-    let mut seen = None;
-    for _ in 0..100 {
-        seen = uid_of(child.id());
-        if seen == Some(nobody) || child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
     if root {
-        assert_eq!(seen, Some(nobody), "{}", text(&out.stderr));
+        // Listening means bound, and the user is switched before rpcpin serves.
+        run.expect("listening");
+        assert_eq!(
+            uid_of(run.child.id()),
+            Some(nobody),
+            "{}",
+            run.seen.join("\n")
+        );
+        run.child.kill().unwrap();
+        run.child.wait().unwrap();
     } else {
         // Not root: rpcpin refuses to start rather than run with privileges it cannot drop.
-        assert!(
-            text(&out.stderr).contains("not root"),
-            "{}",
-            text(&out.stderr)
-        );
+        assert_eq!(run.next("listening"), None, "{}", run.seen.join("\n"));
+        assert!(!run.child.wait().unwrap().success());
+        let stderr = run.seen.join("\n");
+        assert!(stderr.contains("not root"), "{stderr}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -138,62 +216,38 @@ fn run_switches_to_process_user_after_binding() {
 /// drains and exits 0.
 #[test]
 fn signals_reload_and_stop_the_process() {
-    use std::io::{BufRead, BufReader};
-    use std::time::{Duration, Instant};
-
     let dir = std::env::temp_dir().join(format!("rpcpin-signals-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("rpcpin.toml");
-    let good = "[backend]\nhost = \"127.0.0.1\"\nepm_port = 1\n[epm]\nlisten = \"127.0.0.1:0\"\n\
-                [[pin]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\ninterfaces = [\"nspi\"]\n\
-                [log]\nformat = \"json\"\n";
-    std::fs::write(&path, good).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rpcpin"))
-        .args(["run", "--config", path.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("rpcpin runs");
-    let pid = child.id().to_string();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let wait_for = |event: &str| -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            if line.contains(&format!("\"event\":\"{event}\"")) {
-                return line;
-            }
-        }
-        panic!("no {event} event");
-    };
-    let kill = |signal: &str| {
-        let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
-        assert!(ok.success());
-    };
-    wait_for("listening");
+    let good = minimal();
+    std::fs::write(&path, good.text()).unwrap();
+    let mut run = Run::start(&path);
+    run.expect("listening");
 
-    std::fs::write(&path, good.replace("nspi", "no-such-interface")).unwrap();
-    kill("-HUP");
-    let failed = wait_for("reload_failed");
+    let broken = good
+        .clone()
+        .set("pin[0].interfaces[0]", "no-such-interface");
+    std::fs::write(&path, broken.text()).unwrap();
+    run.signal("-HUP");
+    let failed = run.expect("reload_failed");
     assert!(failed.contains("pin[0].interfaces[0]"), "{failed}");
 
-    std::fs::write(
-        &path,
-        good.replace("format = \"json\"", "format = \"json\"\nlevel = \"debug\""),
-    )
-    .unwrap();
-    kill("-HUP");
-    wait_for("reloaded");
+    std::fs::write(&path, good.set("log.level", "debug").text()).unwrap();
+    run.signal("-HUP");
+    run.expect("reloaded");
 
-    kill("-TERM");
-    wait_for("draining");
-    wait_for("shutdown");
-    let status = child.wait().unwrap();
+    run.signal("-TERM");
+    run.expect("draining");
+    run.expect("shutdown");
+    let status = run.child.wait().unwrap();
     assert!(status.success(), "{status}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The tests' configuration builder fails on a key whose section is not there, rather than
+/// setting nothing.
+#[test]
+#[should_panic(expected = "no limits in the test configuration (limits.idle_timeout)")]
+fn test_configurations_refuse_a_key_outside_their_sections() {
+    minimal().set("limits.idle_timeout", "1s");
 }

@@ -5,11 +5,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::*;
+use rpcpin::wire::Pdu;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 fn epm_answers() -> Vec<Vec<u8>> {
     pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()
@@ -26,10 +25,10 @@ fn epm_call(op: u16, call_id: u32) -> Vec<u8> {
 #[tokio::test]
 async fn port_135_refuses_dcom_activation_with_a_bind_nak_and_never_calls_the_backend() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
     // A real Windows bind to ISystemActivator on 135, Kerberos included (kerberos135_auth).
     let bind = pdus(include_bytes!("data/dcom-kerberos-135.client.bin"))[0].to_vec();
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(&bind).await.unwrap();
     let answer = read_to_end(&mut s).await;
     assert_eq!(
@@ -44,7 +43,7 @@ async fn port_135_refuses_dcom_activation_with_a_bind_nak_and_never_calls_the_ba
 #[tokio::test]
 async fn port_135_forwards_only_the_endpoint_mapper_context_of_a_mixed_bind() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
     // Outlook's EPM bind with a second context for ISystemActivator appended.
     let epm_bind = pdus(NSPI_EPM_CLIENT)[0];
     let mut bind = epm_bind.to_vec();
@@ -57,7 +56,7 @@ async fn port_135_forwards_only_the_endpoint_mapper_context_of_a_mixed_bind() {
     let len = bind.len() as u16;
     bind[8..10].copy_from_slice(&len.to_le_bytes());
 
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(&bind).await.unwrap();
     let ack = read_pdu(&mut s).await.unwrap();
     // The backend saw Outlook's original one-context bind, byte for byte.
@@ -82,8 +81,8 @@ async fn port_135_forwards_only_the_endpoint_mapper_context_of_a_mixed_bind() {
 #[tokio::test]
 async fn endpoint_mapper_management_and_unknown_operations_are_refused() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], "")).await;
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
     read_pdu(&mut s).await.unwrap();
     // ept_insert, ept_delete, ept_inq_object, ept_mgmt_delete, and an opnum that does not exist.
@@ -133,16 +132,10 @@ async fn endpoint_mapper_management_and_unknown_operations_are_refused() {
 async fn pin_forwards_only_its_interfaces_from_a_mixed_bind() {
     let service =
         Replay::start(|_| pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let rpcpin = Running::start(
-        &config(closed_addr().await, &[("d", "\"nspi\"")], "").replace(
-            "interfaces = [\"nspi\"]",
-            &format!(
-                "interfaces = [\"nspi\"]\nbackend_port = {}",
-                service.addr.port()
-            ),
-        ),
-    )
-    .await;
+    let config = TestConfig::new(closed_addr().await)
+        .pin("d", ["nspi"])
+        .set("pin[0].backend_port", u32::from(service.addr.port()));
+    let rpcpin = Running::start(&config).await;
     // Outlook's NSPI bind with winreg proposed first, as context 5.
     let nspi_bind = pdus(NSPI_NTLM_CLIENT)[0];
     let mut bind = nspi_bind[..28].to_vec();
@@ -155,7 +148,7 @@ async fn pin_forwards_only_its_interfaces_from_a_mixed_bind() {
     let len = bind.len() as u16;
     bind[8..10].copy_from_slice(&len.to_le_bytes());
 
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(&bind).await.unwrap();
     let ack = read_pdu(&mut s).await.unwrap();
     assert_eq!(
@@ -163,7 +156,8 @@ async fn pin_forwards_only_its_interfaces_from_a_mixed_bind() {
         nspi_bind,
         "the backend saw only the NSPI context"
     );
-    let results = ack.len() - 24 * 2 - usize::from(u16::from_le_bytes([ack[10], ack[11]])) - 8;
+    let auth_len = Pdu::new_checked(&ack[..]).unwrap().auth_len();
+    let results = ack.len() - 24 * 2 - auth_len - 8;
     assert_eq!(ack[results - 4], 2, "two results");
     assert_eq!(
         &ack[results..results + 4],
@@ -178,16 +172,15 @@ async fn pin_forwards_only_its_interfaces_from_a_mixed_bind() {
 async fn pin_opnum_list_refuses_other_operations() {
     let service =
         Replay::start(|_| pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let text = config(closed_addr().await, &[("d", "\"nspi\"")], "").replace(
-        "interfaces = [\"nspi\"]",
-        &format!(
-            "interfaces = [\"nspi\"]\nbackend_port = {}\nopnums = {{ nspi = [0, 1] }}",
-            service.addr.port()
-        ),
-    );
-    let rpcpin = Running::start(&text).await;
+    let mut opnums = toml::Table::new();
+    opnums.insert("nspi".into(), vec![0, 1].into());
+    let config = TestConfig::new(closed_addr().await)
+        .pin("d", ["nspi"])
+        .set("pin[0].backend_port", u32::from(service.addr.port()))
+        .set("pin[0].opnums", opnums);
+    let rpcpin = Running::start(&config).await;
     let client = pdus(NSPI_NTLM_CLIENT);
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(&[client[0], client[1]].concat()).await.unwrap();
     read_pdu(&mut s).await.unwrap();
     // NspiBind is opnum 0: allowed. The same call as opnum 2 is not.
@@ -211,31 +204,39 @@ async fn pin_opnum_list_refuses_other_operations() {
 #[tokio::test]
 async fn connection_limits_hold_in_total_and_per_address() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let pins = [("p", "\"nspi\"")];
-    for (limits, allowed) in [
-        ("max_connections = 3", 3),
-        ("max_connections_per_ip = 2", 2),
-    ] {
-        let rpcpin = Running::start(&config(
-            backend.addr,
-            &pins,
-            &format!("[limits]\n{limits}\n"),
-        ))
-        .await;
+    for (limit, allowed) in [("max_connections", 3), ("max_connections_per_ip", 2)] {
+        let config = TestConfig::new(backend.addr)
+            .pin("p", ["nspi"])
+            .section("limits")
+            .set(&format!("limits.{limit}"), allowed);
+        let rpcpin = Running::start(&config).await;
+        // Each within the limit is taken and has its bind answered, before the one over
+        // the limit arrives.
         let mut open = Vec::new();
         for _ in 0..allowed {
-            open.push(TcpStream::connect(rpcpin.epm).await.unwrap());
+            let mut s = Conn::connect(rpcpin.epm).await;
+            s.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
+            assert_eq!(
+                read_pdu(&mut s).await.expect("a bind_ack")[2],
+                12,
+                "{limit}"
+            );
+            open.push(s);
         }
-        // Let rpcpin take them all before the one over the limit arrives.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut over = TcpStream::connect(rpcpin.epm).await.unwrap();
+        let mut over = Conn::connect(rpcpin.epm).await;
         assert!(
             read_to_end(&mut over).await.is_empty(),
-            "{limits}: closed at once"
+            "{limit}: closed at once"
         );
+        let refused = logs::about(&over, "refused").await;
+        assert_eq!(refused["policy"], limit, "{refused}");
         // Those within the limit are served.
-        open[0].write_all(NSPI_EPM_CLIENT).await.unwrap();
-        assert!(read_pdu(&mut open[0]).await.is_some(), "{limits}");
+        open[0].write_all(pdus(NSPI_EPM_CLIENT)[1]).await.unwrap();
+        assert_eq!(
+            read_pdu(&mut open[0]).await.expect("a response")[2],
+            2,
+            "{limit}"
+        );
         drop(open);
         rpcpin.stop().await;
     }
@@ -258,22 +259,21 @@ fn proxy_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 #[tokio::test]
 async fn proxy_protocol_names_the_real_client_and_the_address_it_reached() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let text = config(
-        backend.addr,
-        &[("directory", "\"nspi\"")],
-        "[limits]\nmax_connections_per_ip = 1\n",
-    )
-    .replace("[epm]\n", "[epm]\nproxy_protocol = true\n");
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("directory", ["nspi"])
+        .set("epm.proxy_protocol", true)
+        .section("limits")
+        .set("limits.max_connections_per_ip", 1);
+    let rpcpin = Running::start(&config).await;
     let vip: SocketAddr = "203.0.113.7:135".parse().unwrap();
 
     // v2 and v1, from two different clients: the per-address limit of 1 counts each
     // real client, not the balancer's single address.
-    let mut a = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut a = Conn::connect(rpcpin.epm).await;
     a.write_all(&proxy_v2("198.51.100.22:40000".parse().unwrap(), vip))
         .await
         .unwrap();
-    let mut b = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut b = Conn::connect(rpcpin.epm).await;
     b.write_all(b"PROXY TCP4 198.51.100.23 203.0.113.7 40001 135\r\n")
         .await
         .unwrap();
@@ -288,37 +288,38 @@ async fn proxy_protocol_names_the_real_client_and_the_address_it_reached() {
         );
     }
     // A connection without the header is closed.
-    let mut bare = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut bare = Conn::connect(rpcpin.epm).await;
     bare.write_all(NSPI_EPM_CLIENT).await.unwrap();
     assert!(read_to_end(&mut bare).await.is_empty());
     rpcpin.stop().await;
 }
 
-/// An address nothing listens on, for configs whose backend EPM is never asked.
-async fn closed_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", closed_port().await)
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn idle_and_oversized_connections_are_closed() {
     let backend = Replay::start(|_| epm_answers()).await;
-    let limits = "[limits]\nidle_timeout = \"300ms\"\nmax_fragment = 1024\n";
-    let rpcpin = Running::start(&config(backend.addr, &[("p", "\"nspi\"")], limits)).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("p", ["nspi"])
+        .section("limits")
+        .set("limits.idle_timeout", "300ms")
+        .set("limits.max_fragment", 1024);
+    let rpcpin = Running::start(&config).await;
     // Silent after its bind: closed once idle.
-    let mut idle = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut idle = Conn::connect(rpcpin.epm).await;
     idle.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
     read_pdu(&mut idle).await.unwrap();
-    let started = std::time::Instant::now();
     assert!(read_to_end(&mut idle).await.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(logs::closed_because(&idle).await, "idle for 300ms");
     // A fragment announced larger than limits.max_fragment: closed before it is buffered.
-    let mut big = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut big = Conn::connect(rpcpin.epm).await;
     let mut bind = pdus(NSPI_EPM_CLIENT)[0].to_vec();
     bind[8..10].copy_from_slice(&2000u16.to_le_bytes());
     big.write_all(&bind).await.unwrap();
     assert!(read_to_end(&mut big).await.is_empty());
+    let why = logs::closed_because(&big).await;
+    assert!(
+        why.ends_with("fragment of 2000 bytes exceeds the limit of 1024"),
+        "{why}"
+    );
     assert_eq!(
         backend.connections(),
         1,

@@ -4,15 +4,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Sends Outlook's captured EPM bytes through rpcpin and returns what came back.
 async fn outlook_ept_map(epm: SocketAddr, client: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(epm).await.unwrap();
+    let mut s = Conn::connect(epm).await;
     s.write_all(client).await.unwrap();
     let mut out = Vec::new();
     for _ in 0..2 {
@@ -25,12 +23,8 @@ async fn outlook_ept_map(epm: SocketAddr, client: &[u8]) -> Vec<u8> {
 async fn rewrites_exchanges_ept_map_answer_to_the_pinned_port_and_own_address() {
     let backend =
         Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let rpcpin = Running::start(&config(
-        backend.addr,
-        &[("directory", "\"nspi\", \"rfr\"")],
-        "",
-    ))
-    .await;
+    let rpcpin =
+        Running::start(&TestConfig::new(backend.addr).pin("directory", ["nspi", "rfr"])).await;
     let pin_port = rpcpin.pins[0].port();
 
     let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
@@ -55,10 +49,13 @@ async fn rewrites_a_big_endian_answer_from_samba() {
     // and the NDR are big endian, the tower's lengths little endian, its port big endian.
     let server = include_bytes!("data/samba-be-map-samr.server.bin");
     let client = include_bytes!("data/samba-be-map-samr.client.bin");
-    let backend =
-        Replay::start(|_| pdus_be(include_bytes!("data/samba-be-map-samr.server.bin"))).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("lsad", "\"samr\"")], "")).await;
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let backend = Replay::start(|_| {
+        let server = include_bytes!("data/samba-be-map-samr.server.bin");
+        pdus(server).iter().map(|p| p.to_vec()).collect()
+    })
+    .await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("lsad", ["samr"])).await;
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(client).await.unwrap();
     let mut got = vec![0u8; server.len()];
     tokio::io::AsyncReadExt::read_exact(&mut s, &mut got)
@@ -80,19 +77,6 @@ async fn rewrites_a_big_endian_answer_from_samba() {
     rpcpin.stop().await;
 }
 
-/// Splits a big-endian stream into its PDUs.
-fn pdus_be(stream: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut rest = stream;
-    while rest.len() >= 16 {
-        assert_eq!(rest[4] & 0x10, 0, "big endian");
-        let len = u16::from_be_bytes([rest[8], rest[9]]) as usize;
-        out.push(rest[..len].to_vec());
-        rest = &rest[len..];
-    }
-    out
-}
-
 #[tokio::test]
 async fn legacy_answer_without_fragment_flags_is_a_whole_call() {
     // NT4 sent unfragmented PDUs with both fragment flags clear (ISA 2000 broke on them).
@@ -100,7 +84,7 @@ async fn legacy_answer_without_fragment_flags_is_a_whole_call() {
     answers[1][3] = 0;
     let legacy = answers.clone();
     let backend = Replay::start(move |_| legacy.clone()).await;
-    let rpcpin = Running::start(&config(backend.addr, &[("directory", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("directory", ["nspi"])).await;
 
     let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
     let mut expected = answers.concat();
@@ -118,16 +102,11 @@ async fn legacy_answer_without_fragment_flags_is_a_whole_call() {
 async fn configured_advertise_address_goes_into_towers() {
     let backend =
         Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let text = config(backend.addr, &[("store", "\"emsmdb\"")], "")
-        .replace(
-            "listen = \"127.0.0.1:0\"\n[[pin]]",
-            "listen = \"127.0.0.1:0\"\nadvertise = \"203.0.113.10\"\n[[pin]]",
-        )
-        .replace(
-            "interfaces = [\"emsmdb\"]",
-            "interfaces = [\"emsmdb\"]\nadvertise_port = 34567",
-        );
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("store", ["emsmdb"])
+        .set("epm.advertise", "203.0.113.10")
+        .set("pin[0].advertise_port", 34567);
+    let rpcpin = Running::start(&config).await;
 
     let got = outlook_ept_map(rpcpin.epm, EMSMDB_EPM_CLIENT).await;
 
@@ -152,25 +131,20 @@ async fn configured_advertise_address_goes_into_towers() {
 async fn hides_an_unpinned_interface_unless_told_not_to() {
     let backend =
         Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let pins = [("directory", "\"nspi\"")];
-    let shown = Running::start(
-        &config(backend.addr, &pins, "").replace("[epm]\n", "[epm]\nhide_unpinned = false\n"),
-    )
-    .await;
+    let config = TestConfig::new(backend.addr).pin("directory", ["nspi"]);
+    let shown = Running::start(&config.clone().set("epm.hide_unpinned", false)).await;
     let got = outlook_ept_map(shown.epm, EMSMDB_EPM_CLIENT).await;
     assert_eq!(got, EMSMDB_EPM_SERVER, "hiding off: untouched");
     shown.stop().await;
 
     // By default, EMSMDB (pinned nowhere) is not registered, and the tower is gone:
     // handle (20), num_towers 0, max 4, offset 0, actual 0, status.
-    let hidden = Running::start(&config(backend.addr, &pins, "")).await;
+    let hidden = Running::start(&config).await;
     let got = outlook_ept_map(hidden.epm, EMSMDB_EPM_CLIENT).await;
     let answer = &got[60..];
     assert_eq!(answer[..8], EMSMDB_EPM_SERVER[60..68]);
-    assert_eq!(
-        u16::from_le_bytes([answer[8], answer[9]]) as usize,
-        answer.len()
-    );
+    // Header and fixed fields (24), the entry handle (20), five integers (20).
+    assert_eq!(frag_len(answer), 64);
     let stub = &answer[24..];
     assert_eq!(
         stub[..20],
@@ -190,7 +164,7 @@ async fn nspi_pin() -> (Replay, Replay, Running) {
     let service = nspi_service().await;
     let port = service.addr.port();
     let epm = epm_pointing_at(move |_| port).await;
-    let rpcpin = Running::start(&config(epm.addr, &[("directory", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(epm.addr).pin("directory", ["nspi"])).await;
     (service, epm, rpcpin)
 }
 
@@ -199,7 +173,7 @@ async fn relays_an_ntlm_session_byte_for_byte_to_the_resolved_port() {
     let (service, epm, rpcpin) = nspi_pin().await;
 
     // Bind, auth3 and the first call in one write: rpcpin must keep what follows the bind.
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
     let ack = read_pdu(&mut s).await.expect("a bind_ack");
     let response = read_pdu(&mut s).await.expect("a response");
@@ -207,7 +181,11 @@ async fn relays_an_ntlm_session_byte_for_byte_to_the_resolved_port() {
     // The bind_ack's secondary address "4997\0" (the backend's port) became the pin's port;
     // what follows it (results, NTLM challenge) is Exchange's, byte for byte.
     let public = format!("{}\0", rpcpin.pins[0].port());
-    assert_eq!(usize::from(u16::from_le_bytes([ack[8], ack[9]])), ack.len());
+    assert_eq!(
+        frag_len(&ack),
+        (26 + public.len()).next_multiple_of(4) + server[0].len() - 32,
+        "frag_length: header and fields, the new address and its padding, Exchange's tail"
+    );
     assert_eq!(
         usize::from(u16::from_le_bytes([ack[24], ack[25]])),
         public.len()
@@ -233,7 +211,7 @@ async fn refuses_bind_to_unpinned_interface_without_touching_the_backend() {
 
     let mut bind = pdus(NSPI_NTLM_CLIENT)[0].to_vec();
     assert_eq!(replace(&mut bind, &NSPI_LE, &WINREG_LE), 1);
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(&bind).await.unwrap();
     let answer = read_to_end(&mut s).await;
 
@@ -253,7 +231,7 @@ async fn refuses_alter_context_to_unpinned_interface_on_an_open_association() {
     let (service, _epm, rpcpin) = nspi_pin().await;
 
     let client = pdus(NSPI_NTLM_CLIENT);
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(client[0]).await.unwrap();
     let ack = read_pdu(&mut s).await.unwrap();
     assert_eq!(ack[2], 12, "a bind_ack");
@@ -287,9 +265,9 @@ async fn resolves_again_when_the_cached_port_is_gone() {
     let dead = closed_port().await;
     // The first answer names a port nothing listens on, as after a server restart.
     let epm = epm_pointing_at(move |n| if n == 0 { dead } else { live }).await;
-    let rpcpin = Running::start(&config(epm.addr, &[("directory", "\"nspi\"")], "")).await;
+    let rpcpin = Running::start(&TestConfig::new(epm.addr).pin("directory", ["nspi"])).await;
 
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
     assert_eq!(read_pdu(&mut s).await.unwrap()[2], 12, "a bind_ack");
     assert_eq!(service.connections(), 1);
@@ -300,52 +278,58 @@ async fn resolves_again_when_the_cached_port_is_gone() {
 #[tokio::test]
 async fn backend_down_gets_the_client_a_bind_nak() {
     let dead = closed_port().await;
-    let epm_addr: SocketAddr = format!("127.0.0.1:{}", closed_port().await)
-        .parse()
-        .unwrap();
-    let text = config(epm_addr, &[("directory", "\"nspi\"")], "").replace(
-        "interfaces = [\"nspi\"]",
-        &format!("interfaces = [\"nspi\"]\nbackend_port = {dead}"),
-    );
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(closed_addr().await)
+        .pin("directory", ["nspi"])
+        .set("pin[0].backend_port", u32::from(dead));
+    let rpcpin = Running::start(&config).await;
 
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
     let answer = read_to_end(&mut s).await;
     assert_eq!(answer[2], 13, "a bind_nak: {answer:02x?}");
     rpcpin.stop().await;
 }
 
+/// Ten clients that connect and say nothing to each of rpcpin's listeners.
+async fn silent_clients(rpcpin: &Running) -> Vec<Conn> {
+    let mut silent = Vec::new();
+    for addr in [rpcpin.epm, rpcpin.pins[0]].iter().cycle().take(20) {
+        silent.push(Conn::connect(*addr).await);
+    }
+    silent
+}
+
 #[tokio::test]
 async fn silent_clients_are_closed_and_do_not_block_others() {
     let backend =
         Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
-    let text = config(
-        backend.addr,
-        &[("directory", "\"nspi\"")],
-        "[limits]\nhandshake_timeout = \"300ms\"\n",
-    );
-    let rpcpin = Running::start(&text).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("directory", ["nspi"])
+        .section("limits");
 
-    let started = Instant::now();
-    let mut silent = Vec::new();
-    for addr in [rpcpin.epm, rpcpin.pins[0]].iter().cycle().take(20) {
-        silent.push(TcpStream::connect(addr).await.unwrap());
-    }
-    // Meanwhile a real client is served at once.
-    let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
+    // Silent clients whose handshake may take an hour, far beyond any wait of the test:
+    // a real client is served meanwhile.
+    let patient = Running::start(&config.clone().set("limits.handshake_timeout", "1h")).await;
+    let silent = silent_clients(&patient).await;
+    let got = outlook_ept_map(patient.epm, NSPI_EPM_CLIENT).await;
     assert_eq!(got.len(), NSPI_EPM_SERVER.len());
-    assert!(
-        started.elapsed() < Duration::from_millis(300),
-        "served while the silent wait"
-    );
-    for mut s in silent {
-        assert!(read_to_end(&mut s).await.is_empty());
+    // They were waiting all along: stopping rpcpin is what closes them.
+    patient.stop().await;
+    for s in &silent {
+        let why = logs::closed_because(s).await;
+        assert_eq!(why, "rpcpin shutting down");
     }
-    assert!(started.elapsed() >= Duration::from_millis(300));
-    // No silent client cost a backend connection.
+
+    // With a short handshake timeout, the timeout closes them.
+    let strict = Running::start(&config.set("limits.handshake_timeout", "300ms")).await;
+    for mut s in silent_clients(&strict).await {
+        assert!(read_to_end(&mut s).await.is_empty());
+        let why = logs::closed_because(&s).await;
+        assert!(why.ends_with("timed out after 300ms"), "{why}");
+    }
+    // No silent client cost a backend connection: only the real client's.
     assert_eq!(backend.connections(), 1);
-    rpcpin.stop().await;
+    strict.stop().await;
 }
 
 /// A little-endian response PDU around `stub`, built by hand: the 16-byte header, then
@@ -380,25 +364,15 @@ fn impacket_vector(name: &str) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Pins as `tests/data/impacket/generate.py` expects them.
-fn impacket_config(backend: SocketAddr) -> String {
-    config(
-        backend,
-        &[("directory", "\"nspi\""), ("store", "\"emsmdb\"")],
-        "",
-    )
-    .replace(
-        "[epm]\nlisten = \"127.0.0.1:0\"",
+fn impacket_config(backend: SocketAddr) -> TestConfig {
+    TestConfig::new(backend)
+        .pin("directory", ["nspi"])
+        .pin("store", ["emsmdb"])
+        .set("epm.advertise", "203.0.113.10")
         // Unpinned entries stay, so that impacket's expected answers are the judge.
-        "[epm]\nlisten = \"127.0.0.1:0\"\nadvertise = \"203.0.113.10\"\nhide_unpinned = false",
-    )
-    .replace(
-        "interfaces = [\"nspi\"]",
-        "interfaces = [\"nspi\"]\nadvertise_port = 6004",
-    )
-    .replace(
-        "interfaces = [\"emsmdb\"]",
-        "interfaces = [\"emsmdb\"]\nadvertise_port = 6001",
-    )
+        .set("epm.hide_unpinned", false)
+        .set("pin[0].advertise_port", 6004)
+        .set("pin[1].advertise_port", 6001)
 }
 
 #[tokio::test]
@@ -416,7 +390,7 @@ async fn walks_each_answer_in_the_transfer_syntax_its_context_negotiated() {
             .await;
     let rpcpin = Running::start(&impacket_config(backend.addr)).await;
 
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(&bind).await.unwrap();
     assert_eq!(read_pdu(&mut s).await.unwrap(), ack);
     // A call on the NDR64 context: its answer is walked as NDR64 and rewritten.
@@ -457,7 +431,7 @@ async fn pipelined_calls_answered_out_of_order_in_fragments() {
 
     let mut lookup = request(4, 0);
     lookup[22] = 2; // opnum: the stub is not read by the backend here
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
     read_pdu(&mut s).await.unwrap();
     s.write_all(&[request(3, 0), lookup].concat())
@@ -508,10 +482,11 @@ async fn integrity_protected_answer_needing_a_rewrite_becomes_a_fault() {
         let answers = signed_answer(level);
         let sent = answers.clone();
         let backend = Replay::start(move |_| sent.clone()).await;
-        let iface = if pinned { "\"nspi\"" } else { "\"emsmdb\"" };
-        let text = config(backend.addr, &[("p", iface)], "")
-            .replace("[epm]\n", "[epm]\nhide_unpinned = false\n");
-        let rpcpin = Running::start(&text).await;
+        let iface = if pinned { "nspi" } else { "emsmdb" };
+        let config = TestConfig::new(backend.addr)
+            .pin("p", [iface])
+            .set("epm.hide_unpinned", false);
+        let rpcpin = Running::start(&config).await;
         let got = outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
         let answer = &got[60..];
         if !rewritable {
@@ -541,10 +516,11 @@ async fn integrity_protected_answer_needing_a_rewrite_becomes_a_fault() {
 async fn protected_answers_close_policy_closes_the_connection() {
     let answers = signed_answer(6);
     let backend = Replay::start(move |_| answers.clone()).await;
-    let text = config(backend.addr, &[("p", "\"nspi\"")], "")
-        .replace("[epm]\n", "[epm]\nprotected_answers = \"close\"\n");
-    let rpcpin = Running::start(&text).await;
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let config = TestConfig::new(backend.addr)
+        .pin("p", ["nspi"])
+        .set("epm.protected_answers", "close");
+    let rpcpin = Running::start(&config).await;
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(NSPI_EPM_CLIENT).await.unwrap();
     let got = read_to_end(&mut s).await;
     assert_eq!(
@@ -571,9 +547,13 @@ async fn an_answer_beyond_the_reassembly_bound_closes_the_connection() {
         .collect();
     let bind_ack = pdus(NSPI_EPM_SERVER)[0].to_vec();
     let backend = Replay::start(move |_| vec![bind_ack.clone(), frags.clone()]).await;
-    let limits = "[limits]\nmax_fragment = 1024\nmax_reassembly = 1500\n";
-    let rpcpin = Running::start(&config(backend.addr, &[("d", "\"nspi\"")], limits)).await;
-    let mut s = TcpStream::connect(rpcpin.epm).await.unwrap();
+    let config = TestConfig::new(backend.addr)
+        .pin("d", ["nspi"])
+        .section("limits")
+        .set("limits.max_fragment", 1024)
+        .set("limits.max_reassembly", 1500);
+    let rpcpin = Running::start(&config).await;
+    let mut s = Conn::connect(rpcpin.epm).await;
     s.write_all(NSPI_EPM_CLIENT).await.unwrap();
     let got = read_to_end(&mut s).await;
     // Only the bind_ack: the answer was never forwarded, in part or whole.
@@ -584,7 +564,7 @@ async fn an_answer_beyond_the_reassembly_bound_closes_the_connection() {
 #[tokio::test]
 async fn a_client_that_half_closes_still_gets_its_answer() {
     let (_service, _epm, rpcpin) = nspi_pin().await;
-    let mut s = TcpStream::connect(rpcpin.pins[0]).await.unwrap();
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
     s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
     // Everything sent: shut the sending side, as a client that has no more requests may.
     s.shutdown().await.unwrap();

@@ -1,18 +1,33 @@
-//! Helpers for the end-to-end tests: rpcpin in-process on port 0, and backends that replay
-//! real captured server bytes.
+//! Helpers for the end-to-end tests: rpcpin in-process on port 0, backends that replay
+//! real captured server bytes, test configurations and rpcpin's log events.
 
 #![allow(dead_code)]
 
+mod config;
+pub mod logs;
+
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rpcpin::config::Config;
 use rpcpin::daemon::{Control, Daemon};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use rpcpin::wire::frame::{next_pdu_len, MAX_FRAG_LEN};
+use rpcpin::wire::Pdu;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+pub use config::TestConfig;
+
+/// How long a test waits for anything it expects (an answer, a close, a log event, an
+/// exit) before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
 
 pub const NSPI_EPM_CLIENT: &[u8] = include_bytes!("../data/mapi-epm-map-nspi.client.bin");
 pub const NSPI_EPM_SERVER: &[u8] = include_bytes!("../data/mapi-epm-map-nspi.server.bin");
@@ -45,14 +60,28 @@ pub const EPM_SYNTAX_LE: [u8; 20] = [
     3, 0, 0, 0,
 ];
 
-/// Splits a captured little-endian stream into its PDUs by their frag_length.
+/// The length of the PDU at the front of `bytes` once they hold all of it, by the crate's
+/// own framing; panics on bytes that are not DCE/RPC.
+pub fn pdu_len(bytes: &[u8]) -> Option<usize> {
+    next_pdu_len(bytes, MAX_FRAG_LEN).unwrap_or_else(|e| {
+        let start = &bytes[..bytes.len().min(16)];
+        panic!("not a DCE/RPC PDU ({e}): {start:02x?}")
+    })
+}
+
+/// A whole PDU's frag_length, as its header says.
+pub fn frag_len(pdu: &[u8]) -> usize {
+    Pdu::new_checked(pdu).expect("a whole PDU").frag_len()
+}
+
+/// Splits a captured stream (either byte order) into its PDUs.
 pub fn pdus(stream: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut rest = stream;
-    while rest.len() >= 16 {
-        let len = u16::from_le_bytes([rest[8], rest[9]]) as usize;
-        out.push(&rest[..len]);
-        rest = &rest[len..];
+    while let Some(len) = pdu_len(rest) {
+        let (pdu, after) = rest.split_at(len);
+        out.push(pdu);
+        rest = after;
     }
     assert!(rest.is_empty(), "a capture ends inside a PDU");
     out
@@ -75,36 +104,122 @@ pub fn replace(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
     n
 }
 
-/// Reads one PDU (little-endian frag_length) or `None` at EOF or after 5 s of silence.
-pub async fn read_pdu<R: AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
-    tokio::time::timeout(Duration::from_secs(5), read_pdu_unbounded(r))
-        .await
-        .ok()
-        .flatten()
+/// A TCP connection of a test, and the bytes read past the last whole PDU taken from it.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    read: Vec<u8>,
+    /// How many log events there were before it connected.
+    logged_before: usize,
 }
 
-async fn read_pdu_unbounded<R: AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
-    let mut head = [0u8; 16];
-    r.read_exact(&mut head).await.ok()?;
-    let len = u16::from_le_bytes([head[8], head[9]]) as usize;
-    let mut pdu = head.to_vec();
-    pdu.resize(len, 0);
-    r.read_exact(&mut pdu[16..]).await.ok()?;
-    Some(pdu)
+impl Conn {
+    /// Connects to `addr`, which must accept.
+    pub async fn connect(addr: SocketAddr) -> Conn {
+        Conn::try_connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
+    }
+
+    /// Connects to `addr`.
+    pub async fn try_connect(addr: SocketAddr) -> io::Result<Conn> {
+        let logged_before = logs::count();
+        let stream = TcpStream::connect(addr).await?;
+        Ok(Conn {
+            logged_before,
+            ..Conn::from(stream)
+        })
+    }
+
+    /// The connection's own address: the peer rpcpin's log events name.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().unwrap()
+    }
 }
 
-/// Reads until the peer closes (a reset counts as a close), bounded by a timeout.
-pub async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+impl From<TcpStream> for Conn {
+    fn from(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            read: Vec::new(),
+            logged_before: logs::count(),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.read.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read[..n]);
+        this.read.drain(..n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Reads one whole PDU, or `None` when the peer closes or says nothing for [`WAIT`].
+pub async fn read_pdu(c: &mut Conn) -> Option<Vec<u8>> {
+    let read = async {
+        loop {
+            if let Some(len) = pdu_len(&c.read) {
+                return Some(c.read.drain(..len).collect());
+            }
+            match c.stream.read_buf(&mut c.read).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.ok().flatten()
+}
+
+/// Reads until the peer closes (a reset counts as a close), bounded by [`WAIT`].
+pub async fn read_to_end(c: &mut Conn) -> Vec<u8> {
+    let mut out = std::mem::take(&mut c.read);
+    let read = tokio::time::timeout(WAIT, c.stream.read_to_end(&mut out))
         .await
-        .expect("the peer closed within 5 s");
+        .unwrap_or_else(|_| panic!("the peer did not close within {WAIT:?}"));
     match read {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         Err(e) => panic!("read: {e}"),
     }
     out
+}
+
+/// Asserts that a new client at `addr` sending `first` is not served: its connection is
+/// refused or, when the listener is stopping but not yet closed, closed unanswered.
+pub async fn assert_not_served(addr: SocketAddr, first: &[u8], what: &str) {
+    let Ok(mut c) = Conn::try_connect(addr).await else {
+        return;
+    };
+    if c.write_all(first).await.is_ok() {
+        let answer = read_to_end(&mut c).await;
+        assert!(answer.is_empty(), "{what}: answered {answer:02x?}");
+    }
 }
 
 /// A backend that answers each PDU it receives with the next PDU of a script; PDUs of type
@@ -131,10 +246,11 @@ impl Replay {
         let r = replay.clone();
         let script = Arc::new(script);
         tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
+            while let Ok((s, _)) = listener.accept().await {
                 let n = r.connections.fetch_add(1, Ordering::SeqCst);
                 let answers = script(n);
                 let received = r.received.clone();
+                let mut s = Conn::from(s);
                 tokio::spawn(async move {
                     let mut answers = answers.into_iter();
                     while let Some(pdu) = read_pdu(&mut s).await {
@@ -186,30 +302,38 @@ pub struct Running {
     pub epm: SocketAddr,
     pub pins: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// Which rpcpin of the test binary this is, in the `rpcpin` span of its own events.
+    instance: u64,
     control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
-    /// Starts rpcpin with `config` (TOML text; listen on port 0).
-    pub async fn start(config: &str) -> Running {
-        let config = Config::parse(config).expect("test config is valid");
+    /// Starts rpcpin with `config` (listening on port 0), its log events captured.
+    pub async fn start(config: &TestConfig) -> Running {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        logs::capture();
+        let text = config.text();
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e} in\n{text}"));
         let server = Daemon::bind(config).await.expect("bind");
         let (epm, pins, admin) = (server.epm_addr(), server.pin_addrs(), server.admin_addr());
         let (control, commands) = mpsc::channel(4);
-        let task = tokio::spawn(server.run(commands));
+        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("rpcpin", instance);
+        let task = tokio::spawn(server.run(commands).instrument(span));
         Running {
             epm,
             pins,
             admin,
+            instance,
             control,
             task,
         }
     }
 
-    /// Applies a new configuration (TOML text), as SIGHUP does.
-    pub async fn reload(&self, config: &str) -> anyhow::Result<()> {
-        let config = Config::parse(config)?;
+    /// Applies a new configuration, as SIGHUP does.
+    pub async fn reload(&self, config: &TestConfig) -> anyhow::Result<()> {
+        let config = Config::parse(&config.text())?;
         let (done, applied) = oneshot::channel();
         self.control
             .send(Control::Reload(Ok(Box::new(config)), done))
@@ -218,7 +342,8 @@ impl Running {
         applied.await.expect("rpcpin answers")
     }
 
-    /// Starts a graceful shutdown, as SIGTERM does; `finished` then waits for its end.
+    /// Starts a graceful shutdown, as SIGTERM does (a second one, as a second signal does,
+    /// closes every connection).
     pub async fn shutdown(&self) {
         self.control
             .send(Control::Shutdown)
@@ -226,20 +351,33 @@ impl Running {
             .expect("rpcpin runs");
     }
 
+    /// The first `event` this rpcpin logged itself (not one of its connections), waiting
+    /// for it.
+    pub async fn logged(&self, event: &str) -> serde_json::Value {
+        let instance = self.instance;
+        logs::wait_for(&format!("{event} from rpcpin #{instance}"), 0, |e| {
+            e["event"] == event
+                && e["spans"].as_array().is_some_and(|spans| {
+                    spans
+                        .iter()
+                        .any(|s| s["name"] == "rpcpin" && s["instance"] == instance)
+                })
+        })
+        .await
+    }
+
     /// Whether rpcpin has exited.
     pub fn finished(&self) -> bool {
         self.task.is_finished()
     }
 
-    /// Whether rpcpin exits within `limit`.
-    pub async fn exits_within(&self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, async {
-            while !self.finished() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .is_ok()
+    /// Waits for rpcpin to exit by itself (it must, within [`WAIT`]) and checks it exited
+    /// cleanly.
+    pub async fn exits(self, why: &str) {
+        let run = tokio::time::timeout(WAIT, self.task)
+            .await
+            .unwrap_or_else(|_| panic!("rpcpin did not exit within {WAIT:?} {why}"));
+        run.unwrap().unwrap();
     }
 
     /// Closes everything now and waits for rpcpin to exit.
@@ -249,23 +387,13 @@ impl Running {
     }
 }
 
-/// A config whose EPM backend is `backend` and with the given pins, all on port 0.
-pub fn config(backend: SocketAddr, pins: &[(&str, &str)], extra: &str) -> String {
-    let mut c = format!(
-        "[backend]\nhost = \"{}\"\nepm_port = {}\n[epm]\nlisten = \"127.0.0.1:0\"\n",
-        backend.ip(),
-        backend.port()
-    );
-    for (name, interfaces) in pins {
-        c += &format!(
-            "[[pin]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ninterfaces = [{interfaces}]\n"
-        );
-    }
-    c + extra
-}
-
 /// A port nothing listens on.
 pub async fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// An address nothing listens on, for configurations whose backend is never asked.
+pub async fn closed_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], closed_port().await))
 }
