@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
@@ -80,14 +81,9 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         if let Some(user) = user {
             crate::privileges::drop_to(&user)?;
         }
+        let signals = Signals::register()?;
         let (control, commands) = mpsc::channel(4);
-        // The handlers are in place before anything listens (or says so): a signal sent
-        // then is handled, not the default action, which for SIGHUP is to exit.
-        let handlers = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        );
-        tokio::spawn(signals(handlers, path, control, log_level));
+        tokio::spawn(signals.serve(path, control, log_level));
         daemon.run(commands).await
     })?;
     Ok(ExitCode::SUCCESS)
@@ -238,40 +234,50 @@ fn log_filter(level: &str) -> anyhow::Result<EnvFilter> {
         .map_err(|e| anyhow::anyhow!("log.level {level:?}: {e}"))
 }
 
-/// Turns signals into [`Control`]s: SIGTERM or SIGINT drains (a second one closes
-/// everything), SIGHUP reloads `path`: a file that does not load keeps the configuration
-/// running, and says why.
-async fn signals(
-    handlers: (std::io::Result<Signal>, std::io::Result<Signal>),
-    path: PathBuf,
-    control: mpsc::Sender<Control>,
-    log_level: LogLevel,
-) {
-    let (mut term, mut hup) = match handlers {
-        (Ok(t), Ok(h)) => (t, h),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(event = "signals_unavailable", error = %e);
-            return;
-        }
-    };
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {
-                reload(&path, &control, &log_level).await;
-                continue;
-            }
-        }
-        let command = if stopping {
-            Control::Stop
-        } else {
-            Control::Shutdown
+/// The signals rpcpin acts on. They are registered before anything listens (or says so),
+/// so that a signal sent then is handled rather than given its default action, which for
+/// SIGHUP is to exit.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn register() -> anyhow::Result<Signals> {
+        let handler = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot handle {name}"))
         };
-        stopping = true;
-        if control.send(command).await.is_err() {
-            return;
+        Ok(Signals {
+            term: handler(SignalKind::terminate(), "SIGTERM")?,
+            int: handler(SignalKind::interrupt(), "SIGINT")?,
+            hup: handler(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Turns signals into [`Control`]s: SIGTERM or SIGINT drains (a second one closes
+    /// everything), SIGHUP reloads `path`: a file that does not load keeps the configuration
+    /// running, and says why.
+    async fn serve(mut self, path: PathBuf, control: mpsc::Sender<Control>, log_level: LogLevel) {
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => {}
+                _ = self.term.recv() => {}
+                _ = self.hup.recv() => {
+                    reload(&path, &control, &log_level).await;
+                    continue;
+                }
+            }
+            let command = if stopping {
+                Control::Stop
+            } else {
+                Control::Shutdown
+            };
+            stopping = true;
+            if control.send(command).await.is_err() {
+                return;
+            }
         }
     }
 }
