@@ -83,4 +83,9 @@ pub(crate) mod test_util {
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
     }
+
+    /// The first PDU of a captured little-endian stream.
+    pub fn first_pdu(stream: &[u8]) -> &[u8] {
+        &stream[..usize::from(u16::from_le_bytes([stream[8], stream[9]]))]
+    }
 }
