@@ -15,7 +15,7 @@
 use core::ops::Range;
 
 use super::pdu::{finish_pdu, flags, write_header, HEADER_LEN};
-use super::{get_u16, Endian, Error, PacketType, Pdu, Result, Uuid};
+use super::{get_u16, put_u16, put_u32, Endian, Error, PacketType, Pdu, Result, Uuid};
 
 /// A checked request PDU.
 #[derive(Debug, Clone)]
@@ -124,23 +124,11 @@ pub fn encode_fault(
     let start = out.len();
     let f = flags::FIRST_FRAG | flags::LAST_FRAG | flags::DID_NOT_EXECUTE;
     write_header(out, PacketType::Fault, f, endian, call_id);
-    let (hint, ctx, status) = match endian {
-        Endian::Little => (
-            0u32.to_le_bytes(),
-            context_id.to_le_bytes(),
-            status.to_le_bytes(),
-        ),
-        Endian::Big => (
-            0u32.to_be_bytes(),
-            context_id.to_be_bytes(),
-            status.to_be_bytes(),
-        ),
-    };
-    out.extend_from_slice(&hint);
-    out.extend_from_slice(&ctx);
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&status);
-    out.extend_from_slice(&[0; 4]);
+    put_u32(out, 0, endian); // alloc_hint
+    put_u16(out, context_id, endian);
+    out.extend_from_slice(&[0, 0]); // cancel_count, reserved
+    put_u32(out, status, endian);
+    out.extend_from_slice(&[0; 4]); // reserved
     finish_pdu(&mut out[start..], endian)
 }
 
@@ -162,21 +150,9 @@ pub fn encode_request(
         call_id,
     );
     let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
-    let (hint, ctx, op) = match endian {
-        Endian::Little => (
-            hint.to_le_bytes(),
-            context_id.to_le_bytes(),
-            opnum.to_le_bytes(),
-        ),
-        Endian::Big => (
-            hint.to_be_bytes(),
-            context_id.to_be_bytes(),
-            opnum.to_be_bytes(),
-        ),
-    };
-    out.extend_from_slice(&hint);
-    out.extend_from_slice(&ctx);
-    out.extend_from_slice(&op);
+    put_u32(out, hint, endian);
+    put_u16(out, context_id, endian);
+    put_u16(out, opnum, endian);
     out.extend_from_slice(stub);
     finish_pdu(&mut out[start..], endian)
 }
@@ -198,12 +174,8 @@ pub fn encode_response(
         call_id,
     );
     let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
-    let (hint, ctx) = match endian {
-        Endian::Little => (hint.to_le_bytes(), context_id.to_le_bytes()),
-        Endian::Big => (hint.to_be_bytes(), context_id.to_be_bytes()),
-    };
-    out.extend_from_slice(&hint);
-    out.extend_from_slice(&ctx);
+    put_u32(out, hint, endian);
+    put_u16(out, context_id, endian);
     out.extend_from_slice(&[0, 0]); // cancel_count, reserved
     out.extend_from_slice(stub);
     finish_pdu(&mut out[start..], endian)

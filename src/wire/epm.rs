@@ -20,7 +20,7 @@
 use core::ops::Range;
 
 use super::ndr::{Cursor, Syntax};
-use super::{Endian, Error, Result, SyntaxId};
+use super::{put_u32, Endian, Error, Result, SyntaxId};
 
 /// The endpoint mapper interface, `ept` v3.0.
 pub const EPM: SyntaxId = SyntaxId::new("e1af8308-5d1f-11c9-91a4-08002b14a0fa", 3, 0);
@@ -259,22 +259,16 @@ pub fn encode_answer(out: &mut Vec<u8>, endian: Endian, syntax: Syntax, answer: 
 /// Appends an NDR ept_map request stub asking for the towers of `query` (a tower as built
 /// by [`super::tower::encode_tcp_tower`]), with a nil object UUID as Windows sends.
 pub fn encode_map_request(out: &mut Vec<u8>, endian: Endian, query: &[u8], max_towers: u32) {
-    let u32_ = |out: &mut Vec<u8>, v: u32| {
-        out.extend_from_slice(&match endian {
-            Endian::Little => v.to_le_bytes(),
-            Endian::Big => v.to_be_bytes(),
-        })
-    };
     let start = out.len();
-    u32_(out, 1); // object: referent id
+    put_u32(out, 1, endian); // object: referent id
     out.extend_from_slice(&[0; 16]); // nil UUID
-    u32_(out, 2); // map_tower: referent id
-    u32_(out, query.len() as u32); // conformance
-    u32_(out, query.len() as u32); // tower_length
+    put_u32(out, 2, endian); // map_tower: referent id
+    put_u32(out, query.len() as u32, endian); // conformance
+    put_u32(out, query.len() as u32, endian); // tower_length
     out.extend_from_slice(query);
     out.resize(start + ((out.len() - start + 3) & !3), 0);
     out.extend_from_slice(&[0; HANDLE_LEN]); // entry_handle: none yet
-    u32_(out, max_towers);
+    put_u32(out, max_towers, endian);
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod bind;
 pub mod call;
+mod endian;
 pub mod epm;
 pub mod frame;
 pub mod ndr;
@@ -16,7 +17,9 @@ pub mod pdu;
 pub mod tower;
 pub mod uuid;
 
-pub use pdu::{Endian, PacketType, Pdu, HEADER_LEN};
+pub use endian::Endian;
+pub(crate) use endian::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64, set_u16};
+pub use pdu::{PacketType, Pdu, HEADER_LEN};
 pub use uuid::{SyntaxId, Uuid};
 
 /// What can be wrong with bytes a peer sent.
@@ -45,33 +48,6 @@ pub enum Error {
 
 /// Result alias for the wire layer.
 pub type Result<T> = core::result::Result<T, Error>;
-
-/// Reads a `u16` at `at` in the given byte order; the caller has checked the bounds.
-pub(crate) fn get_u16(buf: &[u8], at: usize, endian: Endian) -> u16 {
-    let b = [buf[at], buf[at + 1]];
-    match endian {
-        Endian::Little => u16::from_le_bytes(b),
-        Endian::Big => u16::from_be_bytes(b),
-    }
-}
-
-/// Reads a `u32` at `at` in the given byte order; the caller has checked the bounds.
-pub(crate) fn get_u32(buf: &[u8], at: usize, endian: Endian) -> u32 {
-    let b = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
-    match endian {
-        Endian::Little => u32::from_le_bytes(b),
-        Endian::Big => u32::from_be_bytes(b),
-    }
-}
-
-/// Writes a `u16` at `at` in the given byte order; the caller has checked the bounds.
-pub(crate) fn put_u16(buf: &mut [u8], at: usize, value: u16, endian: Endian) {
-    let b = match endian {
-        Endian::Little => value.to_le_bytes(),
-        Endian::Big => value.to_be_bytes(),
-    };
-    buf[at..at + 2].copy_from_slice(&b);
-}
 
 #[cfg(test)]
 pub(crate) mod test_util {

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use super::{get_u16, get_u32, put_u16, Error, Result};
+use super::{get_u16, get_u32, put_u32, set_u16, Endian, Error, Result};
 
 /// Offsets of the header fields.
 mod field {
@@ -41,34 +41,6 @@ pub mod flags {
     pub const MAYBE: u8 = 0x40;
     /// A request carries an object UUID after its fixed fields.
     pub const OBJECT_UUID: u8 = 0x80;
-}
-
-/// Byte order of every integer that follows drep (C706 §14.1: `drep[0]` bit 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endian {
-    /// `drep[0] & 0x10 != 0`.
-    Little,
-    /// `drep[0] & 0x10 == 0`.
-    Big,
-}
-
-impl Endian {
-    /// The byte order a drep announces.
-    pub fn from_drep(drep: [u8; 4]) -> Endian {
-        if drep[0] & 0x10 != 0 {
-            Endian::Little
-        } else {
-            Endian::Big
-        }
-    }
-
-    /// The drep rpcpin writes for this byte order: ASCII, IEEE floats.
-    pub fn drep(self) -> [u8; 4] {
-        match self {
-            Endian::Little => [0x10, 0, 0, 0],
-            Endian::Big => [0x00, 0, 0, 0],
-        }
-    }
 }
 
 /// The PDU type (C706 §12.6.4).
@@ -266,7 +238,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Pdu<T> {
     /// Sets `frag_length` (only encoders that resize a PDU use this).
     pub fn set_frag_len(&mut self, len: u16) {
         let endian = self.endian();
-        put_u16(self.buffer.as_mut(), field::FRAG_LEN, len, endian);
+        set_u16(self.buffer.as_mut(), field::FRAG_LEN, len, endian);
     }
 }
 
@@ -303,11 +275,8 @@ pub fn check_header(buf: &[u8]) -> Result<usize> {
 pub fn write_header(out: &mut Vec<u8>, ptype: PacketType, flags: u8, endian: Endian, call_id: u32) {
     out.extend_from_slice(&[5, 0, ptype.into(), flags]);
     out.extend_from_slice(&endian.drep());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(&match endian {
-        Endian::Little => call_id.to_le_bytes(),
-        Endian::Big => call_id.to_be_bytes(),
-    });
+    out.extend_from_slice(&[0, 0, 0, 0]); // frag_length, auth_length
+    put_u32(out, call_id, endian);
 }
 
 /// Writes the final `frag_length` into a PDU built with [`write_header`].
@@ -317,7 +286,7 @@ pub fn finish_pdu(out: &mut [u8], endian: Endian) -> Result<()> {
         len: out.len(),
         max: u16::MAX as usize,
     })?;
-    put_u16(out, field::FRAG_LEN, len, endian);
+    set_u16(out, field::FRAG_LEN, len, endian);
     Ok(())
 }
 

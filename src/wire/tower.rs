@@ -16,7 +16,7 @@
 use core::net::Ipv4Addr;
 use core::ops::Range;
 
-use super::{Endian, Error, Result, SyntaxId, Uuid};
+use super::{get_u16, put_u16, set_u16, Endian, Error, Result, SyntaxId, Uuid};
 
 /// Protocol identifiers of the floors rpcpin looks at (C706 appendix I).
 pub mod protocol {
@@ -113,8 +113,7 @@ impl<T: AsRef<[u8]>> Tower<T> {
     /// The TCP port, when there is a TCP floor.
     pub fn tcp_port(&self) -> Option<u16> {
         let r = self.tcp_port_range()?;
-        let b = &self.buffer.as_ref()[r];
-        Some(u16::from_be_bytes([b[0], b[1]]))
+        Some(get_u16(self.buffer.as_ref(), r.start, Endian::Big))
     }
 
     /// The IPv4 address, when there is an IP floor.
@@ -135,7 +134,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Tower<T> {
     pub fn set_tcp_port(&mut self, port: u16) -> bool {
         match self.tcp_port_range() {
             Some(r) => {
-                self.buffer.as_mut()[r].copy_from_slice(&port.to_be_bytes());
+                set_u16(self.buffer.as_mut(), r.start, port, Endian::Big);
                 true
             }
             None => false,
@@ -155,8 +154,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Tower<T> {
 }
 
 fn le16(buf: &[u8], at: usize) -> Option<u16> {
-    let b = buf.get(at..at + 2)?;
-    Some(u16::from_le_bytes([b[0], b[1]]))
+    buf.get(at..at + 2)?;
+    Some(get_u16(buf, at, Endian::Little))
 }
 
 /// Reads one length-prefixed side of a floor and returns the range of its bytes.
@@ -179,8 +178,8 @@ fn uuid_floor(buf: &[u8], (lhs, rhs): &(Range<usize>, Range<usize>)) -> Option<S
     }
     Some(SyntaxId {
         uuid: Uuid::from_wire(&l[1..17], Endian::Little).ok()?,
-        major: u16::from_le_bytes([l[17], l[18]]),
-        minor: u16::from_le_bytes([r[0], r[1]]),
+        major: get_u16(l, 17, Endian::Little),
+        minor: get_u16(r, 0, Endian::Little),
     })
 }
 
@@ -188,19 +187,19 @@ fn uuid_floor(buf: &[u8], (lhs, rhs): &(Range<usize>, Range<usize>)) -> Option<S
 /// (zeros in a query: "any").
 pub fn encode_tcp_tower(out: &mut Vec<u8>, interface: SyntaxId, port: u16, addr: Ipv4Addr) {
     let floor_uuid = |out: &mut Vec<u8>, s: SyntaxId| {
-        out.extend_from_slice(&19u16.to_le_bytes());
+        put_u16(out, 19, Endian::Little);
         out.push(protocol::UUID);
         out.extend_from_slice(&s.uuid.to_wire(Endian::Little));
-        out.extend_from_slice(&s.major.to_le_bytes());
-        out.extend_from_slice(&2u16.to_le_bytes());
-        out.extend_from_slice(&s.minor.to_le_bytes());
+        put_u16(out, s.major, Endian::Little);
+        put_u16(out, 2, Endian::Little);
+        put_u16(out, s.minor, Endian::Little);
     };
-    out.extend_from_slice(&5u16.to_le_bytes());
+    put_u16(out, 5, Endian::Little);
     floor_uuid(out, interface);
     floor_uuid(out, SyntaxId::NDR);
     out.extend_from_slice(&[1, 0, protocol::NCACN, 2, 0, 0, 0]);
     out.extend_from_slice(&[1, 0, protocol::TCP, 2, 0]);
-    out.extend_from_slice(&port.to_be_bytes());
+    put_u16(out, port, Endian::Big);
     out.extend_from_slice(&[1, 0, protocol::IP, 4, 0]);
     out.extend_from_slice(&addr.octets());
 }

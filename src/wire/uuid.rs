@@ -3,7 +3,7 @@
 use core::fmt;
 use core::str::FromStr;
 
-use super::{get_u16, get_u32, Endian, Error, Result};
+use super::{get_u16, get_u32, put_u32, Endian, Error, Result};
 
 /// A DCE UUID, held in its canonical (string) byte order.
 ///
@@ -170,10 +170,7 @@ impl SyntaxId {
     pub fn write(&self, out: &mut Vec<u8>, endian: Endian) {
         out.extend_from_slice(&self.uuid.to_wire(endian));
         let version = u32::from(self.major) | (u32::from(self.minor) << 16);
-        out.extend_from_slice(&match endian {
-            Endian::Little => version.to_le_bytes(),
-            Endian::Big => version.to_be_bytes(),
-        });
+        put_u32(out, version, endian);
     }
 
     /// Whether this transfer syntax is the bind-time feature negotiation pseudo-syntax

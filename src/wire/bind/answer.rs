@@ -1,9 +1,11 @@
 //! The server's side: bind_ack and alter_context_resp (C706 §12.6.4.4, §12.6.4.2) and
 //! bind_nak (§12.6.4.5), the splices a pin applies to them, and the refusals rpcpin sends.
 
-use super::{put16, put32, syntax_at};
+use super::syntax_at;
 use crate::wire::pdu::{finish_pdu, write_header, HEADER_LEN};
-use crate::wire::{get_u16, get_u32, Endian, Error, PacketType, Pdu, Result, SyntaxId};
+use crate::wire::{
+    get_u16, get_u32, put_u16, put_u32, Endian, Error, PacketType, Pdu, Result, SyntaxId,
+};
 
 const RESULT_LEN: usize = 4 + SyntaxId::LEN;
 
@@ -170,7 +172,7 @@ impl<'a> BindAck<'a> {
         let len = u16::try_from(addr.len())
             .map_err(|_| Error::Malformed("secondary address too long"))?;
         out.extend_from_slice(&bytes[..HEADER_LEN + 8]);
-        put16(out, len, endian);
+        put_u16(out, len, endian);
         out.extend_from_slice(addr);
         out.resize(start + align4(out.len() - start), 0);
         out.extend_from_slice(&bytes[self.results_at..]);
@@ -189,8 +191,8 @@ impl<'a> BindAck<'a> {
         out.push(n);
         out.extend_from_slice(&bytes[self.results_at + 1..self.results_at + 4]);
         for r in results {
-            put16(out, r.result.into(), endian);
-            put16(out, r.reason, endian);
+            put_u16(out, r.result.into(), endian);
+            put_u16(out, r.reason, endian);
             r.transfer_syntax.write(out, endian);
         }
         out.extend_from_slice(&bytes[self.results_at + 4 + self.n_results * RESULT_LEN..]);
@@ -243,19 +245,19 @@ pub fn encode_bind_ack(out: &mut Vec<u8>, f: &BindAckFields<'_>) -> Result<()> {
     let flags = crate::wire::pdu::flags::FIRST_FRAG | crate::wire::pdu::flags::LAST_FRAG;
     write_header(out, f.ptype, flags, f.endian, f.call_id);
     let e = f.endian;
-    put16(out, f.max_xmit_frag, e);
-    put16(out, f.max_recv_frag, e);
-    put32(out, f.assoc_group_id, e);
+    put_u16(out, f.max_xmit_frag, e);
+    put_u16(out, f.max_recv_frag, e);
+    put_u32(out, f.assoc_group_id, e);
     let sec_len = u16::try_from(f.secondary_addr.len())
         .map_err(|_| Error::Malformed("secondary address too long"))?;
-    put16(out, sec_len, e);
+    put_u16(out, sec_len, e);
     out.extend_from_slice(f.secondary_addr);
     out.resize(start + align4(out.len() - start), 0);
     let n = u8::try_from(f.results.len()).map_err(|_| Error::Malformed("too many results"))?;
     out.extend_from_slice(&[n, 0, 0, 0]);
     for r in f.results {
-        put16(out, r.result.into(), e);
-        put16(out, r.reason, e);
+        put_u16(out, r.result.into(), e);
+        put_u16(out, r.reason, e);
         r.transfer_syntax.write(out, e);
     }
     finish_pdu(&mut out[start..], e)
@@ -266,7 +268,7 @@ pub fn encode_bind_nak(out: &mut Vec<u8>, endian: Endian, call_id: u32, reason: 
     let start = out.len();
     let flags = crate::wire::pdu::flags::FIRST_FRAG | crate::wire::pdu::flags::LAST_FRAG;
     write_header(out, PacketType::BindNak, flags, endian, call_id);
-    put16(out, reason, endian);
+    put_u16(out, reason, endian);
     out.extend_from_slice(&[1, 5, 0]);
     out.resize(start + align4(out.len() - start), 0);
     finish_pdu(&mut out[start..], endian)

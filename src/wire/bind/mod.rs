@@ -31,20 +31,6 @@ fn syntax_at(bytes: &[u8], at: usize, endian: Endian) -> SyntaxId {
     SyntaxId::from_wire(&bytes[at..], endian).unwrap_or_else(|_| unreachable!())
 }
 
-fn put16(out: &mut Vec<u8>, v: u16, e: Endian) {
-    out.extend_from_slice(&match e {
-        Endian::Little => v.to_le_bytes(),
-        Endian::Big => v.to_be_bytes(),
-    });
-}
-
-fn put32(out: &mut Vec<u8>, v: u32, e: Endian) {
-    out.extend_from_slice(&match e {
-        Endian::Little => v.to_le_bytes(),
-        Endian::Big => v.to_be_bytes(),
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,11 @@
 //! The client's side: bind and alter_context (C706 §12.6.4.3, §12.6.4.1), and the bind
 //! rpcpin sends itself.
 
-use super::{put16, put32, syntax_at};
+use super::syntax_at;
 use crate::wire::pdu::{finish_pdu, write_header, HEADER_LEN};
-use crate::wire::{get_u16, get_u32, Endian, Error, PacketType, Pdu, Result, SyntaxId};
+use crate::wire::{
+    get_u16, get_u32, put_u16, put_u32, Endian, Error, PacketType, Pdu, Result, SyntaxId,
+};
 
 const CONTEXTS_AT: usize = HEADER_LEN + 12;
 const CONTEXT_FIXED_LEN: usize = 4 + SyntaxId::LEN;
@@ -161,13 +163,13 @@ pub fn encode_bind(
     let start = out.len();
     let flags = crate::wire::pdu::flags::FIRST_FRAG | crate::wire::pdu::flags::LAST_FRAG;
     write_header(out, PacketType::Bind, flags, endian, call_id);
-    put16(out, max_frag, endian);
-    put16(out, max_frag, endian);
-    put32(out, 0, endian);
+    put_u16(out, max_frag, endian);
+    put_u16(out, max_frag, endian);
+    put_u32(out, 0, endian);
     let n = u8::try_from(contexts.len()).map_err(|_| Error::Malformed("too many contexts"))?;
     out.extend_from_slice(&[n, 0, 0, 0]);
     for c in contexts {
-        put16(out, c.id, endian);
+        put_u16(out, c.id, endian);
         let n = u8::try_from(c.transfer_syntaxes.len())
             .map_err(|_| Error::Malformed("too many transfer syntaxes"))?;
         out.extend_from_slice(&[n, 0]);
