@@ -58,7 +58,7 @@ impl<'a> Request<'a> {
     /// The object UUID, when the request carries one.
     pub fn object(&self) -> Option<Uuid> {
         (self.pdu.flags() & flags::OBJECT_UUID != 0)
-            .then(|| Uuid::from_wire(&self.pdu.into_inner()[24..], self.pdu.endian()).ok())
+            .then(|| super::uuid::from_wire(&self.pdu.into_inner()[24..], self.pdu.endian()).ok())
             .flatten()
     }
 

@@ -19,11 +19,13 @@
 
 use core::ops::Range;
 
+use ::uuid::uuid;
+
 use super::ndr::{Cursor, Syntax};
 use super::{put_u32, Endian, Error, Result, SyntaxId};
 
 /// The endpoint mapper interface, `ept` v3.0.
-pub const EPM: SyntaxId = SyntaxId::new("e1af8308-5d1f-11c9-91a4-08002b14a0fa", 3, 0);
+pub const EPM: SyntaxId = SyntaxId::new(uuid!("e1af8308-5d1f-11c9-91a4-08002b14a0fa"), 3, 0);
 
 /// Operation numbers of the `ept` interface.
 pub mod opnum {
@@ -281,7 +283,7 @@ mod tests {
     const NSPI_CLIENT: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.client.bin");
     const NSPI_SERVER: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.server.bin");
     const LOOKUP_SERVER: &[u8] = include_bytes!("../../tests/data/mapi-epm-lookup.server.bin");
-    const NSPI: SyntaxId = SyntaxId::new("f5cc5a18-4264-101a-8c59-08002b2f8426", 56, 0);
+    const NSPI: SyntaxId = SyntaxId::new(uuid!("f5cc5a18-4264-101a-8c59-08002b2f8426"), 56, 0);
 
     fn stub(pdu: &[u8]) -> &[u8] {
         &pdu[response_stub_range(pdu).unwrap()]

@@ -17,10 +17,12 @@ pub mod pdu;
 pub mod tower;
 pub mod uuid;
 
+pub use self::uuid::{SyntaxId, Uuid};
+/// Writes a [`Uuid`] constant: `uuid!("e1af8308-5d1f-11c9-91a4-08002b14a0fa")`.
+pub use ::uuid::uuid;
 pub use endian::Endian;
 pub(crate) use endian::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64, set_u16};
 pub use pdu::{PacketType, Pdu, HEADER_LEN};
-pub use uuid::{SyntaxId, Uuid};
 
 /// What can be wrong with bytes a peer sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -16,7 +16,7 @@
 use core::net::Ipv4Addr;
 use core::ops::Range;
 
-use super::{get_u16, put_u16, set_u16, Endian, Error, Result, SyntaxId, Uuid};
+use super::{get_u16, put_u16, set_u16, Endian, Error, Result, SyntaxId};
 
 /// Protocol identifiers of the floors rpcpin looks at (C706 appendix I).
 pub mod protocol {
@@ -177,7 +177,7 @@ fn uuid_floor(buf: &[u8], (lhs, rhs): &(Range<usize>, Range<usize>)) -> Option<S
         return None;
     }
     Some(SyntaxId {
-        uuid: Uuid::from_wire(&l[1..17], Endian::Little).ok()?,
+        uuid: super::uuid::from_wire(&l[1..17], Endian::Little).ok()?,
         major: get_u16(l, 17, Endian::Little),
         minor: get_u16(r, 0, Endian::Little),
     })
@@ -189,7 +189,7 @@ pub fn encode_tcp_tower(out: &mut Vec<u8>, interface: SyntaxId, port: u16, addr:
     let floor_uuid = |out: &mut Vec<u8>, s: SyntaxId| {
         put_u16(out, 19, Endian::Little);
         out.push(protocol::UUID);
-        out.extend_from_slice(&s.uuid.to_wire(Endian::Little));
+        super::uuid::write(out, &s.uuid, Endian::Little);
         put_u16(out, s.major, Endian::Little);
         put_u16(out, 2, Endian::Little);
         put_u16(out, s.minor, Endian::Little);
@@ -208,11 +208,12 @@ pub fn encode_tcp_tower(out: &mut Vec<u8>, interface: SyntaxId, port: u16, addr:
 mod tests {
     use super::*;
     use crate::wire::test_util::hex;
+    use ::uuid::uuid;
 
     // The NSPI tower Exchange returned in mapi.pcap: TCP 4997 at 192.168.0.2.
     const NSPI_TOWER: &str = "050013000d185accf564421a108c5908002b2f842638000200000013000d045d888a\
         eb1cc9119fe808002b10486002000200000001000b02000000010007020013850100090400c0a80002";
-    const NSPI: SyntaxId = SyntaxId::new("f5cc5a18-4264-101a-8c59-08002b2f8426", 56, 0);
+    const NSPI: SyntaxId = SyntaxId::new(uuid!("f5cc5a18-4264-101a-8c59-08002b2f8426"), 56, 0);
 
     #[test]
     fn test_deconstruct() {

@@ -90,7 +90,7 @@ impl ResultEntry {
             result: ContextResult::ProviderRejection,
             reason,
             transfer_syntax: SyntaxId {
-                uuid: crate::wire::Uuid([0; 16]),
+                uuid: crate::wire::Uuid::nil(),
                 major: 0,
                 minor: 0,
             },

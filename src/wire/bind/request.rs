@@ -185,9 +185,10 @@ pub fn encode_bind(
 mod tests {
     use super::*;
     use crate::wire::test_util::first_pdu;
+    use ::uuid::uuid;
 
     const NSPI_CLIENT: &[u8] = include_bytes!("../../../tests/data/mapi-epm-map-nspi.client.bin");
-    const EPM: SyntaxId = SyntaxId::new("e1af8308-5d1f-11c9-91a4-08002b14a0fa", 3, 0);
+    const EPM: SyntaxId = SyntaxId::new(uuid!("e1af8308-5d1f-11c9-91a4-08002b14a0fa"), 3, 0);
 
     #[test]
     fn parses_outlooks_epm_bind() {
@@ -210,7 +211,7 @@ mod tests {
         // dce_rpc_netlogon.pcapng: NDR, NDR64 and bind-time feature negotiation proposed.
         let client = include_bytes!("../../../tests/data/netlogon-ndr64.client.bin");
         let bind = BindRequest::parse(first_pdu(client)).unwrap();
-        let netlogon = SyntaxId::new("12345678-1234-abcd-ef00-01234567cffb", 1, 0);
+        let netlogon = SyntaxId::new(uuid!("12345678-1234-abcd-ef00-01234567cffb"), 1, 0);
         let ctx: Vec<_> = bind.contexts().collect();
         assert_eq!(ctx.len(), 3);
         assert!(ctx.iter().all(|c| c.abstract_syntax() == netlogon));
