@@ -184,6 +184,44 @@ pub fn alias_of(uuid: &Uuid) -> Option<&'static str> {
         .map(|k| k.alias)
 }
 
+/// Why an entry of a pin's `interfaces` (or a key of its `opnums`) names no interface. The
+/// messages reach the operator as the reason of a configuration error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterfaceError {
+    /// Neither an alias nor a UUID.
+    #[error(
+        "{text:?} is neither a known alias nor a UUID ({why}); aliases: {}",
+        alias_list()
+    )]
+    Unknown {
+        /// The entry as written.
+        text: String,
+        /// What is wrong with it as a UUID.
+        why: UuidTextError,
+    },
+    /// The version after `@` is not `major.minor`.
+    #[error("version {0:?} is not major.minor with numbers up to 65535")]
+    Version(String),
+}
+
+/// The configuration keeps reasons as text.
+impl From<InterfaceError> for String {
+    fn from(e: InterfaceError) -> String {
+        e.to_string()
+    }
+}
+
+/// What is wrong with a UUID written in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UuidTextError {
+    /// Not 36 characters with dashes at 8, 13, 18 and 23.
+    #[error("expected the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")]
+    Form,
+    /// Something other than a hexadecimal digit between the dashes.
+    #[error("a UUID holds only hexadecimal digits and dashes")]
+    Digits,
+}
+
 /// One interface a pin carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interface {
@@ -199,7 +237,7 @@ pub struct Interface {
 impl Interface {
     /// Parses one entry of `interfaces`: an alias (possibly naming several UUIDs), a bare
     /// UUID, or `uuid@major.minor`.
-    pub fn parse(text: &str) -> Result<Vec<Interface>, String> {
+    pub fn parse(text: &str) -> Result<Vec<Interface>, InterfaceError> {
         let lower = text.trim().to_ascii_lowercase();
         let by_alias: Vec<Interface> = KNOWN
             .iter()
@@ -217,11 +255,9 @@ impl Interface {
             Some((u, v)) => (u, Some(parse_version(v)?)),
             None => (lower.as_str(), None),
         };
-        let uuid = parse_uuid(uuid).map_err(|e| {
-            format!(
-                "{text:?} is neither a known alias nor a UUID ({e}); aliases: {}",
-                alias_list()
-            )
+        let uuid = parse_uuid(uuid).map_err(|why| InterfaceError::Unknown {
+            text: text.to_string(),
+            why,
         })?;
         Ok(vec![Interface {
             uuid,
@@ -264,33 +300,30 @@ impl fmt::Display for Interface {
     }
 }
 
-fn parse_version(v: &str) -> Result<(u16, u16), String> {
+fn parse_version(v: &str) -> Result<(u16, u16), InterfaceError> {
     let (major, minor) = v.split_once('.').unwrap_or((v, "0"));
     match (major.parse(), minor.parse()) {
         (Ok(major), Ok(minor)) => Ok((major, minor)),
-        _ => Err(format!(
-            "version {v:?} is not major.minor with numbers up to 65535"
-        )),
+        _ => Err(InterfaceError::Version(v.to_string())),
     }
 }
 
 /// A UUID in its hyphenated form only (`uuid` would also take the simple, braced and URN
 /// forms): what an operator writes in a pin's `interfaces`.
-fn parse_uuid(text: &str) -> Result<Uuid, &'static str> {
+fn parse_uuid(text: &str) -> Result<Uuid, UuidTextError> {
     let b = text.as_bytes();
     let dashes = [8, 13, 18, 23];
     if b.len() != 36 || dashes.iter().any(|&d| b[d] != b'-') {
-        return Err("expected the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx");
+        return Err(UuidTextError::Form);
     }
-    let digits = "a UUID holds only hexadecimal digits and dashes";
     if !b
         .iter()
         .enumerate()
         .all(|(i, c)| dashes.contains(&i) || c.is_ascii_hexdigit())
     {
-        return Err(digits);
+        return Err(UuidTextError::Digits);
     }
-    Uuid::try_parse(text).map_err(|_| digits)
+    Uuid::try_parse(text).map_err(|_| UuidTextError::Digits)
 }
 
 fn alias_list() -> String {
@@ -358,8 +391,7 @@ mod tests {
     fn uuids_are_hyphenated_hex_digits_only() {
         let u = parse_uuid("E1AF8308-5D1F-11C9-91A4-08002B14A0FA").unwrap();
         assert_eq!(u.to_string(), "e1af8308-5d1f-11c9-91a4-08002b14a0fa");
-        let form = Err("expected the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx");
-        let digits = Err("a UUID holds only hexadecimal digits and dashes");
+        let (form, digits) = (Err(UuidTextError::Form), Err(UuidTextError::Digits));
         assert_eq!(parse_uuid("e1af8308-5d1f-11c9-91a4-08002b14a0f"), form);
         assert_eq!(parse_uuid("e1af8308x5d1f-11c9-91a4-08002b14a0fa"), form);
         assert_eq!(parse_uuid("g1af8308-5d1f-11c9-91a4-08002b14a0fa"), digits);
@@ -375,11 +407,25 @@ mod tests {
     #[test]
     fn bad_entries_say_why() {
         let err = Interface::parse("nspy").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "\"nspy\" is neither a known alias nor a UUID (expected the form \
+                 xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx); aliases: {}",
+                alias_list()
+            )
+        );
+        assert!(alias_list().starts_with("epm, emsmdb, async_emsmdb, nspi, rfr"));
+        let err = Interface::parse("g5cc5a18-4264-101a-8c59-08002b2f8426").unwrap_err();
         assert!(
-            err.contains("neither a known alias nor a UUID") && err.contains("nspi"),
+            err.to_string()
+                .contains("(a UUID holds only hexadecimal digits and dashes); aliases: epm,"),
             "{err}"
         );
         let err = Interface::parse("f5cc5a18-4264-101a-8c59-08002b2f8426@x.1").unwrap_err();
-        assert!(err.contains("not major.minor"), "{err}");
+        assert_eq!(
+            String::from(err),
+            "version \"x.1\" is not major.minor with numbers up to 65535"
+        );
     }
 }
