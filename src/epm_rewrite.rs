@@ -14,6 +14,7 @@ use crate::wire::epm::{
     encode_answer, opnum, walk_lookup_response, walk_map_response, Answer, EntryRef,
     EPT_S_NOT_REGISTERED,
 };
+use crate::wire::frame::MAX_FRAG_LEN;
 use crate::wire::ndr::Syntax;
 use crate::wire::pdu::{finish_pdu, flags, write_header};
 use crate::wire::tower::Tower;
@@ -250,9 +251,11 @@ pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
 }
 
 /// Cuts `stub` into response PDUs modelled on `template` (call id, context, drep), each
-/// carrying at most `per_fragment` stub bytes, without auth verifier.
+/// carrying at most `per_fragment` stub bytes (and no more than a fragment holds), without
+/// auth verifier.
 fn refragment(template: &[u8], stub: &[u8], per_fragment: usize) -> Result<Vec<u8>> {
     let t = Pdu::new_checked(template)?;
+    let per_fragment = per_fragment.clamp(1, MAX_FRAG_LEN - 24);
     let endian = t.endian();
     let other_flags = t.flags() & !(flags::FIRST_FRAG | flags::LAST_FRAG);
     let mut out = Vec::with_capacity(stub.len() + 24 * (stub.len() / per_fragment + 1));
@@ -278,7 +281,8 @@ fn refragment(template: &[u8], stub: &[u8], per_fragment: usize) -> Result<Vec<u
         w.u32(remaining as u32); // alloc_hint: what is left of the answer
         out.extend_from_slice(&template[20..24]); // p_cont_id, cancel count, reserved
         out.extend_from_slice(chunk);
-        finish_pdu(&mut out[start..], endian)?;
+        // 24 + per_fragment bytes at most: frag_length holds that.
+        finish_pdu(&mut out[start..], endian).unwrap_or_else(|_| unreachable!());
         remaining -= chunk.len();
     }
     Ok(out)

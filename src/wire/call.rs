@@ -15,7 +15,7 @@
 use core::ops::Range;
 
 use super::pdu::{finish_pdu, flags, write_header, HEADER_LEN};
-use super::{get_u16, put_u16, put_u32, Endian, Error, PacketType, Pdu, Result, Uuid};
+use super::{get_u16, put_u16, put_u32, EncodeError, Endian, Error, PacketType, Pdu, Result, Uuid};
 
 /// A checked request PDU.
 #[derive(Debug, Clone)]
@@ -120,7 +120,7 @@ pub fn encode_fault(
     call_id: u32,
     context_id: u16,
     status: u32,
-) -> Result<()> {
+) -> Result<(), EncodeError> {
     let start = out.len();
     let f = flags::FIRST_FRAG | flags::LAST_FRAG | flags::DID_NOT_EXECUTE;
     write_header(out, PacketType::Fault, f, endian, call_id);
@@ -140,7 +140,7 @@ pub fn encode_request(
     context_id: u16,
     opnum: u16,
     stub: &[u8],
-) -> Result<()> {
+) -> Result<(), EncodeError> {
     let start = out.len();
     write_header(
         out,
@@ -149,7 +149,7 @@ pub fn encode_request(
         endian,
         call_id,
     );
-    let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
+    let hint = EncodeError::fit("stub", stub.len(), u32::MAX)?;
     put_u32(out, hint, endian);
     put_u16(out, context_id, endian);
     put_u16(out, opnum, endian);
@@ -164,7 +164,7 @@ pub fn encode_response(
     call_id: u32,
     context_id: u16,
     stub: &[u8],
-) -> Result<()> {
+) -> Result<(), EncodeError> {
     let start = out.len();
     write_header(
         out,
@@ -173,7 +173,7 @@ pub fn encode_response(
         endian,
         call_id,
     );
-    let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
+    let hint = EncodeError::fit("stub", stub.len(), u32::MAX)?;
     put_u32(out, hint, endian);
     put_u16(out, context_id, endian);
     out.extend_from_slice(&[0, 0]); // cancel_count, reserved

@@ -48,8 +48,49 @@ pub enum Error {
     },
 }
 
+/// A caller's mistake in what it asked an encoder to write: never caused by a peer's bytes,
+/// which are [`Error`]'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A length or count does not fit the field that carries it.
+    #[error("{what} of {len} does not fit its field (at most {max})")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its length or count.
+        len: usize,
+        /// The most the field holds.
+        max: usize,
+    },
+    /// The arguments do not match the PDU being re-encoded.
+    #[error("{given} {what} given for {expected}")]
+    Mismatch {
+        /// What was given.
+        what: &'static str,
+        /// How many were given.
+        given: usize,
+        /// How many the PDU needs.
+        expected: usize,
+    },
+}
+
+impl EncodeError {
+    /// `len` as the integer type `T` of the field that carries it.
+    pub(crate) fn fit<T: TryFrom<usize> + Into<u64> + Copy>(
+        what: &'static str,
+        len: usize,
+        max: T,
+    ) -> core::result::Result<T, EncodeError> {
+        T::try_from(len).map_err(|_| EncodeError::TooLarge {
+            what,
+            len,
+            max: usize::try_from(max.into()).unwrap_or(usize::MAX),
+        })
+    }
+}
+
 /// Result alias for the wire layer.
-pub type Result<T> = core::result::Result<T, Error>;
+pub type Result<T, E = Error> = core::result::Result<T, E>;
 
 #[cfg(test)]
 pub(crate) mod test_util {

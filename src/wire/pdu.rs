@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use super::{get_u16, get_u32, put_u32, set_u16, Endian, Error, Result};
+use super::{get_u16, get_u32, put_u32, set_u16, EncodeError, Endian, Error, Result};
 
 /// Offsets of the header fields.
 mod field {
@@ -280,12 +280,8 @@ pub fn write_header(out: &mut Vec<u8>, ptype: PacketType, flags: u8, endian: End
 }
 
 /// Writes the final `frag_length` into a PDU built with [`write_header`].
-pub fn finish_pdu(out: &mut [u8], endian: Endian) -> Result<()> {
-    let len = u16::try_from(out.len()).map_err(|_| Error::TooLarge {
-        what: "encoded pdu",
-        len: out.len(),
-        max: u16::MAX as usize,
-    })?;
+pub fn finish_pdu(out: &mut [u8], endian: Endian) -> Result<(), EncodeError> {
+    let len = EncodeError::fit("encoded pdu", out.len(), u16::MAX)?;
     set_u16(out, field::FRAG_LEN, len, endian);
     Ok(())
 }

@@ -4,7 +4,8 @@
 use super::syntax_at;
 use crate::wire::pdu::{finish_pdu, write_header, HEADER_LEN};
 use crate::wire::{
-    get_u16, get_u32, put_u16, put_u32, Endian, Error, PacketType, Pdu, Result, SyntaxId,
+    get_u16, get_u32, put_u16, put_u32, EncodeError, Endian, Error, PacketType, Pdu, Result,
+    SyntaxId,
 };
 
 const RESULT_LEN: usize = 4 + SyntaxId::LEN;
@@ -159,7 +160,11 @@ impl<'a> BindAck<'a> {
     /// (results, padding, auth verifier) as it was. The address's length may change, so
     /// `frag_length` and the padding after the address are recomputed; the results stay
     /// 4-aligned, and so does the auth trailer after them.
-    pub fn encode_with_secondary_addr(&self, addr: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    pub fn encode_with_secondary_addr(
+        &self,
+        addr: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         let bytes = self.pdu.as_bytes();
         let endian = self.pdu.endian();
         let start = out.len();
@@ -169,8 +174,7 @@ impl<'a> BindAck<'a> {
             out[start + HEADER_LEN + 10..][..addr.len()].copy_from_slice(addr);
             return Ok(());
         }
-        let len = u16::try_from(addr.len())
-            .map_err(|_| Error::Malformed("secondary address too long"))?;
+        let len = EncodeError::fit("secondary address", addr.len(), u16::MAX)?;
         out.extend_from_slice(&bytes[..HEADER_LEN + 8]);
         put_u16(out, len, endian);
         out.extend_from_slice(addr);
@@ -182,10 +186,14 @@ impl<'a> BindAck<'a> {
     /// Appends this PDU with its result list replaced by `results`, every other byte
     /// (secondary address, auth verifier) as it was. Each result is 24 bytes, so the auth
     /// trailer stays aligned.
-    pub fn encode_with_results(&self, results: &[ResultEntry], out: &mut Vec<u8>) -> Result<()> {
+    pub fn encode_with_results(
+        &self,
+        results: &[ResultEntry],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         let bytes = self.pdu.as_bytes();
         let endian = self.pdu.endian();
-        let n = u8::try_from(results.len()).map_err(|_| Error::Malformed("too many results"))?;
+        let n = EncodeError::fit("results", results.len(), u8::MAX)?;
         let start = out.len();
         out.extend_from_slice(&bytes[..self.results_at]);
         out.push(n);
@@ -240,7 +248,7 @@ pub struct BindAckFields<'a> {
 }
 
 /// Appends a bind_ack or alter_context_resp without auth verifier.
-pub fn encode_bind_ack(out: &mut Vec<u8>, f: &BindAckFields<'_>) -> Result<()> {
+pub fn encode_bind_ack(out: &mut Vec<u8>, f: &BindAckFields<'_>) -> Result<(), EncodeError> {
     let start = out.len();
     let flags = crate::wire::pdu::flags::FIRST_FRAG | crate::wire::pdu::flags::LAST_FRAG;
     write_header(out, f.ptype, flags, f.endian, f.call_id);
@@ -248,12 +256,11 @@ pub fn encode_bind_ack(out: &mut Vec<u8>, f: &BindAckFields<'_>) -> Result<()> {
     put_u16(out, f.max_xmit_frag, e);
     put_u16(out, f.max_recv_frag, e);
     put_u32(out, f.assoc_group_id, e);
-    let sec_len = u16::try_from(f.secondary_addr.len())
-        .map_err(|_| Error::Malformed("secondary address too long"))?;
+    let sec_len = EncodeError::fit("secondary address", f.secondary_addr.len(), u16::MAX)?;
     put_u16(out, sec_len, e);
     out.extend_from_slice(f.secondary_addr);
     out.resize(start + align4(out.len() - start), 0);
-    let n = u8::try_from(f.results.len()).map_err(|_| Error::Malformed("too many results"))?;
+    let n = EncodeError::fit("results", f.results.len(), u8::MAX)?;
     out.extend_from_slice(&[n, 0, 0, 0]);
     for r in f.results {
         put_u16(out, r.result.into(), e);
@@ -264,7 +271,12 @@ pub fn encode_bind_ack(out: &mut Vec<u8>, f: &BindAckFields<'_>) -> Result<()> {
 }
 
 /// Appends a bind_nak offering protocol version 5.0.
-pub fn encode_bind_nak(out: &mut Vec<u8>, endian: Endian, call_id: u32, reason: u16) -> Result<()> {
+pub fn encode_bind_nak(
+    out: &mut Vec<u8>,
+    endian: Endian,
+    call_id: u32,
+    reason: u16,
+) -> Result<(), EncodeError> {
     let start = out.len();
     let flags = crate::wire::pdu::flags::FIRST_FRAG | crate::wire::pdu::flags::LAST_FRAG;
     write_header(out, PacketType::BindNak, flags, endian, call_id);
@@ -452,6 +464,30 @@ mod tests {
         assert_eq!(again.results().collect::<Vec<_>>(), fewer);
         assert_eq!(again.secondary_addr(), ack.secondary_addr());
         assert_eq!(out.len(), first_pdu(server).len() - 24);
+    }
+
+    #[test]
+    fn refuses_what_its_fields_cannot_hold() {
+        let ack = BindAck::parse(&NSPI_SERVER[..60]).unwrap();
+        let mut out = Vec::new();
+        let many = vec![ResultEntry::rejected(reason::NOT_SPECIFIED); 256];
+        assert_eq!(
+            ack.encode_with_results(&many, &mut out),
+            Err(EncodeError::TooLarge {
+                what: "results",
+                len: 256,
+                max: 255
+            })
+        );
+        let long = vec![b'1'; 65_530];
+        assert_eq!(
+            ack.encode_with_secondary_addr(&long, &mut out),
+            Err(EncodeError::TooLarge {
+                what: "encoded pdu",
+                len: 65_584,
+                max: 65_535
+            })
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use super::syntax_at;
 use crate::wire::pdu::{finish_pdu, write_header, HEADER_LEN};
 use crate::wire::{
-    get_u16, get_u32, put_u16, put_u32, Endian, Error, PacketType, Pdu, Result, SyntaxId,
+    get_u16, get_u32, put_u16, put_u32, EncodeError, Endian, Error, PacketType, Pdu, Result,
+    SyntaxId,
 };
 
 const CONTEXTS_AT: usize = HEADER_LEN + 12;
@@ -97,9 +98,13 @@ impl BindRequest<'_> {
     /// Appends this PDU with only the contexts whose entry in `keep` is true (one entry per
     /// context, in order), every other byte (fixed fields, auth verifier) as it was. Every
     /// context element is a multiple of 4 bytes long, so the auth trailer stays aligned.
-    pub fn encode_keeping(&self, keep: &[bool], out: &mut Vec<u8>) -> Result<()> {
+    pub fn encode_keeping(&self, keep: &[bool], out: &mut Vec<u8>) -> Result<(), EncodeError> {
         if keep.len() != self.n_contexts {
-            return Err(Error::Malformed("one keep flag per context"));
+            return Err(EncodeError::Mismatch {
+                what: "keep flags",
+                given: keep.len(),
+                expected: self.n_contexts,
+            });
         }
         let bytes = self.pdu.as_bytes();
         let start = out.len();
@@ -159,19 +164,18 @@ pub fn encode_bind(
     call_id: u32,
     max_frag: u16,
     contexts: &[ContextProposal<'_>],
-) -> Result<()> {
+) -> Result<(), EncodeError> {
     let start = out.len();
     let flags = crate::wire::pdu::flags::FIRST_FRAG | crate::wire::pdu::flags::LAST_FRAG;
     write_header(out, PacketType::Bind, flags, endian, call_id);
     put_u16(out, max_frag, endian);
     put_u16(out, max_frag, endian);
     put_u32(out, 0, endian);
-    let n = u8::try_from(contexts.len()).map_err(|_| Error::Malformed("too many contexts"))?;
+    let n = EncodeError::fit("contexts", contexts.len(), u8::MAX)?;
     out.extend_from_slice(&[n, 0, 0, 0]);
     for c in contexts {
         put_u16(out, c.id, endian);
-        let n = u8::try_from(c.transfer_syntaxes.len())
-            .map_err(|_| Error::Malformed("too many transfer syntaxes"))?;
+        let n = EncodeError::fit("transfer syntaxes", c.transfer_syntaxes.len(), u8::MAX)?;
         out.extend_from_slice(&[n, 0]);
         c.abstract_syntax.write(out, endian);
         for ts in c.transfer_syntaxes {
@@ -235,7 +239,14 @@ mod tests {
         out.clear();
         bind.encode_keeping(&[true; 3], &mut out).unwrap();
         assert_eq!(out, first_pdu(client), "keeping everything changes nothing");
-        assert!(bind.encode_keeping(&[true], &mut out).is_err());
+        assert_eq!(
+            bind.encode_keeping(&[true], &mut out),
+            Err(EncodeError::Mismatch {
+                what: "keep flags",
+                given: 1,
+                expected: 3
+            })
+        );
     }
 
     #[test]
