@@ -90,7 +90,7 @@ pub fn walk_map_response(stub: &[u8], endian: Endian, syntax: Syntax) -> Result<
     if referents > num {
         return Err(Error::Malformed("ept_map tower count beyond num_towers"));
     }
-    let mut entries = Vec::with_capacity(referents.min(c.remaining() / syntax.wide()));
+    let mut entries = Vec::with_capacity(referents.min(c.remaining() / syntax.word_len()));
     let mut non_null = 0;
     for _ in 0..referents {
         let tower = (c.pointer("ept_map tower pointer")? != 0).then(|| {
@@ -119,7 +119,7 @@ pub fn walk_lookup_response(stub: &[u8], endian: Endian, syntax: Syntax) -> Resu
     let mut non_null = 0;
     for _ in 0..n {
         // A struct holding a pointer takes the pointer's alignment.
-        c.align(syntax.wide())?;
+        c.align(syntax.word_len())?;
         let object = c.position()..c.position() + 16;
         c.skip(16, "ept_entry object")?;
         let tower = (c.pointer("ept_entry tower pointer")? != 0).then(|| {
@@ -240,7 +240,7 @@ pub fn encode_answer(out: &mut Vec<u8>, endian: Endian, syntax: Syntax, answer: 
     for e in entries {
         let pointer = e.tower.map_or(0, |_| next());
         if lookup {
-            w.align(syntax.wide());
+            w.align(syntax.word_len());
             w.bytes(e.object);
             w.pointer(pointer);
             w.count(0);

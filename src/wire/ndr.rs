@@ -26,8 +26,9 @@ impl Syntax {
         }
     }
 
-    /// Width and alignment of conformance counts, offsets and referent ids.
-    pub fn wide(self) -> usize {
+    /// The width, and alignment, of conformance counts, offsets and referent ids: 4 bytes
+    /// in NDR, 8 in NDR64.
+    pub fn word_len(self) -> usize {
         match self {
             Syntax::Ndr => 4,
             Syntax::Ndr64 => 8,
@@ -170,15 +171,16 @@ impl<'a> Writer<'a> {
 
     /// A conformance count, offset or actual count (4 or 8 bytes by syntax).
     pub fn count(&mut self, v: usize) {
-        self.wide(v as u64);
+        self.word(v as u64);
     }
 
     /// A referent id (4 or 8 bytes by syntax).
     pub fn pointer(&mut self, referent: u64) {
-        self.wide(referent);
+        self.word(referent);
     }
 
-    fn wide(&mut self, v: u64) {
+    /// A count, offset or referent id in the syntax's word length.
+    fn word(&mut self, v: u64) {
         match self.syntax {
             Syntax::Ndr => self.u32(v as u32),
             Syntax::Ndr64 => {
