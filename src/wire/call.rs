@@ -14,8 +14,21 @@
 
 use core::ops::Range;
 
-use super::pdu::{finish_pdu, flags, write_header, HEADER_LEN};
+use super::pdu::{finish_pdu, flags, write_header};
 use super::{get_u16, put_u16, put_u32, EncodeError, Endian, Error, PacketType, Pdu, Result, Uuid};
+
+/// Offsets of the fields rpcpin reads after the common header: request (C706 §12.6.4.9) and
+/// response (§12.6.4.10); the encoders write the rest in the order of the diagram above.
+mod field {
+    /// Both: `p_cont_id`.
+    pub const CONTEXT_ID: usize = 20;
+    /// request: the operation number.
+    pub const OPNUM: usize = 22;
+    /// request with `PFC_OBJECT_UUID`: the object UUID, before the stub.
+    pub const OBJECT: usize = 24;
+    /// response, and request without object: the stub.
+    pub const STUB: usize = 24;
+}
 
 /// A checked request PDU.
 #[derive(Debug, Clone)]
@@ -31,12 +44,12 @@ impl<'a> Request<'a> {
         if pdu.ptype() != PacketType::Request {
             return Err(Error::Unsupported("pdu type (expected request)"));
         }
-        let fixed = if pdu.flags() & flags::OBJECT_UUID != 0 {
-            24
+        let stub_at = if pdu.flags() & flags::OBJECT_UUID != 0 {
+            field::OBJECT + super::uuid::LEN
         } else {
-            8
+            field::STUB
         };
-        let stub = stub_range(&pdu, HEADER_LEN + fixed)?;
+        let stub = stub_range(&pdu, stub_at)?;
         Ok(Request { pdu, stub })
     }
 
@@ -47,18 +60,21 @@ impl<'a> Request<'a> {
 
     /// The presentation context the call uses.
     pub fn context_id(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), 20, self.pdu.endian())
+        get_u16(self.pdu.into_inner(), field::CONTEXT_ID, self.pdu.endian())
     }
 
     /// The operation number within the interface.
     pub fn opnum(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), 22, self.pdu.endian())
+        get_u16(self.pdu.into_inner(), field::OPNUM, self.pdu.endian())
     }
 
     /// The object UUID, when the request carries one.
     pub fn object(&self) -> Option<Uuid> {
         (self.pdu.flags() & flags::OBJECT_UUID != 0)
-            .then(|| super::uuid::from_wire(&self.pdu.into_inner()[24..], self.pdu.endian()).ok())
+            .then(|| {
+                super::uuid::from_wire(&self.pdu.into_inner()[field::OBJECT..], self.pdu.endian())
+                    .ok()
+            })
             .flatten()
     }
 
@@ -92,13 +108,13 @@ impl<'a> Response<'a> {
 
     /// The presentation context of the call.
     pub fn context_id(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), 20, self.pdu.endian())
+        get_u16(self.pdu.into_inner(), field::CONTEXT_ID, self.pdu.endian())
     }
 }
 
 /// Where the stub of the response PDU in `bytes` lies: checks the PDU first.
 pub fn response_stub_range(bytes: &[u8]) -> Result<Range<usize>> {
-    stub_range(&Pdu::new_checked(bytes)?, HEADER_LEN + 8)
+    stub_range(&Pdu::new_checked(bytes)?, field::STUB)
 }
 
 fn stub_range(pdu: &Pdu<&[u8]>, start: usize) -> Result<Range<usize>> {

@@ -4,7 +4,7 @@ use core::fmt;
 
 use super::{get_u16, get_u32, put_u32, set_u16, EncodeError, Endian, Error, Result};
 
-/// Offsets of the header fields.
+/// Offsets of the common header's fields (C706 §12.6.3.1).
 mod field {
     use core::ops::Range;
     pub const VERSION: usize = 0;

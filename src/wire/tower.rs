@@ -32,6 +32,30 @@ pub mod protocol {
     pub const HTTP: u8 = 0x1f;
 }
 
+/// Offsets in a tower and in a UUID floor (C706 appendix L); every count and length is a
+/// little-endian u16.
+mod field {
+    /// `floor_count`.
+    pub const FLOOR_COUNT: usize = 0;
+    /// The first floor: `lhs_len`, lhs, `rhs_len`, rhs.
+    pub const FLOORS: usize = 2;
+    /// A floor side's length prefix.
+    pub const SIDE_LEN: usize = 2;
+
+    /// Within a UUID floor's lhs (19 bytes) and rhs (2 bytes).
+    pub mod uuid_floor {
+        use core::ops::Range;
+        pub const PROTOCOL: usize = 0;
+        /// Its first three fields little endian.
+        pub const UUID: Range<usize> = 1..17;
+        pub const MAJOR: usize = 17;
+        pub const LHS_LEN: usize = 19;
+        /// In the rhs.
+        pub const MINOR: usize = 0;
+        pub const RHS_LEN: usize = 2;
+    }
+}
+
 /// The largest floor count rpcpin accepts: real towers have 5 or so.
 const MAX_FLOORS: usize = 32;
 
@@ -48,12 +72,13 @@ impl<T: AsRef<[u8]>> Tower<T> {
     /// Walks every floor, checking that each length fits inside the tower.
     pub fn new_checked(buffer: T) -> Result<Tower<T>> {
         let buf = buffer.as_ref();
-        let count = le16(buf, 0).ok_or(Error::Truncated("tower floor count"))? as usize;
+        let count =
+            le16(buf, field::FLOOR_COUNT).ok_or(Error::Truncated("tower floor count"))? as usize;
         if count > MAX_FLOORS {
             return Err(Error::Malformed("tower floor count"));
         }
         let mut floors: [(Range<usize>, Range<usize>); 5] = Default::default();
-        let mut at = 2;
+        let mut at = field::FLOORS;
         for i in 0..count {
             let lhs = side(buf, &mut at, "tower floor lhs")?;
             if lhs.is_empty() {
@@ -73,7 +98,7 @@ impl<T: AsRef<[u8]>> Tower<T> {
 
     /// The number of floors.
     pub fn floor_count(&self) -> usize {
-        le16(self.buffer.as_ref(), 0).unwrap_or(0) as usize
+        le16(self.buffer.as_ref(), field::FLOOR_COUNT).unwrap_or(0) as usize
     }
 
     /// The protocol id of floor `i` (0-based), among the first five.
@@ -161,7 +186,7 @@ fn le16(buf: &[u8], at: usize) -> Option<u16> {
 /// Reads one length-prefixed side of a floor and returns the range of its bytes.
 fn side(buf: &[u8], at: &mut usize, what: &'static str) -> Result<Range<usize>> {
     let len = le16(buf, *at).ok_or(Error::Truncated(what))? as usize;
-    let start = *at + 2;
+    let start = *at + field::SIDE_LEN;
     let end = start + len;
     if end > buf.len() {
         return Err(Error::Truncated(what));
@@ -173,13 +198,14 @@ fn side(buf: &[u8], at: &mut usize, what: &'static str) -> Result<Range<usize>> 
 fn uuid_floor(buf: &[u8], (lhs, rhs): &(Range<usize>, Range<usize>)) -> Option<SyntaxId> {
     let l = &buf[lhs.clone()];
     let r = &buf[rhs.clone()];
-    if l.len() != 19 || l[0] != protocol::UUID || r.len() != 2 {
+    use field::uuid_floor as f;
+    if l.len() != f::LHS_LEN || l[f::PROTOCOL] != protocol::UUID || r.len() != f::RHS_LEN {
         return None;
     }
     Some(SyntaxId {
-        uuid: super::uuid::from_wire(&l[1..17], Endian::Little).ok()?,
-        major: get_u16(l, 17, Endian::Little),
-        minor: get_u16(r, 0, Endian::Little),
+        uuid: super::uuid::from_wire(&l[f::UUID], Endian::Little).ok()?,
+        major: get_u16(l, f::MAJOR, Endian::Little),
+        minor: get_u16(r, f::MINOR, Endian::Little),
     })
 }
 
@@ -187,11 +213,11 @@ fn uuid_floor(buf: &[u8], (lhs, rhs): &(Range<usize>, Range<usize>)) -> Option<S
 /// (zeros in a query: "any").
 pub fn encode_tcp_tower(out: &mut Vec<u8>, interface: SyntaxId, port: u16, addr: Ipv4Addr) {
     let floor_uuid = |out: &mut Vec<u8>, s: SyntaxId| {
-        put_u16(out, 19, Endian::Little);
+        put_u16(out, field::uuid_floor::LHS_LEN as u16, Endian::Little);
         out.push(protocol::UUID);
         super::uuid::write(out, &s.uuid, Endian::Little);
         put_u16(out, s.major, Endian::Little);
-        put_u16(out, 2, Endian::Little);
+        put_u16(out, field::uuid_floor::RHS_LEN as u16, Endian::Little);
         put_u16(out, s.minor, Endian::Little);
     };
     put_u16(out, 5, Endian::Little);

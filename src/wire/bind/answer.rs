@@ -2,13 +2,46 @@
 //! bind_nak (§12.6.4.5), the splices a pin applies to them, and the refusals rpcpin sends.
 
 use super::syntax_at;
-use crate::wire::pdu::{finish_pdu, write_header, HEADER_LEN};
+use crate::wire::pdu::{finish_pdu, write_header};
 use crate::wire::{
     get_u16, get_u32, put_u16, put_u32, EncodeError, Endian, Error, PacketType, Pdu, Result,
     SyntaxId,
 };
 
-const RESULT_LEN: usize = 4 + SyntaxId::LEN;
+/// Offsets of bind_ack and alter_context_resp's fields after the common header (C706
+/// §12.6.4.4, §12.6.4.2), of their result list (`p_result_list_t`, §12.6.3.1), which starts
+/// at the first 4-aligned offset after the secondary address, and of bind_nak's (§12.6.4.5).
+mod field {
+    pub const MAX_XMIT_FRAG: usize = 16;
+    pub const MAX_RECV_FRAG: usize = 18;
+    pub const ASSOC_GROUP_ID: usize = 20;
+    /// `sec_addr_len` u16: the length of the secondary address, its NUL included if sent.
+    pub const SEC_ADDR_LEN: usize = 24;
+    pub const SEC_ADDR: usize = 26;
+
+    /// Within the result list.
+    pub mod list {
+        /// `n_results` u8, then 3 reserved bytes.
+        pub const N_RESULTS: usize = 0;
+        pub const RESULTS: usize = 4;
+    }
+
+    /// Within one `p_result_t`.
+    pub mod result {
+        pub const RESULT: usize = 0;
+        pub const REASON: usize = 2;
+        pub const TRANSFER_SYNTAX: usize = 4;
+        pub const LEN: usize = 24;
+    }
+
+    /// bind_nak.
+    pub mod nak {
+        /// `provider_reject_reason` u16; then the versions supported.
+        pub const REASON: usize = 16;
+    }
+}
+
+const RESULT_LEN: usize = field::result::LEN;
 
 /// `p_cont_def_result_t` (C706 §12.6.3.1, MS-RPCE 2.2.2.4 adds negotiate_ack).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,16 +153,16 @@ impl<'a> BindAck<'a> {
             ));
         }
         let end = pdu.body_end();
-        if end < HEADER_LEN + 10 {
+        if end < field::SEC_ADDR {
             return Err(Error::Truncated("bind_ack body"));
         }
-        let sec_len = get_u16(bytes, HEADER_LEN + 8, pdu.endian()) as usize;
-        let results_at = align4(HEADER_LEN + 10 + sec_len);
-        if results_at + 4 > end {
+        let sec_len = get_u16(bytes, field::SEC_ADDR_LEN, pdu.endian()) as usize;
+        let results_at = align4(field::SEC_ADDR + sec_len);
+        if results_at + field::list::RESULTS > end {
             return Err(Error::Truncated("bind_ack result list"));
         }
-        let n_results = bytes[results_at] as usize;
-        if results_at + 4 + n_results * RESULT_LEN > end {
+        let n_results = bytes[results_at + field::list::N_RESULTS] as usize;
+        if results_at + field::list::RESULTS + n_results * RESULT_LEN > end {
             return Err(Error::Truncated("bind_ack results"));
         }
         Ok(BindAck {
@@ -144,16 +177,38 @@ impl<'a> BindAck<'a> {
         &self.pdu
     }
 
+    /// The largest fragment the server will send.
+    pub fn max_xmit_frag(&self) -> u16 {
+        get_u16(
+            self.pdu.into_inner(),
+            field::MAX_XMIT_FRAG,
+            self.pdu.endian(),
+        )
+    }
+
+    /// The largest fragment the server will accept.
+    pub fn max_recv_frag(&self) -> u16 {
+        get_u16(
+            self.pdu.into_inner(),
+            field::MAX_RECV_FRAG,
+            self.pdu.endian(),
+        )
+    }
+
     /// The association group the server placed the connection in.
     pub fn assoc_group_id(&self) -> u32 {
-        get_u32(self.pdu.into_inner(), HEADER_LEN + 4, self.pdu.endian())
+        get_u32(
+            self.pdu.into_inner(),
+            field::ASSOC_GROUP_ID,
+            self.pdu.endian(),
+        )
     }
 
     /// The secondary address: the server's port as text, NUL included when sent.
     pub fn secondary_addr(&self) -> &'a [u8] {
         let bytes = self.pdu.into_inner();
-        let len = get_u16(bytes, HEADER_LEN + 8, self.pdu.endian()) as usize;
-        &bytes[HEADER_LEN + 10..HEADER_LEN + 10 + len]
+        let len = get_u16(bytes, field::SEC_ADDR_LEN, self.pdu.endian()) as usize;
+        &bytes[field::SEC_ADDR..field::SEC_ADDR + len]
     }
 
     /// Appends this PDU with its secondary address replaced by `addr`, every other byte
@@ -171,11 +226,11 @@ impl<'a> BindAck<'a> {
         if addr.len() == self.secondary_addr().len() {
             // Same length: patch in place, keeping even the padding's bytes.
             out.extend_from_slice(bytes);
-            out[start + HEADER_LEN + 10..][..addr.len()].copy_from_slice(addr);
+            out[start + field::SEC_ADDR..][..addr.len()].copy_from_slice(addr);
             return Ok(());
         }
         let len = EncodeError::fit("secondary address", addr.len(), u16::MAX)?;
-        out.extend_from_slice(&bytes[..HEADER_LEN + 8]);
+        out.extend_from_slice(&bytes[..field::SEC_ADDR_LEN]);
         put_u16(out, len, endian);
         out.extend_from_slice(addr);
         out.resize(start + align4(out.len() - start), 0);
@@ -195,15 +250,16 @@ impl<'a> BindAck<'a> {
         let endian = self.pdu.endian();
         let n = EncodeError::fit("results", results.len(), u8::MAX)?;
         let start = out.len();
+        let list = &bytes[self.results_at..];
         out.extend_from_slice(&bytes[..self.results_at]);
         out.push(n);
-        out.extend_from_slice(&bytes[self.results_at + 1..self.results_at + 4]);
+        out.extend_from_slice(&list[field::list::N_RESULTS + 1..field::list::RESULTS]);
         for r in results {
             put_u16(out, r.result.into(), endian);
             put_u16(out, r.reason, endian);
             r.transfer_syntax.write(out, endian);
         }
-        out.extend_from_slice(&bytes[self.results_at + 4 + self.n_results * RESULT_LEN..]);
+        out.extend_from_slice(&list[field::list::RESULTS + self.n_results * RESULT_LEN..]);
         finish_pdu(&mut out[start..], endian)
     }
 
@@ -211,13 +267,13 @@ impl<'a> BindAck<'a> {
     pub fn results(&self) -> impl Iterator<Item = ResultEntry> + 'a {
         let bytes = self.pdu.into_inner();
         let endian = self.pdu.endian();
-        let start = self.results_at + 4;
+        let start = self.results_at + field::list::RESULTS;
         bytes[start..start + self.n_results * RESULT_LEN]
             .chunks_exact(RESULT_LEN)
             .map(move |r| ResultEntry {
-                result: ContextResult::from(get_u16(r, 0, endian)),
-                reason: get_u16(r, 2, endian),
-                transfer_syntax: syntax_at(r, 4, endian),
+                result: ContextResult::from(get_u16(r, field::result::RESULT, endian)),
+                reason: get_u16(r, field::result::REASON, endian),
+                transfer_syntax: syntax_at(r, field::result::TRANSFER_SYNTAX, endian),
             })
     }
 }
@@ -299,7 +355,7 @@ impl<'a> BindNak<'a> {
         if pdu.ptype() != PacketType::BindNak {
             return Err(Error::Unsupported("pdu type (expected bind_nak)"));
         }
-        if pdu.body_end() < HEADER_LEN + 2 {
+        if pdu.body_end() < field::nak::REASON + 2 {
             return Err(Error::Truncated("bind_nak body"));
         }
         Ok(BindNak { pdu })
@@ -312,7 +368,7 @@ impl<'a> BindNak<'a> {
 
     /// Why the bind was refused (`p_reject_reason_t`).
     pub fn reason(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), HEADER_LEN, self.pdu.endian())
+        get_u16(self.pdu.into_inner(), field::nak::REASON, self.pdu.endian())
     }
 }
 
@@ -327,6 +383,7 @@ mod tests {
     fn parses_exchanges_bind_ack() {
         let ack = BindAck::parse(&NSPI_SERVER[..60]).unwrap();
         assert_eq!(ack.secondary_addr(), b"135\0");
+        assert_eq!((ack.max_xmit_frag(), ack.max_recv_frag()), (5840, 5840));
         assert_eq!(ack.assoc_group_id(), 0xc8e5);
         let results: Vec<_> = ack.results().collect();
         assert_eq!(

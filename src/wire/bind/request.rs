@@ -2,14 +2,36 @@
 //! rpcpin sends itself.
 
 use super::syntax_at;
-use crate::wire::pdu::{finish_pdu, write_header, HEADER_LEN};
+use crate::wire::pdu::{finish_pdu, write_header};
 use crate::wire::{
     get_u16, get_u32, put_u16, put_u32, EncodeError, Endian, Error, PacketType, Pdu, Result,
     SyntaxId,
 };
 
-const CONTEXTS_AT: usize = HEADER_LEN + 12;
-const CONTEXT_FIXED_LEN: usize = 4 + SyntaxId::LEN;
+/// Offsets of bind and alter_context's fields after the common header (C706 §12.6.4.3,
+/// §12.6.4.1), and of a `p_cont_elem_t`'s in the context list (§12.6.3.1).
+mod field {
+    pub const MAX_XMIT_FRAG: usize = 16;
+    pub const MAX_RECV_FRAG: usize = 18;
+    pub const ASSOC_GROUP_ID: usize = 20;
+    /// `n_context_elem` u8, then 3 reserved bytes.
+    pub const N_CONTEXTS: usize = 24;
+    /// The first `p_cont_elem_t`.
+    pub const CONTEXTS: usize = 28;
+
+    /// Within one `p_cont_elem_t`.
+    pub mod context {
+        pub const ID: usize = 0;
+        /// `n_transfer_syn` u8, then a reserved byte.
+        pub const N_TRANSFER_SYNTAXES: usize = 2;
+        pub const ABSTRACT_SYNTAX: usize = 4;
+        /// `n_transfer_syn` syntax ids of 20 bytes each.
+        pub const TRANSFER_SYNTAXES: usize = 24;
+    }
+}
+
+/// A context element's length without its transfer syntaxes.
+const CONTEXT_FIXED_LEN: usize = field::context::TRANSFER_SYNTAXES;
 
 /// A checked bind or alter_context PDU.
 #[derive(Debug, Clone, Copy)]
@@ -30,16 +52,16 @@ impl<'a> BindRequest<'a> {
             ));
         }
         let end = pdu.body_end();
-        if end < CONTEXTS_AT {
+        if end < field::CONTEXTS {
             return Err(Error::Truncated("bind body"));
         }
-        let n_contexts = bytes[HEADER_LEN + 8] as usize;
-        let mut at = CONTEXTS_AT;
+        let n_contexts = bytes[field::N_CONTEXTS] as usize;
+        let mut at = field::CONTEXTS;
         for _ in 0..n_contexts {
             if at + CONTEXT_FIXED_LEN > end {
                 return Err(Error::Truncated("presentation context"));
             }
-            let n_syntaxes = bytes[at + 2] as usize;
+            let n_syntaxes = bytes[at + field::context::N_TRANSFER_SYNTAXES] as usize;
             if n_syntaxes == 0 {
                 return Err(Error::Malformed(
                     "presentation context without transfer syntax",
@@ -64,26 +86,39 @@ impl<'a> BindRequest<'a> {
 
     /// The largest fragment the client will send.
     pub fn max_xmit_frag(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), HEADER_LEN, self.pdu.endian())
+        get_u16(
+            self.pdu.into_inner(),
+            field::MAX_XMIT_FRAG,
+            self.pdu.endian(),
+        )
     }
 
     /// The largest fragment the client will accept.
     pub fn max_recv_frag(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), HEADER_LEN + 2, self.pdu.endian())
+        get_u16(
+            self.pdu.into_inner(),
+            field::MAX_RECV_FRAG,
+            self.pdu.endian(),
+        )
     }
 
     /// The association group the client asks to join (0: a new one).
     pub fn assoc_group_id(&self) -> u32 {
-        get_u32(self.pdu.into_inner(), HEADER_LEN + 4, self.pdu.endian())
+        get_u32(
+            self.pdu.into_inner(),
+            field::ASSOC_GROUP_ID,
+            self.pdu.endian(),
+        )
     }
 
     /// The proposed presentation contexts, in order.
     pub fn contexts(&self) -> impl Iterator<Item = PresContext<'a>> + '_ {
         let bytes = self.pdu.into_inner();
         let endian = self.pdu.endian();
-        let mut at = CONTEXTS_AT;
+        let mut at = field::CONTEXTS;
         (0..self.n_contexts).map(move |_| {
-            let len = CONTEXT_FIXED_LEN + bytes[at + 2] as usize * SyntaxId::LEN;
+            let n_syntaxes = bytes[at + field::context::N_TRANSFER_SYNTAXES] as usize;
+            let len = CONTEXT_FIXED_LEN + n_syntaxes * SyntaxId::LEN;
             let ctx = PresContext {
                 bytes: &bytes[at..at + len],
                 endian,
@@ -108,9 +143,9 @@ impl BindRequest<'_> {
         }
         let bytes = self.pdu.as_bytes();
         let start = out.len();
-        out.extend_from_slice(&bytes[..HEADER_LEN + 8]);
+        out.extend_from_slice(&bytes[..field::N_CONTEXTS]);
         out.push(keep.iter().filter(|&&k| k).count() as u8);
-        out.extend_from_slice(&bytes[HEADER_LEN + 9..CONTEXTS_AT]);
+        out.extend_from_slice(&bytes[field::N_CONTEXTS + 1..field::CONTEXTS]);
         for (ctx, _) in self.contexts().zip(keep).filter(|(_, &k)| k) {
             out.extend_from_slice(ctx.bytes);
         }
@@ -129,18 +164,18 @@ pub struct PresContext<'a> {
 impl<'a> PresContext<'a> {
     /// The context id that requests will name.
     pub fn id(&self) -> u16 {
-        get_u16(self.bytes, 0, self.endian)
+        get_u16(self.bytes, field::context::ID, self.endian)
     }
 
     /// The interface the client wants to call.
     pub fn abstract_syntax(&self) -> SyntaxId {
-        syntax_at(self.bytes, 4, self.endian)
+        syntax_at(self.bytes, field::context::ABSTRACT_SYNTAX, self.endian)
     }
 
     /// The transfer syntaxes offered for it, in the client's order of preference.
     pub fn transfer_syntaxes(&self) -> impl Iterator<Item = SyntaxId> + 'a {
         let endian = self.endian;
-        self.bytes[CONTEXT_FIXED_LEN..]
+        self.bytes[field::context::TRANSFER_SYNTAXES..]
             .chunks_exact(SyntaxId::LEN)
             .map(move |c| syntax_at(c, 0, endian))
     }
