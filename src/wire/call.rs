@@ -14,7 +14,7 @@
 
 use core::ops::Range;
 
-use super::pdu::{finish_pdu, flags, write_header};
+use super::pdu::{finish_pdu, flags, write_header, write_header_like};
 use super::{get_u16, put_u16, put_u32, EncodeError, Endian, Error, PacketType, Pdu, Result, Uuid};
 
 /// Offsets of the fields rpcpin reads after the common header: request (C706 §12.6.4.9) and
@@ -40,7 +40,11 @@ pub struct Request<'a> {
 impl<'a> Request<'a> {
     /// Checks a whole request PDU.
     pub fn parse(bytes: &'a [u8]) -> Result<Request<'a>> {
-        let pdu = Pdu::new_checked(bytes)?;
+        Request::from_pdu(Pdu::new_checked(bytes)?)
+    }
+
+    /// Checks that a PDU whose header is checked is a request, and its fixed fields.
+    pub fn from_pdu(pdu: Pdu<&'a [u8]>) -> Result<Request<'a>> {
         if pdu.ptype() != PacketType::Request {
             return Err(Error::Unsupported("pdu type (expected request)"));
         }
@@ -88,17 +92,33 @@ impl<'a> Request<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Response<'a> {
     pdu: Pdu<&'a [u8]>,
+    /// Where the stub ends: before the auth verifier's padding.
+    stub_end: usize,
 }
 
 impl<'a> Response<'a> {
     /// Checks a whole response PDU.
     pub fn parse(bytes: &'a [u8]) -> Result<Response<'a>> {
-        let pdu = Pdu::new_checked(bytes)?;
+        Response::from_pdu(Pdu::new_checked(bytes)?)
+    }
+
+    /// Checks that a PDU whose header is checked is a response, and its fixed fields.
+    pub fn from_pdu(pdu: Pdu<&'a [u8]>) -> Result<Response<'a>> {
         if pdu.ptype() != PacketType::Response {
             return Err(Error::Unsupported("pdu type (expected response)"));
         }
-        response_stub_range(bytes)?;
-        Ok(Response { pdu })
+        let stub_end = stub_range(&pdu, field::STUB)?.end;
+        Ok(Response { pdu, stub_end })
+    }
+
+    /// Where the stub lies in the PDU.
+    pub fn stub_range(&self) -> Range<usize> {
+        field::STUB..self.stub_end
+    }
+
+    /// The stub.
+    pub fn stub(&self) -> &'a [u8] {
+        &self.pdu.into_inner()[self.stub_range()]
     }
 
     /// The PDU itself.
@@ -173,6 +193,36 @@ pub fn encode_request(
     finish_pdu(&mut out[start..], endian)
 }
 
+/// The most stub one response fragment without auth verifier carries.
+pub const MAX_RESPONSE_STUB: usize = super::frame::MAX_FRAG_LEN - field::STUB;
+
+/// Appends one fragment of a response to the call `template` answers, without auth
+/// verifier: the template's minor version, byte order, call id, flags other than the
+/// fragment flags, context id and cancel count; `frag_flags`' [`flags::FIRST_FRAG`] and
+/// [`flags::LAST_FRAG`]; `alloc_hint`; and `stub`.
+pub fn encode_response_fragment(
+    out: &mut Vec<u8>,
+    template: &Response<'_>,
+    frag_flags: u8,
+    alloc_hint: u32,
+    stub: &[u8],
+) -> Result<(), EncodeError> {
+    let t = template.pdu();
+    let fragment = flags::FIRST_FRAG | flags::LAST_FRAG;
+    let start = out.len();
+    write_header_like(
+        out,
+        t,
+        PacketType::Response,
+        t.flags() & !fragment | frag_flags & fragment,
+    );
+    put_u32(out, alloc_hint, t.endian());
+    // p_cont_id, cancel_count and the reserved byte.
+    out.extend_from_slice(&t.as_bytes()[field::CONTEXT_ID..field::STUB]);
+    out.extend_from_slice(stub);
+    finish_pdu(&mut out[start..], t.endian())
+}
+
 /// Appends a single-fragment response carrying `stub`.
 pub fn encode_response(
     out: &mut Vec<u8>,
@@ -231,6 +281,25 @@ mod tests {
         assert_eq!(resp.pdu().call_id(), 1);
         assert_eq!(resp.context_id(), 0);
         assert_eq!(response_stub_range(&NSPI_SERVER[60..]).unwrap(), 24..152);
+    }
+
+    #[test]
+    fn a_fragment_like_exchanges_response_is_that_response() {
+        let original = &NSPI_SERVER[60..];
+        let resp = Response::from_pdu(Pdu::new_checked(original).unwrap()).unwrap();
+        assert_eq!(resp.stub_range(), 24..152);
+        let stub = resp.stub();
+        let mut out = Vec::new();
+        let whole = flags::FIRST_FRAG | flags::LAST_FRAG;
+        encode_response_fragment(&mut out, &resp, whole, stub.len() as u32, stub).unwrap();
+        assert_eq!(out, original);
+        // A middle fragment: no fragment flag, what is left as alloc_hint, the same call.
+        out.clear();
+        encode_response_fragment(&mut out, &resp, 0, 7, &stub[..8]).unwrap();
+        let mid = Response::parse(&out).unwrap();
+        assert_eq!((mid.pdu().flags(), mid.pdu().call_id()), (0, 1));
+        assert_eq!((mid.context_id(), mid.stub()), (0, &stub[..8]));
+        assert_eq!(out[16..20], [7, 0, 0, 0]);
     }
 
     #[test]

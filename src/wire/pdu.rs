@@ -138,6 +138,18 @@ impl<T: AsRef<[u8]>> Pdu<T> {
         Ok(pdu)
     }
 
+    /// A view over `buffer`, whose first 16 bytes [`check_header`] has passed and which
+    /// holds exactly `frag_length` bytes: how [`super::frame::next_pdu`] hands out the PDU it
+    /// framed without checking the header twice.
+    pub(super) fn framed(buffer: T) -> Pdu<T> {
+        debug_assert!(Pdu {
+            buffer: buffer.as_ref()
+        }
+        .check()
+        .is_ok());
+        Pdu { buffer }
+    }
+
     fn check(&self) -> Result<()> {
         let buf = self.buffer.as_ref();
         check_header(buf)?;
@@ -153,9 +165,22 @@ impl<T: AsRef<[u8]>> Pdu<T> {
         self.buffer
     }
 
+    /// The same checked PDU, borrowed and cut to its `frag_length` bytes: what the views'
+    /// `from_pdu` take, so that the header is not checked again.
+    pub fn view(&self) -> Pdu<&[u8]> {
+        Pdu {
+            buffer: self.as_bytes(),
+        }
+    }
+
     /// The PDU's bytes (exactly `frag_length` of them).
     pub fn as_bytes(&self) -> &[u8] {
         &self.buffer.as_ref()[..self.frag_len()]
+    }
+
+    /// The minor version: 0 or 1.
+    pub fn minor_version(&self) -> u8 {
+        self.buffer.as_ref()[field::VERSION_MINOR]
     }
 
     /// The PDU type.
@@ -277,6 +302,19 @@ pub fn write_header(out: &mut Vec<u8>, ptype: PacketType, flags: u8, endian: End
     out.extend_from_slice(&endian.drep());
     out.extend_from_slice(&[0, 0, 0, 0]); // frag_length, auth_length
     put_u32(out, call_id, endian);
+}
+
+/// Appends a 16-byte header for another PDU of the call `template` belongs to: its minor
+/// version, byte order and call id; `frag_length` is written as 0 for the caller to fix up.
+pub fn write_header_like<T: AsRef<[u8]>>(
+    out: &mut Vec<u8>,
+    template: &Pdu<T>,
+    ptype: PacketType,
+    flags: u8,
+) {
+    let start = out.len();
+    write_header(out, ptype, flags, template.endian(), template.call_id());
+    out[start + field::VERSION_MINOR] = template.minor_version();
 }
 
 /// Writes the final `frag_length` into a PDU built with [`write_header`].

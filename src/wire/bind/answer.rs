@@ -143,7 +143,13 @@ pub struct BindAck<'a> {
 impl<'a> BindAck<'a> {
     /// Checks a whole bind_ack or alter_context_resp PDU, its result list included.
     pub fn parse(bytes: &'a [u8]) -> Result<BindAck<'a>> {
-        let pdu = Pdu::new_checked(bytes)?;
+        BindAck::from_pdu(Pdu::new_checked(bytes)?)
+    }
+
+    /// Checks that a PDU whose header is checked is a bind_ack or alter_context_resp, and
+    /// its result list.
+    pub fn from_pdu(pdu: Pdu<&'a [u8]>) -> Result<BindAck<'a>> {
+        let bytes = pdu.into_inner();
         if !matches!(
             pdu.ptype(),
             PacketType::BindAck | PacketType::AlterContextResp
@@ -351,7 +357,11 @@ pub struct BindNak<'a> {
 impl<'a> BindNak<'a> {
     /// Checks a whole bind_nak PDU (the reason is all rpcpin reads of it).
     pub fn parse(bytes: &'a [u8]) -> Result<BindNak<'a>> {
-        let pdu = Pdu::new_checked(bytes)?;
+        BindNak::from_pdu(Pdu::new_checked(bytes)?)
+    }
+
+    /// Checks that a PDU whose header is checked is a bind_nak with a reason.
+    pub fn from_pdu(pdu: Pdu<&'a [u8]>) -> Result<BindNak<'a>> {
         if pdu.ptype() != PacketType::BindNak {
             return Err(Error::Unsupported("pdu type (expected bind_nak)"));
         }

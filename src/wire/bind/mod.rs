@@ -53,15 +53,15 @@ mod tests {
                 let len = crate::wire::frame::next_pdu_len(rest, 65535)
                     .unwrap()
                     .unwrap();
-                let pdu = &rest[..len];
-                match Pdu::new_checked(pdu).unwrap().ptype() {
+                let pdu = Pdu::new_checked(&rest[..len]).unwrap();
+                match pdu.ptype() {
                     PacketType::Bind | PacketType::AlterContext => {
-                        let b = BindRequest::parse(pdu).unwrap();
+                        let b = BindRequest::from_pdu(pdu).unwrap();
                         assert!(b.contexts().count() >= 1);
                         binds += 1;
                     }
                     PacketType::BindAck | PacketType::AlterContextResp => {
-                        BindAck::parse(pdu).unwrap().results().for_each(drop);
+                        BindAck::from_pdu(pdu).unwrap().results().for_each(drop);
                         acks += 1;
                     }
                     _ => {}

@@ -45,7 +45,13 @@ pub struct BindRequest<'a> {
 impl<'a> BindRequest<'a> {
     /// Checks a whole bind or alter_context PDU, every context element included.
     pub fn parse(bytes: &'a [u8]) -> Result<BindRequest<'a>> {
-        let pdu = Pdu::new_checked(bytes)?;
+        BindRequest::from_pdu(Pdu::new_checked(bytes)?)
+    }
+
+    /// Checks that a PDU whose header is checked is a bind or alter_context, and every
+    /// context element.
+    pub fn from_pdu(pdu: Pdu<&'a [u8]>) -> Result<BindRequest<'a>> {
+        let bytes = pdu.into_inner();
         if !matches!(pdu.ptype(), PacketType::Bind | PacketType::AlterContext) {
             return Err(Error::Unsupported(
                 "pdu type (expected bind or alter_context)",
