@@ -9,16 +9,15 @@ use std::net::Ipv4Addr;
 
 use crate::config::Pin;
 use crate::interfaces::Interface;
-use crate::wire::call::response_stub_range;
+use crate::wire::call::{encode_response_fragment, Response, MAX_RESPONSE_STUB};
 use crate::wire::epm::{
     encode_answer, opnum, walk_lookup_response, walk_map_response, Answer, EntryRef,
     EPT_S_NOT_REGISTERED,
 };
-use crate::wire::frame::MAX_FRAG_LEN;
 use crate::wire::ndr::Syntax;
-use crate::wire::pdu::{finish_pdu, flags, write_header};
+use crate::wire::pdu::flags;
 use crate::wire::tower::Tower;
-use crate::wire::{Endian, Error, PacketType, Pdu, Result, SyntaxId};
+use crate::wire::{Endian, Error, Pdu, Result, SyntaxId};
 
 /// Where towers of the pinned interfaces must point.
 #[derive(Debug, Clone, Default)]
@@ -204,14 +203,14 @@ fn point_at(
 
 /// Rewrites the answer carried by the response fragments of one ept_map or ept_lookup call.
 ///
-/// `fragments` are whole response PDUs of one call, in order, carrying at most `max_stub`
-/// bytes of stub. When towers only need patching, the patched stub is put back into the
-/// fragments where it came from (a tower may straddle a boundary) and every length stays as
-/// it was. When entries are hidden, the answer is re-encoded and cut into new fragments no
-/// larger than the backend's largest, returned in `Changes::reencoded` as whole PDUs joined
-/// together (the caller forwards them instead).
+/// `fragments` are whole response PDUs of one call, in order, their headers checked,
+/// carrying at most `max_stub` bytes of stub. When towers only need patching, the patched
+/// stub is put back into the fragments where it came from (a tower may straddle a boundary)
+/// and every length stays as it was. When entries are hidden, the answer is re-encoded and
+/// cut into new fragments no larger than the backend's largest, returned in
+/// `Changes::reencoded` as whole PDUs joined together (the caller forwards them instead).
 pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
-    fragments: &mut [F],
+    fragments: &mut [Pdu<F>],
     op: u16,
     syntax: Syntax,
     rules: Rules<'_>,
@@ -220,44 +219,41 @@ pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
     let Some(first) = fragments.first() else {
         return Ok(Changes::default());
     };
-    let endian = Pdu::new_checked(first.as_ref())?.endian();
+    let endian = first.endian();
     let mut stub = Vec::new();
     let mut largest = 0;
     for f in fragments.iter() {
-        let r = response_stub_range(f.as_ref())?;
-        largest = largest.max(r.len());
-        if stub.len() + r.len() > max_stub {
+        let part = Response::from_pdu(f.view())?.stub();
+        largest = largest.max(part.len());
+        if stub.len() + part.len() > max_stub {
             return Err(Error::TooLarge {
                 what: "reassembled response",
-                len: stub.len() + r.len(),
+                len: stub.len() + part.len(),
                 max: max_stub,
             });
         }
-        stub.extend_from_slice(&f.as_ref()[r]);
+        stub.extend_from_slice(part);
     }
     let mut done = rewrite_stub(&mut stub, endian, op, syntax, rules)?;
     if let Some(new_stub) = done.reencoded.take() {
-        done.reencoded = Some(refragment(first.as_ref(), &new_stub, largest.max(8))?);
+        let template = Response::from_pdu(first.view())?;
+        done.reencoded = Some(refragment(&template, &new_stub, largest.max(8)));
     } else if !done.rewritten.is_empty() {
         let mut at = 0;
         for f in fragments.iter_mut() {
-            let r = response_stub_range(f.as_ref())?;
+            let r = Response::from_pdu(f.view())?.stub_range();
             let len = r.len();
-            f.as_mut()[r].copy_from_slice(&stub[at..at + len]);
+            f.as_bytes_mut()[r].copy_from_slice(&stub[at..at + len]);
             at += len;
         }
     }
     Ok(done)
 }
 
-/// Cuts `stub` into response PDUs modelled on `template` (call id, context, drep), each
-/// carrying at most `per_fragment` stub bytes (and no more than a fragment holds), without
-/// auth verifier.
-fn refragment(template: &[u8], stub: &[u8], per_fragment: usize) -> Result<Vec<u8>> {
-    let t = Pdu::new_checked(template)?;
-    let per_fragment = per_fragment.clamp(1, MAX_FRAG_LEN - 24);
-    let endian = t.endian();
-    let other_flags = t.flags() & !(flags::FIRST_FRAG | flags::LAST_FRAG);
+/// Cuts `stub` into response PDUs of the call `template` answers, each carrying at most
+/// `per_fragment` stub bytes (and no more than a fragment holds), without auth verifier.
+fn refragment(template: &Response<'_>, stub: &[u8], per_fragment: usize) -> Vec<u8> {
+    let per_fragment = per_fragment.clamp(1, MAX_RESPONSE_STUB);
     let mut out = Vec::with_capacity(stub.len() + 24 * (stub.len() / per_fragment + 1));
     let chunks: Vec<&[u8]> = if stub.is_empty() {
         vec![stub]
@@ -267,25 +263,20 @@ fn refragment(template: &[u8], stub: &[u8], per_fragment: usize) -> Result<Vec<u
     let n = chunks.len();
     let mut remaining = stub.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let start = out.len();
-        let mut f = other_flags;
+        let mut f = 0;
         if i == 0 {
             f |= flags::FIRST_FRAG;
         }
         if i == n - 1 {
             f |= flags::LAST_FRAG;
         }
-        write_header(&mut out, PacketType::Response, f, endian, t.call_id());
-        out[start + 1] = template[1];
-        let mut w = crate::wire::ndr::Writer::new(&mut out, endian, Syntax::Ndr);
-        w.u32(remaining as u32); // alloc_hint: what is left of the answer
-        out.extend_from_slice(&template[20..24]); // p_cont_id, cancel count, reserved
-        out.extend_from_slice(chunk);
-        // 24 + per_fragment bytes at most: frag_length holds that.
-        finish_pdu(&mut out[start..], endian).unwrap_or_else(|_| unreachable!());
+        // alloc_hint: what is left of the answer, which max_reassembly bounds. Cannot fail:
+        // a chunk of at most MAX_RESPONSE_STUB bytes fits a fragment.
+        encode_response_fragment(&mut out, template, f, remaining as u32, chunk)
+            .unwrap_or_else(|_| unreachable!());
         remaining -= chunk.len();
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -328,7 +319,16 @@ mod tests {
 
     /// Rewrites NDR `frags` as one call with `table`.
     fn rewrite_in(frags: &mut [Vec<u8>], op: u16, table: &Table, hide: bool) -> Changes {
-        rewrite_call(frags, op, Syntax::Ndr, rules(table, hide), MAX).unwrap()
+        let mut pdus = checked(frags);
+        rewrite_call(&mut pdus, op, Syntax::Ndr, rules(table, hide), MAX).unwrap()
+    }
+
+    /// Checked views over `frags`, as the reader hands them out.
+    fn checked(frags: &mut [Vec<u8>]) -> Vec<Pdu<&mut [u8]>> {
+        frags
+            .iter_mut()
+            .map(|f| Pdu::new_checked(&mut f[..]).unwrap())
+            .collect()
     }
 
     fn changed(a: &[u8], b: &[u8]) -> Vec<usize> {
@@ -544,7 +544,7 @@ mod tests {
         let mut frags = fragment(&NSPI_SERVER[60..], 16);
         let table = exchange_table();
         let r = rewrite_call(
-            &mut frags,
+            &mut checked(&mut frags),
             opnum::MAP,
             Syntax::Ndr,
             rules(&table, true),
