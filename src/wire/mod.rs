@@ -3,9 +3,15 @@
 //! Everything here works on borrowed byte buffers: checked views with getters and in-place
 //! setters, a cursor that walks NDR to find byte ranges, and a few small encoders for the PDUs
 //! rpcpin has to originate itself (bind_ack/bind_nak refusals, its own ept_map query).
+//! Integers are read and written in one place, [`Endian`]'s; each file that reads fixed
+//! offsets keeps them in a private `field` table beside the spec section it follows.
 //!
 //! Contract: a view's `new_checked` validates every length its accessors rely on, so no
-//! accessor of a checked view can panic, whatever bytes the network sent.
+//! accessor of a checked view can panic, whatever bytes the network sent. A [`Pdu`] is
+//! checked once — by `new_checked`, or by [`frame::next_pdu`] as it cuts it off a stream —
+//! and the views of its body (`BindRequest::from_pdu`, `Response::from_pdu`, …) take the
+//! checked `Pdu` and check only their own fields. Bad bytes from a peer are an [`Error`];
+//! an encoder asked to write what its fields cannot hold returns an [`EncodeError`].
 
 pub mod bind;
 pub mod call;

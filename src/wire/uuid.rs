@@ -4,7 +4,7 @@
 //! [`Uuid`] is the `uuid` crate's type, in its canonical (string) byte order; constants are
 //! written with its `uuid!` macro. On the wire a UUID's first three fields follow the byte
 //! order of the context they appear in: the PDU's drep inside NDR, always little endian
-//! inside a protocol tower. [`read`], [`from_wire`] and [`write`] convert.
+//! inside a protocol tower. [`read`], [`from_wire`] and [`write()`] convert.
 
 use core::fmt;
 
