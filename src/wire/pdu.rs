@@ -15,6 +15,13 @@ mod field {
     pub const FRAG_LEN: usize = 8;
     pub const AUTH_LEN: usize = 10;
     pub const CALL_ID: usize = 12;
+
+    /// Within the `sec_trailer` that precedes an auth verifier (C706 §13.2.6.1).
+    pub mod sec_trailer {
+        pub const AUTH_TYPE: usize = 0;
+        pub const AUTH_LEVEL: usize = 1;
+        pub const AUTH_PAD_LEN: usize = 2;
+    }
 }
 
 /// Length of the common header.
@@ -195,8 +202,7 @@ impl<T: AsRef<[u8]>> Pdu<T> {
 
     /// The data representation label.
     pub fn drep(&self) -> [u8; 4] {
-        let d = &self.buffer.as_ref()[field::DREP];
-        [d[0], d[1], d[2], d[3]]
+        drep_of(self.buffer.as_ref())
     }
 
     /// The byte order of the header's integers and the NDR body.
@@ -248,8 +254,9 @@ impl<T: AsRef<[u8]>> Pdu<T> {
         if self.auth_len() == 0 {
             return None;
         }
+        use field::sec_trailer as f;
         let t = &self.buffer.as_ref()[self.body_end()..];
-        Some((t[0], t[1], t[2]))
+        Some((t[f::AUTH_TYPE], t[f::AUTH_LEVEL], t[f::AUTH_PAD_LEN]))
     }
 }
 
@@ -267,8 +274,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Pdu<T> {
     }
 }
 
+/// The drep of the header at the front of `buf`; the caller has checked it holds one.
+fn drep_of(buf: &[u8]) -> [u8; 4] {
+    let mut drep = [0; 4];
+    drep.copy_from_slice(&buf[field::DREP]);
+    drep
+}
+
 fn endian_of(buf: &[u8]) -> Endian {
-    Endian::from_drep([buf[4], buf[5], buf[6], buf[7]])
+    Endian::from_drep(drep_of(buf))
 }
 
 /// Checks the 16 header bytes alone: version, minor version, and that `frag_length` leaves
