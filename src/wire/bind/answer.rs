@@ -1,5 +1,6 @@
-//! The server's side: bind_ack and alter_context_resp (C706 §12.6.4.4, §12.6.4.2) and
-//! bind_nak (§12.6.4.5), the splices a pin applies to them, and the refusals rpcpin sends.
+//! The server's side: bind_ack and alter_context_resp (C706 §12.6.4.4, §12.6.4.2), the
+//! splices a pin applies to them, and the refusals rpcpin sends (bind_nak is in
+//! [`super::nak`]).
 
 use super::syntax_at;
 use crate::wire::pdu::{finish_pdu, write_header};
@@ -9,8 +10,8 @@ use crate::wire::{
 };
 
 /// Offsets of bind_ack and alter_context_resp's fields after the common header (C706
-/// §12.6.4.4, §12.6.4.2), of their result list (`p_result_list_t`, §12.6.3.1), which starts
-/// at the first 4-aligned offset after the secondary address, and of bind_nak's (§12.6.4.5).
+/// §12.6.4.4, §12.6.4.2) and of their result list (`p_result_list_t`, §12.6.3.1), which
+/// starts at the first 4-aligned offset after the secondary address.
 mod field {
     pub const MAX_XMIT_FRAG: usize = 16;
     pub const MAX_RECV_FRAG: usize = 18;
@@ -32,12 +33,6 @@ mod field {
         pub const REASON: usize = 2;
         pub const TRANSFER_SYNTAX: usize = 4;
         pub const LEN: usize = 24;
-    }
-
-    /// bind_nak.
-    pub mod nak {
-        /// `provider_reject_reason` u16; then the versions supported.
-        pub const REASON: usize = 16;
     }
 }
 
@@ -94,18 +89,6 @@ pub mod reason {
     pub const LOCAL_LIMIT_EXCEEDED: u16 = 3;
 }
 
-/// `p_reject_reason_t` values carried by bind_nak (C706 §12.6.3.1).
-pub mod nak_reason {
-    /// No reason given.
-    pub const NOT_SPECIFIED: u16 = 0;
-    /// The server is too busy.
-    pub const TEMPORARY_CONGESTION: u16 = 1;
-    /// A resource limit was reached.
-    pub const LOCAL_LIMIT_EXCEEDED: u16 = 2;
-    /// The protocol version is not supported.
-    pub const PROTOCOL_VERSION_NOT_SUPPORTED: u16 = 4;
-}
-
 /// One entry of a bind_ack's result list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResultEntry {
@@ -118,6 +101,13 @@ pub struct ResultEntry {
 }
 
 impl ResultEntry {
+    /// Appends the `p_result_t` encoding in `endian` order.
+    fn write(&self, out: &mut Vec<u8>, endian: Endian) {
+        put_u16(out, self.result.into(), endian);
+        put_u16(out, self.reason, endian);
+        self.transfer_syntax.write(out, endian);
+    }
+
     /// A provider rejection for `reason`, with the all-zero syntax Windows sends.
     pub fn rejected(reason: u16) -> ResultEntry {
         ResultEntry {
@@ -260,11 +250,7 @@ impl<'a> BindAck<'a> {
         out.extend_from_slice(&bytes[..self.results_at]);
         out.push(n);
         out.extend_from_slice(&list[field::list::N_RESULTS + 1..field::list::RESULTS]);
-        for r in results {
-            put_u16(out, r.result.into(), endian);
-            put_u16(out, r.reason, endian);
-            r.transfer_syntax.write(out, endian);
-        }
+        results.iter().for_each(|r| r.write(out, endian));
         out.extend_from_slice(&list[field::list::RESULTS + self.n_results * RESULT_LEN..]);
         finish_pdu(&mut out[start..], endian)
     }
@@ -284,7 +270,7 @@ impl<'a> BindAck<'a> {
     }
 }
 
-fn align4(n: usize) -> usize {
+pub(super) fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
@@ -324,68 +310,14 @@ pub fn encode_bind_ack(out: &mut Vec<u8>, f: &BindAckFields<'_>) -> Result<(), E
     out.resize(start + align4(out.len() - start), 0);
     let n = EncodeError::fit("results", f.results.len(), u8::MAX)?;
     out.extend_from_slice(&[n, 0, 0, 0]);
-    for r in f.results {
-        put_u16(out, r.result.into(), e);
-        put_u16(out, r.reason, e);
-        r.transfer_syntax.write(out, e);
-    }
+    f.results.iter().for_each(|r| r.write(out, e));
     finish_pdu(&mut out[start..], e)
-}
-
-/// Appends a bind_nak offering protocol version 5.0.
-pub fn encode_bind_nak(
-    out: &mut Vec<u8>,
-    endian: Endian,
-    call_id: u32,
-    reason: u16,
-) -> Result<(), EncodeError> {
-    let start = out.len();
-    let flags = crate::wire::pdu::flags::FIRST_FRAG | crate::wire::pdu::flags::LAST_FRAG;
-    write_header(out, PacketType::BindNak, flags, endian, call_id);
-    put_u16(out, reason, endian);
-    out.extend_from_slice(&[1, 5, 0]);
-    out.resize(start + align4(out.len() - start), 0);
-    finish_pdu(&mut out[start..], endian)
-}
-
-/// A checked bind_nak PDU.
-#[derive(Debug, Clone, Copy)]
-pub struct BindNak<'a> {
-    pdu: Pdu<&'a [u8]>,
-}
-
-impl<'a> BindNak<'a> {
-    /// Checks a whole bind_nak PDU (the reason is all rpcpin reads of it).
-    pub fn parse(bytes: &'a [u8]) -> Result<BindNak<'a>> {
-        BindNak::from_pdu(Pdu::new_checked(bytes)?)
-    }
-
-    /// Checks that a PDU whose header is checked is a bind_nak with a reason.
-    pub fn from_pdu(pdu: Pdu<&'a [u8]>) -> Result<BindNak<'a>> {
-        if pdu.ptype() != PacketType::BindNak {
-            return Err(Error::Unsupported("pdu type (expected bind_nak)"));
-        }
-        if pdu.body_end() < field::nak::REASON + 2 {
-            return Err(Error::Truncated("bind_nak body"));
-        }
-        Ok(BindNak { pdu })
-    }
-
-    /// The PDU itself.
-    pub fn pdu(&self) -> &Pdu<&'a [u8]> {
-        &self.pdu
-    }
-
-    /// Why the bind was refused (`p_reject_reason_t`).
-    pub fn reason(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), field::nak::REASON, self.pdu.endian())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::test_util::{first_pdu, hex};
+    use crate::wire::test_util::first_pdu;
 
     const NSPI_SERVER: &[u8] = include_bytes!("../../../tests/data/mapi-epm-map-nspi.server.bin");
 
@@ -554,16 +486,6 @@ mod tests {
                 len: 65_584,
                 max: 65_535
             })
-        );
-    }
-
-    #[test]
-    fn encodes_a_bind_nak() {
-        let mut out = Vec::new();
-        encode_bind_nak(&mut out, Endian::Little, 3, nak_reason::NOT_SPECIFIED).unwrap();
-        assert_eq!(
-            out,
-            hex("05000d03 10000000 18000000 03000000 0000 01 0500 000000")
         );
     }
 }

@@ -1,6 +1,6 @@
 //! bind / alter_context and their answers bind_ack / alter_context_resp / bind_nak
 //! (C706 §12.6.4.3–§12.6.4.5, MS-RPCE 2.2.2.x): the client's side in [`request`], the
-//! server's in [`answer`].
+//! server's in [`answer`] and, for a bind refused as a whole, [`nak`].
 //!
 //! ```text
 //! bind, alter_context                 bind_ack, alter_context_resp
@@ -16,12 +16,11 @@
 //! ```
 
 pub mod answer;
+pub mod nak;
 pub mod request;
 
-pub use answer::{
-    encode_bind_ack, encode_bind_nak, nak_reason, reason, BindAck, BindAckFields, BindNak,
-    ContextResult, ResultEntry,
-};
+pub use answer::{encode_bind_ack, reason, BindAck, BindAckFields, ContextResult, ResultEntry};
+pub use nak::{encode_bind_nak, nak_reason, BindNak};
 pub use request::{encode_bind, BindRequest, ContextProposal, PresContext};
 
 use super::{Endian, SyntaxId};
