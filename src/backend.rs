@@ -14,11 +14,11 @@ use crate::config::{Backend, Limits};
 use crate::metrics::metrics;
 use crate::pdu_stream::PduReader;
 use crate::wire::bind::{encode_bind, BindAck, ContextProposal, ContextResult};
-use crate::wire::call::{encode_request, response_stub_range};
+use crate::wire::call::{encode_request, Response};
 use crate::wire::epm::{encode_map_request, opnum, walk_map_response, EPM};
 use crate::wire::ndr::Syntax;
 use crate::wire::tower::{encode_tcp_tower, Tower};
-use crate::wire::{Endian, PacketType, Pdu, SyntaxId};
+use crate::wire::{Endian, PacketType, SyntaxId};
 
 /// How many towers rpcpin asks for: Windows asks for 4.
 const MAX_TOWERS: u32 = 4;
@@ -155,13 +155,10 @@ impl Resolver {
         encode_bind(&mut out, endian, 1, MAX_FRAG, &ctx)?;
         wr.write_all(&out).await?;
         let ack = rd.next().await.context("reading the backend's bind_ack")?;
-        match BindAck::parse(&ack) {
+        match BindAck::from_pdu(ack.view()) {
             Ok(a) if a.results().next().map(|r| r.result) == Some(ContextResult::Acceptance) => {}
             Ok(_) => bail!("the backend's endpoint mapper refused rpcpin's bind"),
-            Err(_) => bail!(
-                "the backend answered rpcpin's bind with a {}",
-                Pdu::new_checked(&ack[..]).map_or(PacketType::Unknown(0), |p| p.ptype())
-            ),
+            Err(_) => bail!("the backend answered rpcpin's bind with a {}", ack.ptype()),
         }
 
         let mut query = Vec::with_capacity(80);
@@ -180,19 +177,18 @@ impl Resolver {
                 .next()
                 .await
                 .context("reading the backend's ept_map answer")?;
-            let p = Pdu::new_checked(&pdu[..])?;
-            match p.ptype() {
+            match pdu.ptype() {
                 PacketType::Response => {}
                 PacketType::Fault => {
                     bail!("the backend's endpoint mapper answered ept_map with a fault")
                 }
                 other => bail!("the backend answered ept_map with a {other}"),
             }
-            answer.extend_from_slice(&pdu[response_stub_range(&pdu)?]);
-            if p.ends_call(fragment > 0) {
+            answer.extend_from_slice(Response::from_pdu(pdu.view())?.stub());
+            if pdu.ends_call(fragment > 0) {
                 *lock(&self.answered) = Some(Instant::now());
                 let _ = wr.shutdown().await;
-                return endpoints(&answer, p.endian(), interface);
+                return endpoints(&answer, pdu.endian(), interface);
             }
         }
         bail!("the backend's ept_map answer has too many fragments")

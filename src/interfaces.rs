@@ -3,6 +3,8 @@
 
 use core::fmt;
 
+use uuid::uuid;
+
 use crate::wire::{SyntaxId, Uuid};
 
 /// A well-known interface: the alias, its UUID and version, and what it is.
@@ -18,7 +20,7 @@ pub struct Known {
 
 const fn known(
     alias: &'static str,
-    uuid: &str,
+    uuid: Uuid,
     major: u16,
     minor: u16,
     description: &'static str,
@@ -34,140 +36,140 @@ const fn known(
 pub const KNOWN: &[Known] = &[
     known(
         "epm",
-        "e1af8308-5d1f-11c9-91a4-08002b14a0fa",
+        uuid!("e1af8308-5d1f-11c9-91a4-08002b14a0fa"),
         3,
         0,
         "DCE endpoint mapper",
     ),
     known(
         "emsmdb",
-        "a4f1db00-ca47-1067-b31f-00dd010662da",
+        uuid!("a4f1db00-ca47-1067-b31f-00dd010662da"),
         0,
         81,
         "Exchange store (MAPI)",
     ),
     known(
         "async_emsmdb",
-        "5261574a-4572-206e-b268-6b199213b4e4",
+        uuid!("5261574a-4572-206e-b268-6b199213b4e4"),
         0,
         1,
         "Exchange asynchronous notifications",
     ),
     known(
         "nspi",
-        "f5cc5a18-4264-101a-8c59-08002b2f8426",
+        uuid!("f5cc5a18-4264-101a-8c59-08002b2f8426"),
         56,
         0,
         "Exchange address book (NSPI)",
     ),
     known(
         "rfr",
-        "1544f5e0-613c-11d1-93df-00c04fd7bd09",
+        uuid!("1544f5e0-613c-11d1-93df-00c04fd7bd09"),
         1,
         0,
         "Exchange referral (RFR)",
     ),
     known(
         "lsarpc",
-        "12345778-1234-abcd-ef00-0123456789ab",
+        uuid!("12345778-1234-abcd-ef00-0123456789ab"),
         0,
         0,
         "Local Security Authority",
     ),
     known(
         "samr",
-        "12345778-1234-abcd-ef00-0123456789ac",
+        uuid!("12345778-1234-abcd-ef00-0123456789ac"),
         1,
         0,
         "Security Account Manager",
     ),
     known(
         "dssetup",
-        "3919286a-b10c-11d0-9ba8-00c04fd92ef5",
+        uuid!("3919286a-b10c-11d0-9ba8-00c04fd92ef5"),
         0,
         0,
         "Directory services setup",
     ),
     known(
         "netlogon",
-        "12345678-1234-abcd-ef00-01234567cffb",
+        uuid!("12345678-1234-abcd-ef00-01234567cffb"),
         1,
         0,
         "Netlogon",
     ),
     known(
         "drsuapi",
-        "e3514235-4b06-11d1-ab04-00c04fc2dcd2",
+        uuid!("e3514235-4b06-11d1-ab04-00c04fc2dcd2"),
         4,
         0,
         "Directory replication",
     ),
     known(
         "srvsvc",
-        "4b324fc8-1670-01d3-1278-5a47bf6ee188",
+        uuid!("4b324fc8-1670-01d3-1278-5a47bf6ee188"),
         3,
         0,
         "Server service",
     ),
     known(
         "wkssvc",
-        "6bffd098-a112-3610-9833-46c3f87e345a",
+        uuid!("6bffd098-a112-3610-9833-46c3f87e345a"),
         1,
         0,
         "Workstation service",
     ),
     known(
         "winreg",
-        "338cd001-2244-31f1-aaaa-900038001003",
+        uuid!("338cd001-2244-31f1-aaaa-900038001003"),
         1,
         0,
         "Remote registry",
     ),
     known(
         "svcctl",
-        "367abb81-9844-35f1-ad32-98f038001003",
+        uuid!("367abb81-9844-35f1-ad32-98f038001003"),
         2,
         0,
         "Service control manager",
     ),
     known(
         "spoolss",
-        "12345678-1234-abcd-ef00-0123456789ab",
+        uuid!("12345678-1234-abcd-ef00-0123456789ab"),
         1,
         0,
         "Print spooler",
     ),
     known(
         "efsrpc",
-        "c681d488-d850-11d0-8c52-00c04fd90f7e",
+        uuid!("c681d488-d850-11d0-8c52-00c04fd90f7e"),
         1,
         0,
         "Encrypting file system (over lsarpc pipe)",
     ),
     known(
         "efsrpc",
-        "df1941c5-fe89-4e79-bf10-463657acf44d",
+        uuid!("df1941c5-fe89-4e79-bf10-463657acf44d"),
         1,
         0,
         "Encrypting file system",
     ),
     known(
         "isystemactivator",
-        "000001a0-0000-0000-c000-000000000046",
+        uuid!("000001a0-0000-0000-c000-000000000046"),
         0,
         0,
         "DCOM activation",
     ),
     known(
         "iremoteactivation",
-        "4d9f4ab8-7d1c-11cf-861e-0020af6e7c57",
+        uuid!("4d9f4ab8-7d1c-11cf-861e-0020af6e7c57"),
         0,
         0,
         "DCOM remote activation",
     ),
     known(
         "ioxidresolver",
-        "99fcfec4-5260-101b-bbcb-00aa0021347a",
+        uuid!("99fcfec4-5260-101b-bbcb-00aa0021347a"),
         0,
         0,
         "DCOM OXID resolver",
@@ -180,6 +182,44 @@ pub fn alias_of(uuid: &Uuid) -> Option<&'static str> {
         .iter()
         .find(|k| k.syntax.uuid == *uuid)
         .map(|k| k.alias)
+}
+
+/// Why an entry of a pin's `interfaces` (or a key of its `opnums`) names no interface. The
+/// messages reach the operator as the reason of a configuration error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterfaceError {
+    /// Neither an alias nor a UUID.
+    #[error(
+        "{text:?} is neither a known alias nor a UUID ({why}); aliases: {}",
+        alias_list()
+    )]
+    Unknown {
+        /// The entry as written.
+        text: String,
+        /// What is wrong with it as a UUID.
+        why: UuidTextError,
+    },
+    /// The version after `@` is not `major.minor`.
+    #[error("version {0:?} is not major.minor with numbers up to 65535")]
+    Version(String),
+}
+
+/// The configuration keeps reasons as text.
+impl From<InterfaceError> for String {
+    fn from(e: InterfaceError) -> String {
+        e.to_string()
+    }
+}
+
+/// What is wrong with a UUID written in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UuidTextError {
+    /// Not 36 characters with dashes at 8, 13, 18 and 23.
+    #[error("expected the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")]
+    Form,
+    /// Something other than a hexadecimal digit between the dashes.
+    #[error("a UUID holds only hexadecimal digits and dashes")]
+    Digits,
 }
 
 /// One interface a pin carries.
@@ -197,7 +237,7 @@ pub struct Interface {
 impl Interface {
     /// Parses one entry of `interfaces`: an alias (possibly naming several UUIDs), a bare
     /// UUID, or `uuid@major.minor`.
-    pub fn parse(text: &str) -> Result<Vec<Interface>, String> {
+    pub fn parse(text: &str) -> Result<Vec<Interface>, InterfaceError> {
         let lower = text.trim().to_ascii_lowercase();
         let by_alias: Vec<Interface> = KNOWN
             .iter()
@@ -215,11 +255,9 @@ impl Interface {
             Some((u, v)) => (u, Some(parse_version(v)?)),
             None => (lower.as_str(), None),
         };
-        let uuid: Uuid = uuid.parse().map_err(|e: &str| {
-            format!(
-                "{text:?} is neither a known alias nor a UUID ({e}); aliases: {}",
-                alias_list()
-            )
+        let uuid = parse_uuid(uuid).map_err(|why| InterfaceError::Unknown {
+            text: text.to_string(),
+            why,
         })?;
         Ok(vec![Interface {
             uuid,
@@ -262,14 +300,30 @@ impl fmt::Display for Interface {
     }
 }
 
-fn parse_version(v: &str) -> Result<(u16, u16), String> {
+fn parse_version(v: &str) -> Result<(u16, u16), InterfaceError> {
     let (major, minor) = v.split_once('.').unwrap_or((v, "0"));
     match (major.parse(), minor.parse()) {
         (Ok(major), Ok(minor)) => Ok((major, minor)),
-        _ => Err(format!(
-            "version {v:?} is not major.minor with numbers up to 65535"
-        )),
+        _ => Err(InterfaceError::Version(v.to_string())),
     }
+}
+
+/// A UUID in its hyphenated form only (`uuid` would also take the simple, braced and URN
+/// forms): what an operator writes in a pin's `interfaces`.
+fn parse_uuid(text: &str) -> Result<Uuid, UuidTextError> {
+    let b = text.as_bytes();
+    let dashes = [8, 13, 18, 23];
+    if b.len() != 36 || dashes.iter().any(|&d| b[d] != b'-') {
+        return Err(UuidTextError::Form);
+    }
+    if !b
+        .iter()
+        .enumerate()
+        .all(|(i, c)| dashes.contains(&i) || c.is_ascii_hexdigit())
+    {
+        return Err(UuidTextError::Digits);
+    }
+    Uuid::try_parse(text).map_err(|_| UuidTextError::Digits)
 }
 
 fn alias_list() -> String {
@@ -319,7 +373,7 @@ mod tests {
         let any = &Interface::parse("a4f1db00-ca47-1067-b31f-00dd010662da").unwrap()[0];
         assert_eq!(any.alias, Some("emsmdb"));
         let exact = &Interface::parse("a4f1db00-ca47-1067-b31f-00dd010662da@0.81").unwrap()[0];
-        let proposed = SyntaxId::new("a4f1db00-ca47-1067-b31f-00dd010662da", 0, 81);
+        let proposed = SyntaxId::new(uuid!("a4f1db00-ca47-1067-b31f-00dd010662da"), 0, 81);
         assert!(any.matches(&proposed) && exact.matches(&proposed));
         let newer = SyntaxId {
             minor: 82,
@@ -334,13 +388,44 @@ mod tests {
     }
 
     #[test]
+    fn uuids_are_hyphenated_hex_digits_only() {
+        let u = parse_uuid("E1AF8308-5D1F-11C9-91A4-08002B14A0FA").unwrap();
+        assert_eq!(u.to_string(), "e1af8308-5d1f-11c9-91a4-08002b14a0fa");
+        let (form, digits) = (Err(UuidTextError::Form), Err(UuidTextError::Digits));
+        assert_eq!(parse_uuid("e1af8308-5d1f-11c9-91a4-08002b14a0f"), form);
+        assert_eq!(parse_uuid("e1af8308x5d1f-11c9-91a4-08002b14a0fa"), form);
+        assert_eq!(parse_uuid("g1af8308-5d1f-11c9-91a4-08002b14a0fa"), digits);
+        // Forms the uuid crate reads but the configuration never took.
+        assert_eq!(parse_uuid("e1af83085d1f11c991a408002b14a0fa"), form);
+        assert_eq!(parse_uuid("{e1af8308-5d1f-11c9-91a4-08002b14a0fa}"), form);
+        assert_eq!(
+            parse_uuid("urn:uuid:e1af8308-5d1f-11c9-91a4-08002b14a0fa"),
+            form
+        );
+    }
+
+    #[test]
     fn bad_entries_say_why() {
         let err = Interface::parse("nspy").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "\"nspy\" is neither a known alias nor a UUID (expected the form \
+                 xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx); aliases: {}",
+                alias_list()
+            )
+        );
+        assert!(alias_list().starts_with("epm, emsmdb, async_emsmdb, nspi, rfr"));
+        let err = Interface::parse("g5cc5a18-4264-101a-8c59-08002b2f8426").unwrap_err();
         assert!(
-            err.contains("neither a known alias nor a UUID") && err.contains("nspi"),
+            err.to_string()
+                .contains("(a UUID holds only hexadecimal digits and dashes); aliases: epm,"),
             "{err}"
         );
         let err = Interface::parse("f5cc5a18-4264-101a-8c59-08002b2f8426@x.1").unwrap_err();
-        assert!(err.contains("not major.minor"), "{err}");
+        assert_eq!(
+            String::from(err),
+            "version \"x.1\" is not major.minor with numbers up to 65535"
+        );
     }
 }

@@ -11,7 +11,8 @@ use std::task::{ready, Context, Poll};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
-use crate::wire::frame::next_pdu_len;
+use crate::wire::frame::next_pdu;
+use crate::wire::Pdu;
 
 /// Why a PDU could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -73,22 +74,13 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         r
     }
 
-    /// The next whole PDU already read, if there is one; never waits.
-    pub fn buffered(&mut self) -> Result<Option<BytesMut>, ReadError> {
-        let Some(len) = next_pdu_len(&self.buf, self.max_frag)? else {
-            return Ok(None);
-        };
-        // The whole buffer (a handshake's PDU, a call) is handed over as it is: splitting
-        // it would make it a shared buffer, which costs an allocation.
-        Ok(Some(if len == self.buf.len() {
-            std::mem::take(&mut self.buf)
-        } else {
-            self.buf.split_to(len)
-        }))
+    /// The next whole PDU already read, its header checked, if there is one; never waits.
+    pub fn buffered(&mut self) -> Result<Option<Pdu<BytesMut>>, ReadError> {
+        Ok(next_pdu(&mut self.buf, self.max_frag)?)
     }
 
-    /// The next whole PDU.
-    pub async fn next(&mut self) -> Result<BytesMut, ReadError> {
+    /// The next whole PDU, its header checked.
+    pub async fn next(&mut self) -> Result<Pdu<BytesMut>, ReadError> {
         loop {
             if let Some(pdu) = self.buffered()? {
                 return Ok(pdu);
@@ -98,7 +90,7 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
     }
 
     /// The next whole PDU, or [`ReadError::Timeout`] after `limit`.
-    pub async fn next_within(&mut self, limit: Duration) -> Result<BytesMut, ReadError> {
+    pub async fn next_within(&mut self, limit: Duration) -> Result<Pdu<BytesMut>, ReadError> {
         within(limit, self.next()).await
     }
 
@@ -178,8 +170,8 @@ mod tests {
             }
         });
         let mut r = PduReader::new(rx, 65535);
-        assert_eq!(r.next().await.unwrap().len(), 60);
-        assert_eq!(r.next().await.unwrap().len(), 152);
+        assert_eq!(r.next().await.unwrap().frag_len(), 60);
+        assert_eq!(r.next().await.unwrap().frag_len(), 152);
         assert!(matches!(r.next().await, Err(ReadError::Closed)));
     }
 

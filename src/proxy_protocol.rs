@@ -5,6 +5,38 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+/// Offsets of the v2 header (proxy-protocol.txt §2.2) and of its address blocks.
+mod field {
+    /// The 4-bit version (2) and the 4-bit command (LOCAL 0, PROXY 1).
+    pub const VER_CMD: usize = 12;
+    /// The address family and transport (0x11 TCP over IPv4, 0x21 TCP over IPv6).
+    pub const FAMILY: usize = 13;
+    /// The length of what follows, big endian.
+    pub const LEN: usize = 14;
+    /// The addresses, then any TLVs.
+    pub const ADDRS: usize = 16;
+
+    /// Within the addresses of TCP over IPv4 (12 bytes); ports big endian.
+    pub mod ipv4 {
+        use core::ops::Range;
+        pub const SRC_ADDR: Range<usize> = 0..4;
+        pub const DST_ADDR: Range<usize> = 4..8;
+        pub const SRC_PORT: usize = 8;
+        pub const DST_PORT: usize = 10;
+        pub const LEN: usize = 12;
+    }
+
+    /// Within the addresses of TCP over IPv6 (36 bytes); ports big endian.
+    pub mod ipv6 {
+        use core::ops::Range;
+        pub const SRC_ADDR: Range<usize> = 0..16;
+        pub const DST_ADDR: Range<usize> = 16..32;
+        pub const SRC_PORT: usize = 32;
+        pub const DST_PORT: usize = 34;
+        pub const LEN: usize = 36;
+    }
+}
+
 /// The v2 signature.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest v1 line, CRLF included.
@@ -89,43 +121,45 @@ fn parse_v1(buf: &[u8]) -> Result<Option<Header>, Error> {
 }
 
 fn parse_v2(buf: &[u8]) -> Result<Option<Header>, Error> {
-    if buf.len() < 16 {
+    if buf.len() < field::ADDRS {
         return Ok(None);
     }
-    let (ver_cmd, family) = (buf[12], buf[13]);
+    let (ver_cmd, family) = (buf[field::VER_CMD], buf[field::FAMILY]);
     if ver_cmd >> 4 != 2 {
         return Err(Error::Malformed("v2 version"));
     }
-    let body = u16::from_be_bytes([buf[14], buf[15]]) as usize;
-    let len = 16 + body;
+    let len = field::ADDRS + be16(buf, field::LEN) as usize;
     if len > V2_MAX {
         return Err(Error::Malformed("v2 header too long"));
     }
     if buf.len() < len {
         return Ok(None);
     }
-    let a = &buf[16..len];
+    let a = &buf[field::ADDRS..len];
     let addrs = match (ver_cmd & 0x0f, family) {
         (0, _) => None, // LOCAL: a health check from the balancer itself
-        (1, 0x11) if a.len() >= 12 => Some((
-            SocketAddr::new(
-                Ipv4Addr::new(a[0], a[1], a[2], a[3]).into(),
-                u16::from_be_bytes([a[8], a[9]]),
-            ),
-            SocketAddr::new(
-                Ipv4Addr::new(a[4], a[5], a[6], a[7]).into(),
-                u16::from_be_bytes([a[10], a[11]]),
-            ),
-        )),
-        (1, 0x21) if a.len() >= 36 => {
-            let v6 = |b: &[u8]| {
+        (1, 0x11) if a.len() >= field::ipv4::LEN => {
+            use field::ipv4 as f;
+            let v4 = |r: core::ops::Range<usize>| {
+                let mut o = [0u8; 4];
+                o.copy_from_slice(&a[r]);
+                IpAddr::V4(Ipv4Addr::from(o))
+            };
+            Some((
+                SocketAddr::new(v4(f::SRC_ADDR), be16(a, f::SRC_PORT)),
+                SocketAddr::new(v4(f::DST_ADDR), be16(a, f::DST_PORT)),
+            ))
+        }
+        (1, 0x21) if a.len() >= field::ipv6::LEN => {
+            use field::ipv6 as f;
+            let v6 = |r: core::ops::Range<usize>| {
                 let mut o = [0u8; 16];
-                o.copy_from_slice(&b[..16]);
+                o.copy_from_slice(&a[r]);
                 IpAddr::V6(Ipv6Addr::from(o))
             };
             Some((
-                SocketAddr::new(v6(&a[..16]), u16::from_be_bytes([a[32], a[33]])),
-                SocketAddr::new(v6(&a[16..32]), u16::from_be_bytes([a[34], a[35]])),
+                SocketAddr::new(v6(f::SRC_ADDR), be16(a, f::SRC_PORT)),
+                SocketAddr::new(v6(f::DST_ADDR), be16(a, f::DST_PORT)),
             ))
         }
         (1, 0x11 | 0x21) => return Err(Error::Malformed("v2 addresses truncated")),
@@ -133,6 +167,11 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Header>, Error> {
         _ => return Err(Error::Malformed("v2 command")),
     };
     Ok(Some(Header { len, addrs }))
+}
+
+/// The big-endian u16 at `at`; the caller has checked the bounds.
+fn be16(buf: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([buf[at], buf[at + 1]])
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use rpcpin::wire::{Endian, PacketType, Pdu, SyntaxId, HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The interface the backend serves and rpcpin pins.
-pub const BENCH: SyntaxId = SyntaxId::new("5d2f6b1c-9a3e-4c7b-8e21-70b1e4c0a5d9", 1, 0);
+pub const BENCH: SyntaxId = SyntaxId::new(rpcpin::wire::uuid!("5d2f6b1c-9a3e-4c7b-8e21-70b1e4c0a5d9"), 1, 0);
 /// Its UUID as rpcpin's configuration takes it.
 pub const BENCH_UUID: &str = "5d2f6b1c-9a3e-4c7b-8e21-70b1e4c0a5d9";
 

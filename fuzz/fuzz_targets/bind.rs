@@ -12,7 +12,7 @@ use rpcpin::wire::bind::{
     ContextProposal, ResultEntry,
 };
 use rpcpin::wire::pdu::HEADER_LEN;
-use rpcpin::wire::{Error, PacketType, SyntaxId};
+use rpcpin::wire::{EncodeError, PacketType, SyntaxId};
 
 /// Junk already in the output buffer: encoders append and must leave it alone.
 const PREFIX: &[u8] = b"\xaa\xbb\xcc";
@@ -115,7 +115,7 @@ fn check_bind(bytes: &[u8], bits: &[u8]) {
                 .collect();
             assert_eq!(back, contexts);
         }
-        Err(Error::TooLarge { .. }) => {}
+        Err(EncodeError::TooLarge { .. }) => {}
         Err(e) => panic!("encode_bind: {e:?}"),
     }
 }
@@ -146,7 +146,7 @@ fn check_bind_ack(bytes: &[u8], addr: &[u8]) {
     let new_len = align4(HEADER_LEN + 10 + addr.len()) + tail.len();
     match ack.encode_with_secondary_addr(addr, &mut out) {
         Ok(()) => {}
-        Err(Error::TooLarge { .. }) if new_len > usize::from(u16::MAX) => return,
+        Err(EncodeError::TooLarge { .. }) if new_len > usize::from(u16::MAX) => return,
         Err(e) => panic!("encode_with_secondary_addr({addr:02x?}): {e:?}"),
     }
     assert_eq!(&out[..PREFIX.len()], PREFIX);
@@ -213,7 +213,7 @@ fn check_bind_ack(bytes: &[u8], addr: &[u8]) {
             assert_eq!(a.results().collect::<Vec<_>>(), results);
             assert_eq!(a.pdu().frag_len(), own.len() - PREFIX.len());
         }
-        Err(Error::TooLarge { .. }) => {}
+        Err(EncodeError::TooLarge { .. }) => {}
         Err(e) => panic!("encode_bind_ack: {e:?}"),
     }
 }

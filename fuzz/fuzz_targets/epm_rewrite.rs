@@ -163,7 +163,7 @@ fuzz_target!(|data: &[u8]| {
         advertise: ADVERTISE,
         hide_unpinned: case.hide,
     };
-    let r3 = rewrite_call(&mut frags, case.op, case.syntax, rules, MAX_STUB);
+    let r3 = rewrite_call(&mut checked(&mut frags), case.op, case.syntax, rules, MAX_STUB);
     assert_eq!(frags.len(), before.len());
     let mut gathered = Vec::with_capacity(stub.len());
     let mut largest = 0;
@@ -201,7 +201,7 @@ fuzz_target!(|data: &[u8]| {
         table: &Table::default(),
         ..rules
     };
-    let _ = rewrite_call(&mut frags, case.op, case.syntax, rules, MAX_STUB);
+    let _ = rewrite_call(&mut checked(&mut frags), case.op, case.syntax, rules, MAX_STUB);
     assert_eq!(frags, before);
 });
 
@@ -314,10 +314,7 @@ fn check_refragmented(case: &Case, pdus: &[u8], stub: &[u8], per_fragment: usize
         let body = &pdu[24..];
         assert!(body.len() <= per_fragment, "{} > {per_fragment}", body.len());
         assert!(!body.is_empty() || (i == 0 && rest.is_empty()), "empty fragment");
-        let hint = u32::from_be_bytes(match case.endian {
-            Endian::Big => [pdu[16], pdu[17], pdu[18], pdu[19]],
-            Endian::Little => [pdu[19], pdu[18], pdu[17], pdu[16]],
-        });
+        let hint = case.endian.u32_from([pdu[16], pdu[17], pdu[18], pdu[19]]);
         assert_eq!(hint as usize, stub.len() - gathered.len(), "alloc_hint");
         gathered.extend_from_slice(body);
         i += 1;
@@ -342,9 +339,9 @@ fn fragments(stub: &[u8], endian: Endian, chunk: usize, with_auth: bool) -> Opti
         f.extend_from_slice(&[5, 0, 2, fl]);
         f.extend_from_slice(&endian.drep());
         f.extend_from_slice(&[0, 0]); // frag_length, below
-        f.extend_from_slice(&u16s(if with_auth { AUTH_LEN as u16 } else { 0 }, endian));
-        f.extend_from_slice(&u32s(CALL_ID, endian));
-        f.extend_from_slice(&u32s(left as u32, endian)); // alloc_hint
+        f.extend_from_slice(&endian.u16_bytes(if with_auth { AUTH_LEN as u16 } else { 0 }));
+        f.extend_from_slice(&endian.u32_bytes(CALL_ID));
+        f.extend_from_slice(&endian.u32_bytes(left as u32)); // alloc_hint
         f.extend_from_slice(&[0, 0, 0, 0]); // p_cont_id 0, cancel_count, reserved
         f.extend_from_slice(piece);
         left -= piece.len();
@@ -355,10 +352,18 @@ fn fragments(stub: &[u8], endian: Endian, chunk: usize, with_auth: bool) -> Opti
             f.extend(std::iter::repeat_n(0x5a, AUTH_LEN));
         }
         let len = u16::try_from(f.len()).ok()?;
-        f[8..10].copy_from_slice(&u16s(len, endian));
+        f[8..10].copy_from_slice(&endian.u16_bytes(len));
         out.push(f);
     }
     Some(out)
+}
+
+/// Checked views over `frags`, as rpcpin's reader hands PDUs out.
+fn checked(frags: &mut [Vec<u8>]) -> Vec<Pdu<&mut [u8]>> {
+    frags
+        .iter_mut()
+        .map(|f| Pdu::new_checked(&mut f[..]).expect("a built fragment is a PDU"))
+        .collect()
 }
 
 fn stub_range_of(frag: &[u8], with_auth: bool) -> Range<usize> {
@@ -368,18 +373,4 @@ fn stub_range_of(frag: &[u8], with_auth: bool) -> Range<usize> {
     let trailer = frag.len() - AUTH_LEN - 8;
     let pad = usize::from(frag[trailer + 2]);
     24..trailer - pad
-}
-
-fn u16s(v: u16, e: Endian) -> [u8; 2] {
-    match e {
-        Endian::Little => v.to_le_bytes(),
-        Endian::Big => v.to_be_bytes(),
-    }
-}
-
-fn u32s(v: u32, e: Endian) -> [u8; 4] {
-    match e {
-        Endian::Little => v.to_le_bytes(),
-        Endian::Big => v.to_be_bytes(),
-    }
 }

@@ -305,8 +305,8 @@ fn opnum_lists_name_interfaces_of_their_pin() {
     ]);
     add(&mut doc, "pin.0", "opnums", opnums);
     let c = parse(&doc).unwrap();
-    let nspi = SyntaxId::new("f5cc5a18-4264-101a-8c59-08002b2f8426", 56, 0);
-    let rfr = SyntaxId::new("1544f5e0-613c-11d1-93df-00c04fd7bd09", 1, 0);
+    let nspi = SyntaxId::new(::uuid::uuid!("f5cc5a18-4264-101a-8c59-08002b2f8426"), 56, 0);
+    let rfr = SyntaxId::new(::uuid::uuid!("1544f5e0-613c-11d1-93df-00c04fd7bd09"), 1, 0);
     assert!(c.pins[0].allows_opnum(&nspi, 1) && !c.pins[0].allows_opnum(&nspi, 2));
     assert!(c.pins[0].allows_opnum(&rfr, 0) && !c.pins[0].allows_opnum(&rfr, 1));
     assert!(

@@ -105,7 +105,7 @@ pub(super) async fn open(
         .next_within(limits.handshake_timeout)
         .await
         .context("waiting for the client's first PDU")?;
-    let from_client = first.len() as u64;
+    let from_client = first.frag_len() as u64;
     let mut out = Outbox::default();
     policy.request(first, &mut out)?;
     if out.forwarded().is_empty() {
@@ -170,33 +170,40 @@ pub(super) struct EpmPolicy {
     assoc: Association,
     refused: RefusedCalls,
     /// Fragments of tower-carrying answers, by call id, held until their last fragment.
-    pending: SmallMap<u32, Vec<BytesMut>>,
+    pending: SmallMap<u32, Vec<Pdu<BytesMut>>>,
     /// Their total size, bounded by `limits.max_reassembly`.
     pending_len: usize,
 }
 
 impl Policy for EpmPolicy {
-    fn request(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
-        let p = Pdu::new_checked(&pdu[..])?;
-        let call_id = p.call_id();
-        match p.ptype() {
-            PacketType::Bind | PacketType::AlterContext => match self.gate.judge(pdu, is_epm)? {
-                Verdict::Forward(pdu) => {
-                    let ids = BindRequest::parse(&pdu)?
-                        .contexts()
-                        .map(|c| c.id())
-                        .collect();
-                    let a = &mut self.assoc;
-                    if a.proposed.len() >= MAX_OUTSTANDING {
-                        bail!("more than {MAX_OUTSTANDING} unanswered binds");
-                    }
-                    a.proposed.insert(call_id, ids);
-                    out.forward(pdu);
+    fn request(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()> {
+        let call_id = pdu.call_id();
+        match pdu.ptype() {
+            PacketType::Bind | PacketType::AlterContext => {
+                let bind = BindRequest::from_pdu(pdu.view())?;
+                let verdict = self.gate.judge(&bind, is_epm)?;
+                if let Verdict::Answer(answer) = verdict {
+                    out.reply.push(answer);
+                    return Ok(());
                 }
-                Verdict::Answer(answer) => out.reply.push(answer),
-            },
+                // The contexts forwarded: those the gate let through.
+                let ids = bind
+                    .contexts()
+                    .filter(|c| is_epm(&c.abstract_syntax()))
+                    .map(|c| c.id())
+                    .collect();
+                let a = &mut self.assoc;
+                if a.proposed.len() >= MAX_OUTSTANDING {
+                    bail!("more than {MAX_OUTSTANDING} unanswered binds");
+                }
+                a.proposed.insert(call_id, ids);
+                match verdict {
+                    Verdict::Filtered(copy) => out.forward(copy),
+                    _ => out.forward(pdu.into_inner()),
+                }
+            }
             PacketType::Request => {
-                let req = Request::parse(&pdu)?;
+                let req = Request::from_pdu(pdu.view())?;
                 match self
                     .refused
                     .judge(&req, || opnum_refusal(req.opnum()).is_some())?
@@ -215,21 +222,20 @@ impl Policy for EpmPolicy {
                     opnum: req.opnum(),
                     answering: false,
                 });
-                out.forward(pdu);
+                out.forward(pdu.into_inner());
             }
-            _ => out.forward(pdu),
+            _ => out.forward(pdu.into_inner()),
         }
         Ok(())
     }
 
-    fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
-        let p = Pdu::new_checked(&pdu[..])?;
-        let (ptype, call_id) = (p.ptype(), p.call_id());
+    fn answer(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()> {
+        let (ptype, call_id) = (pdu.ptype(), pdu.call_id());
         let a = &mut self.assoc;
         match ptype {
             PacketType::BindAck | PacketType::AlterContextResp => {
+                let ack = BindAck::from_pdu(pdu.view())?;
                 if let Some(proposed) = a.proposed.remove(&call_id) {
-                    let ack = BindAck::parse(&pdu)?;
                     for (id, result) in proposed.iter().zip(ack.results()) {
                         if result.result == ContextResult::Acceptance {
                             let syntax = Syntax::from_transfer_syntax(&result.transfer_syntax);
@@ -237,7 +243,8 @@ impl Policy for EpmPolicy {
                         }
                     }
                 }
-                out.forward(self.gate.answer(pdu)?);
+                let spliced = self.gate.splice(&ack)?;
+                out.forward(spliced.unwrap_or_else(|| pdu.into_inner()));
                 return Ok(());
             }
             PacketType::Response => {
@@ -245,16 +252,16 @@ impl Policy for EpmPolicy {
                     bail!("a response to call {call_id}, which the client never made");
                 };
                 let (ctx, op) = (call.context, call.opnum);
-                let last = p.ends_call(call.answering);
+                let last = pdu.ends_call(call.answering);
                 call.answering = true;
                 if last {
                     a.calls.remove(&call_id);
                 }
                 if carries_towers(op) {
                     let syntax = a.contexts.get(&ctx).copied().flatten();
-                    Response::parse(&pdu)?;
+                    Response::from_pdu(pdu.view())?;
                     let max = self.generation.config.limits.max_reassembly;
-                    self.pending_len += pdu.len();
+                    self.pending_len += pdu.frag_len();
                     if self.pending_len > max {
                         bail!("endpoint-mapper answer larger than limits.max_reassembly ({max} bytes)");
                     }
@@ -270,7 +277,7 @@ impl Policy for EpmPolicy {
             }
             _ => {}
         }
-        out.forward(pdu);
+        out.forward(pdu.into_inner());
         Ok(())
     }
 }
@@ -315,19 +322,14 @@ impl EpmPolicy {
         out: &mut Outbox,
     ) -> anyhow::Result<()> {
         let mut frags = self.pending.remove(&call_id).unwrap_or_default();
-        self.pending_len -= frags.iter().map(|f| f.len()).sum::<usize>();
+        self.pending_len -= frags.iter().map(|f| f.frag_len()).sum::<usize>();
         let Some(first) = frags.first() else {
             return Ok(());
         };
-        let endian = Pdu::new_checked(&first[..])?.endian();
+        let endian = first.endian();
         let levels: Vec<u8> = frags
             .iter()
-            .filter_map(|f| {
-                Pdu::new_checked(&f[..])
-                    .ok()?
-                    .auth_trailer()
-                    .map(|(_, level, _)| level)
-            })
+            .filter_map(|f| f.auth_trailer().map(|(_, level, _)| level))
             .collect();
         let config = &self.generation.config;
         let rules = Rules {
@@ -395,7 +397,7 @@ impl EpmPolicy {
             Err(why) => Some(why),
         };
         match refusal {
-            None => frags.into_iter().for_each(|f| out.forward(f)),
+            None => frags.into_iter().for_each(|f| out.forward(f.into_inner())),
             Some(reason) => {
                 warn!(
                     event = "epm_answer_refused",

@@ -38,8 +38,10 @@ pub(super) enum WhenNoneAllowed {
 /// What to do with a client's bind or alter_context.
 #[derive(Debug)]
 pub(super) enum Verdict {
-    /// Forward this PDU (the original, or a copy without the refused contexts).
-    Forward(BytesMut),
+    /// Forward it as it is: every context is allowed.
+    Forward,
+    /// Forward this copy of it, without the refused contexts.
+    Filtered(BytesMut),
     /// Refuse it: send this answer to the client, forward nothing.
     Answer(BytesMut),
 }
@@ -71,10 +73,9 @@ impl Gate {
     /// `allows` is true and logging every refused one.
     pub(super) fn judge(
         &mut self,
-        pdu: BytesMut,
+        bind: &BindRequest<'_>,
         allows: impl Fn(&SyntaxId) -> bool,
     ) -> anyhow::Result<Verdict> {
-        let bind = BindRequest::parse(&pdu)?;
         let keep: Vec<bool> = bind
             .contexts()
             .map(|c| {
@@ -106,7 +107,7 @@ impl Gate {
             bail!("a {} without presentation contexts", bind.pdu().ptype());
         }
         if !keep.contains(&true) {
-            return Ok(Verdict::Answer(self.refusal(&bind)?));
+            return Ok(Verdict::Answer(self.refusal(bind)?));
         }
         for (c, _) in bind.contexts().zip(&keep).filter(|(_, &k)| k) {
             self.contexts.insert(c.id(), c.abstract_syntax());
@@ -115,23 +116,22 @@ impl Gate {
             bail!("more than {MAX_CONTEXTS} presentation contexts");
         }
         if !keep.contains(&false) {
-            return Ok(Verdict::Forward(pdu));
+            return Ok(Verdict::Forward);
         }
         if self.filtered.len() >= MAX_PENDING {
             bail!("more than {MAX_PENDING} unanswered binds");
         }
-        let mut out = Vec::with_capacity(pdu.len());
+        let mut out = Vec::with_capacity(bind.pdu().frag_len());
         bind.encode_keeping(&keep, &mut out)?;
         self.filtered.insert(bind.pdu().call_id(), keep);
-        Ok(Verdict::Forward(BytesMut::from(&out[..])))
+        Ok(Verdict::Filtered(BytesMut::from(&out[..])))
     }
 
-    /// The backend's answer to a bind or alter_context, with a rejection spliced back in for
-    /// each context the gate removed from it.
-    pub(super) fn answer(&mut self, ack_pdu: BytesMut) -> anyhow::Result<BytesMut> {
-        let ack = BindAck::parse(&ack_pdu)?;
+    /// The backend's answer to a bind or alter_context with a rejection spliced back in for
+    /// each context the gate removed from it; `None` when it removed none.
+    pub(super) fn splice(&mut self, ack: &BindAck<'_>) -> anyhow::Result<Option<BytesMut>> {
         let Some(keep) = self.filtered.remove(&ack.pdu().call_id()) else {
-            return Ok(ack_pdu);
+            return Ok(None);
         };
         let mut backend = ack.results();
         let refused = ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED);
@@ -145,9 +145,9 @@ impl Gate {
                 }
             })
             .collect();
-        let mut out = Vec::with_capacity(ack_pdu.len() + 24 * results.len());
+        let mut out = Vec::with_capacity(ack.pdu().frag_len() + 24 * results.len());
         ack.encode_with_results(&results, &mut out)?;
-        Ok(BytesMut::from(&out[..]))
+        Ok(Some(BytesMut::from(&out[..])))
     }
 
     /// The interface a forwarded context id was proposed for.

@@ -40,12 +40,14 @@ pub(super) async fn open(
         .next_within(limits.handshake_timeout)
         .await
         .context("waiting for the client's bind")?;
-    let from_client = first.len() as u64;
-    if Pdu::new_checked(&first[..])?.ptype() != PacketType::Bind {
+    let from_client = first.frag_len() as u64;
+    if first.ptype() != PacketType::Bind {
         bail!("the client's first PDU is not a bind");
     }
-    let bind_pdu = match gate.judge(first, |s| pin.config.allows(s))? {
-        Verdict::Forward(pdu) => pdu,
+    let bind = BindRequest::from_pdu(first.view())?;
+    let filtered = match gate.judge(&bind, |s| pin.config.allows(s))? {
+        Verdict::Forward => None,
+        Verdict::Filtered(copy) => Some(copy),
         Verdict::Answer(answer) => {
             let client = client.get_mut();
             client
@@ -61,11 +63,15 @@ pub(super) async fn open(
             )));
         }
     };
-    let bind = BindRequest::parse(&bind_pdu)?;
-    // Every context left names an interface of this pin; the first chooses the backend port.
-    let Some(interface) = bind.contexts().next().map(|c| c.abstract_syntax()) else {
+    // The contexts forwarded name interfaces of this pin; the first chooses the backend port.
+    let mut forwarded = bind
+        .contexts()
+        .map(|c| c.abstract_syntax())
+        .filter(|s| pin.config.allows(s));
+    let Some(interface) = forwarded.next() else {
         bail!("the client's bind proposes no presentation context");
     };
+    let contexts = 1 + forwarded.count();
     let backend = match connect(generation, &pin, interface).await {
         Ok(b) => b,
         Err(e) => {
@@ -89,13 +95,13 @@ pub(super) async fn open(
         interface = %interface.uuid,
         alias = alias_of(&interface.uuid).unwrap_or("-"),
         version = %format_args!("{}.{}", interface.major, interface.minor),
-        contexts = bind.contexts().count(),
+        contexts,
     );
 
     let mut backend = PduReader::new(backend, limits.max_fragment);
     backend
         .get_mut()
-        .write_all(&bind_pdu)
+        .write_all(filtered.as_deref().unwrap_or(first.as_bytes()))
         .await
         .context("forwarding the bind to the backend")?;
     let policy = PinPolicy {
@@ -163,24 +169,26 @@ pub(super) struct PinPolicy {
 }
 
 impl Policy for PinPolicy {
-    fn request(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
-        match Pdu::new_checked(&pdu[..])?.ptype() {
+    fn request(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()> {
+        match pdu.ptype() {
             PacketType::AlterContext => {
-                match self.gate.judge(pdu, |s| self.pin.config.allows(s))? {
-                    Verdict::Forward(pdu) => out.forward(pdu),
+                let bind = BindRequest::from_pdu(pdu.view())?;
+                match self.gate.judge(&bind, |s| self.pin.config.allows(s))? {
+                    Verdict::Forward => out.forward(pdu.into_inner()),
+                    Verdict::Filtered(copy) => out.forward(copy),
                     Verdict::Answer(answer) => out.reply.push(answer),
                 }
             }
             PacketType::Bind => bail!("a second bind on an established association"),
             PacketType::Request => {
-                let req = Request::parse(&pdu)?;
+                let req = Request::from_pdu(pdu.view())?;
                 let interface = self.gate.interface_of(req.context_id());
                 let allowed = |i: &SyntaxId| self.pin.config.allows_opnum(i, req.opnum());
                 match self
                     .refused
                     .judge(&req, || interface.is_some_and(|i| !allowed(&i)))?
                 {
-                    CallVerdict::Forward => out.forward(pdu),
+                    CallVerdict::Forward => out.forward(pdu.into_inner()),
                     CallVerdict::Refuse => {
                         let i = interface.unwrap_or(SyntaxId::NDR);
                         warn!(
@@ -208,26 +216,33 @@ impl Policy for PinPolicy {
                     CallVerdict::Drop => {}
                 }
             }
-            _ => out.forward(pdu),
+            _ => out.forward(pdu.into_inner()),
         }
         Ok(())
     }
 
-    fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
-        let ptype = Pdu::new_checked(&pdu[..])?.ptype();
-        if !matches!(ptype, PacketType::BindAck | PacketType::AlterContextResp) {
-            out.forward(pdu);
+    fn answer(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()> {
+        if !matches!(
+            pdu.ptype(),
+            PacketType::BindAck | PacketType::AlterContextResp
+        ) {
+            out.forward(pdu.into_inner());
             return Ok(());
         }
-        let pdu = self.gate.answer(pdu)?;
-        let ack = BindAck::parse(&pdu)?;
+        let ack = BindAck::from_pdu(pdu.view())?;
+        let spliced = self.gate.splice(&ack)?;
+        // A spliced answer is a new PDU, read once more to find its secondary address.
+        let ack = match &spliced {
+            Some(bytes) => BindAck::parse(bytes)?,
+            None => ack,
+        };
         match public_secondary_addr(ack.secondary_addr(), self.pin.public_port) {
             Some(addr) => {
-                let mut rewritten = Vec::with_capacity(pdu.len() + 8);
+                let mut rewritten = Vec::with_capacity(ack.pdu().frag_len() + 8);
                 ack.encode_with_secondary_addr(&addr, &mut rewritten)?;
                 out.forward(BytesMut::from(&rewritten[..]));
             }
-            None => out.forward(pdu),
+            None => out.forward(spliced.unwrap_or_else(|| pdu.into_inner())),
         }
         Ok(())
     }

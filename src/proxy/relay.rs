@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use crate::pdu_stream::{PduReader, ReadError};
+use crate::wire::Pdu;
 
 /// What a policy wants done with the PDUs it sees: those it forwards (none, the same, or
 /// others) are gathered into one batch for the receiving side; answers for the sender go
@@ -42,12 +43,13 @@ impl Outbox {
     }
 }
 
-/// What a listener does with the PDUs of an established connection.
+/// What a listener does with the PDUs of an established connection; each comes with its
+/// header checked once, by the reader.
 pub trait Policy {
     /// Decides on a PDU from the client.
-    fn request(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()>;
+    fn request(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()>;
     /// Decides on a PDU from the backend.
-    fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()>;
+    fn answer(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()>;
 }
 
 /// How a relay ended, and how many bytes went each way.
@@ -160,7 +162,7 @@ impl Flow {
         &mut self,
         cx: &mut Context<'_>,
         (from, to): (&mut PduReader<R>, &mut PduReader<W>),
-        mut inspect: impl FnMut(BytesMut, &mut Outbox) -> anyhow::Result<()>,
+        mut inspect: impl FnMut(Pdu<BytesMut>, &mut Outbox) -> anyhow::Result<()>,
         mut back: Option<&mut Vec<BytesMut>>,
         active: &mut Instant,
     ) -> Poll<anyhow::Result<()>>
@@ -369,12 +371,12 @@ mod tests {
     struct Pass;
 
     impl Policy for Pass {
-        fn request(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
-            out.forward(pdu);
+        fn request(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()> {
+            out.forward(pdu.into_inner());
             Ok(())
         }
-        fn answer(&mut self, pdu: BytesMut, out: &mut Outbox) -> anyhow::Result<()> {
-            out.forward(pdu);
+        fn answer(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()> {
+            out.forward(pdu.into_inner());
             Ok(())
         }
     }

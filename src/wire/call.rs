@@ -14,8 +14,21 @@
 
 use core::ops::Range;
 
-use super::pdu::{finish_pdu, flags, write_header, HEADER_LEN};
-use super::{get_u16, Endian, Error, PacketType, Pdu, Result, Uuid};
+use super::pdu::{finish_pdu, flags, write_header, write_header_like};
+use super::{get_u16, put_u16, put_u32, EncodeError, Endian, Error, PacketType, Pdu, Result, Uuid};
+
+/// Offsets of the fields rpcpin reads after the common header: request (C706 §12.6.4.9) and
+/// response (§12.6.4.10); the encoders write the rest in the order of the diagram above.
+mod field {
+    /// Both: `p_cont_id`.
+    pub const CONTEXT_ID: usize = 20;
+    /// request: the operation number.
+    pub const OPNUM: usize = 22;
+    /// request with `PFC_OBJECT_UUID`: the object UUID, before the stub.
+    pub const OBJECT: usize = 24;
+    /// response, and request without object: the stub.
+    pub const STUB: usize = 24;
+}
 
 /// A checked request PDU.
 #[derive(Debug, Clone)]
@@ -27,16 +40,20 @@ pub struct Request<'a> {
 impl<'a> Request<'a> {
     /// Checks a whole request PDU.
     pub fn parse(bytes: &'a [u8]) -> Result<Request<'a>> {
-        let pdu = Pdu::new_checked(bytes)?;
+        Request::from_pdu(Pdu::new_checked(bytes)?)
+    }
+
+    /// Checks that a PDU whose header is checked is a request, and its fixed fields.
+    pub fn from_pdu(pdu: Pdu<&'a [u8]>) -> Result<Request<'a>> {
         if pdu.ptype() != PacketType::Request {
             return Err(Error::Unsupported("pdu type (expected request)"));
         }
-        let fixed = if pdu.flags() & flags::OBJECT_UUID != 0 {
-            24
+        let stub_at = if pdu.flags() & flags::OBJECT_UUID != 0 {
+            field::OBJECT + super::uuid::LEN
         } else {
-            8
+            field::STUB
         };
-        let stub = stub_range(&pdu, HEADER_LEN + fixed)?;
+        let stub = stub_range(&pdu, stub_at)?;
         Ok(Request { pdu, stub })
     }
 
@@ -47,18 +64,21 @@ impl<'a> Request<'a> {
 
     /// The presentation context the call uses.
     pub fn context_id(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), 20, self.pdu.endian())
+        get_u16(self.pdu.into_inner(), field::CONTEXT_ID, self.pdu.endian())
     }
 
     /// The operation number within the interface.
     pub fn opnum(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), 22, self.pdu.endian())
+        get_u16(self.pdu.into_inner(), field::OPNUM, self.pdu.endian())
     }
 
     /// The object UUID, when the request carries one.
     pub fn object(&self) -> Option<Uuid> {
         (self.pdu.flags() & flags::OBJECT_UUID != 0)
-            .then(|| Uuid::from_wire(&self.pdu.into_inner()[24..], self.pdu.endian()).ok())
+            .then(|| {
+                super::uuid::from_wire(&self.pdu.into_inner()[field::OBJECT..], self.pdu.endian())
+                    .ok()
+            })
             .flatten()
     }
 
@@ -72,17 +92,33 @@ impl<'a> Request<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Response<'a> {
     pdu: Pdu<&'a [u8]>,
+    /// Where the stub ends: before the auth verifier's padding.
+    stub_end: usize,
 }
 
 impl<'a> Response<'a> {
     /// Checks a whole response PDU.
     pub fn parse(bytes: &'a [u8]) -> Result<Response<'a>> {
-        let pdu = Pdu::new_checked(bytes)?;
+        Response::from_pdu(Pdu::new_checked(bytes)?)
+    }
+
+    /// Checks that a PDU whose header is checked is a response, and its fixed fields.
+    pub fn from_pdu(pdu: Pdu<&'a [u8]>) -> Result<Response<'a>> {
         if pdu.ptype() != PacketType::Response {
             return Err(Error::Unsupported("pdu type (expected response)"));
         }
-        response_stub_range(bytes)?;
-        Ok(Response { pdu })
+        let stub_end = stub_range(&pdu, field::STUB)?.end;
+        Ok(Response { pdu, stub_end })
+    }
+
+    /// Where the stub lies in the PDU.
+    pub fn stub_range(&self) -> Range<usize> {
+        field::STUB..self.stub_end
+    }
+
+    /// The stub.
+    pub fn stub(&self) -> &'a [u8] {
+        &self.pdu.into_inner()[self.stub_range()]
     }
 
     /// The PDU itself.
@@ -92,13 +128,13 @@ impl<'a> Response<'a> {
 
     /// The presentation context of the call.
     pub fn context_id(&self) -> u16 {
-        get_u16(self.pdu.into_inner(), 20, self.pdu.endian())
+        get_u16(self.pdu.into_inner(), field::CONTEXT_ID, self.pdu.endian())
     }
 }
 
 /// Where the stub of the response PDU in `bytes` lies: checks the PDU first.
 pub fn response_stub_range(bytes: &[u8]) -> Result<Range<usize>> {
-    stub_range(&Pdu::new_checked(bytes)?, HEADER_LEN + 8)
+    stub_range(&Pdu::new_checked(bytes)?, field::STUB)
 }
 
 fn stub_range(pdu: &Pdu<&[u8]>, start: usize) -> Result<Range<usize>> {
@@ -120,27 +156,15 @@ pub fn encode_fault(
     call_id: u32,
     context_id: u16,
     status: u32,
-) -> Result<()> {
+) -> Result<(), EncodeError> {
     let start = out.len();
     let f = flags::FIRST_FRAG | flags::LAST_FRAG | flags::DID_NOT_EXECUTE;
     write_header(out, PacketType::Fault, f, endian, call_id);
-    let (hint, ctx, status) = match endian {
-        Endian::Little => (
-            0u32.to_le_bytes(),
-            context_id.to_le_bytes(),
-            status.to_le_bytes(),
-        ),
-        Endian::Big => (
-            0u32.to_be_bytes(),
-            context_id.to_be_bytes(),
-            status.to_be_bytes(),
-        ),
-    };
-    out.extend_from_slice(&hint);
-    out.extend_from_slice(&ctx);
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&status);
-    out.extend_from_slice(&[0; 4]);
+    put_u32(out, 0, endian); // alloc_hint
+    put_u16(out, context_id, endian);
+    out.extend_from_slice(&[0, 0]); // cancel_count, reserved
+    put_u32(out, status, endian);
+    out.extend_from_slice(&[0; 4]); // reserved
     finish_pdu(&mut out[start..], endian)
 }
 
@@ -152,7 +176,7 @@ pub fn encode_request(
     context_id: u16,
     opnum: u16,
     stub: &[u8],
-) -> Result<()> {
+) -> Result<(), EncodeError> {
     let start = out.len();
     write_header(
         out,
@@ -161,24 +185,42 @@ pub fn encode_request(
         endian,
         call_id,
     );
-    let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
-    let (hint, ctx, op) = match endian {
-        Endian::Little => (
-            hint.to_le_bytes(),
-            context_id.to_le_bytes(),
-            opnum.to_le_bytes(),
-        ),
-        Endian::Big => (
-            hint.to_be_bytes(),
-            context_id.to_be_bytes(),
-            opnum.to_be_bytes(),
-        ),
-    };
-    out.extend_from_slice(&hint);
-    out.extend_from_slice(&ctx);
-    out.extend_from_slice(&op);
+    let hint = EncodeError::fit("stub", stub.len(), u32::MAX)?;
+    put_u32(out, hint, endian);
+    put_u16(out, context_id, endian);
+    put_u16(out, opnum, endian);
     out.extend_from_slice(stub);
     finish_pdu(&mut out[start..], endian)
+}
+
+/// The most stub one response fragment without auth verifier carries.
+pub const MAX_RESPONSE_STUB: usize = super::frame::MAX_FRAG_LEN - field::STUB;
+
+/// Appends one fragment of a response to the call `template` answers, without auth
+/// verifier: the template's minor version, byte order, call id, flags other than the
+/// fragment flags, context id and cancel count; `frag_flags`' [`flags::FIRST_FRAG`] and
+/// [`flags::LAST_FRAG`]; `alloc_hint`; and `stub`.
+pub fn encode_response_fragment(
+    out: &mut Vec<u8>,
+    template: &Response<'_>,
+    frag_flags: u8,
+    alloc_hint: u32,
+    stub: &[u8],
+) -> Result<(), EncodeError> {
+    let t = template.pdu();
+    let fragment = flags::FIRST_FRAG | flags::LAST_FRAG;
+    let start = out.len();
+    write_header_like(
+        out,
+        t,
+        PacketType::Response,
+        t.flags() & !fragment | frag_flags & fragment,
+    );
+    put_u32(out, alloc_hint, t.endian());
+    // p_cont_id, cancel_count and the reserved byte.
+    out.extend_from_slice(&t.as_bytes()[field::CONTEXT_ID..field::STUB]);
+    out.extend_from_slice(stub);
+    finish_pdu(&mut out[start..], t.endian())
 }
 
 /// Appends a single-fragment response carrying `stub`.
@@ -188,7 +230,7 @@ pub fn encode_response(
     call_id: u32,
     context_id: u16,
     stub: &[u8],
-) -> Result<()> {
+) -> Result<(), EncodeError> {
     let start = out.len();
     write_header(
         out,
@@ -197,13 +239,9 @@ pub fn encode_response(
         endian,
         call_id,
     );
-    let hint = u32::try_from(stub.len()).map_err(|_| Error::Malformed("stub too long"))?;
-    let (hint, ctx) = match endian {
-        Endian::Little => (hint.to_le_bytes(), context_id.to_le_bytes()),
-        Endian::Big => (hint.to_be_bytes(), context_id.to_be_bytes()),
-    };
-    out.extend_from_slice(&hint);
-    out.extend_from_slice(&ctx);
+    let hint = EncodeError::fit("stub", stub.len(), u32::MAX)?;
+    put_u32(out, hint, endian);
+    put_u16(out, context_id, endian);
     out.extend_from_slice(&[0, 0]); // cancel_count, reserved
     out.extend_from_slice(stub);
     finish_pdu(&mut out[start..], endian)
@@ -243,6 +281,25 @@ mod tests {
         assert_eq!(resp.pdu().call_id(), 1);
         assert_eq!(resp.context_id(), 0);
         assert_eq!(response_stub_range(&NSPI_SERVER[60..]).unwrap(), 24..152);
+    }
+
+    #[test]
+    fn a_fragment_like_exchanges_response_is_that_response() {
+        let original = &NSPI_SERVER[60..];
+        let resp = Response::from_pdu(Pdu::new_checked(original).unwrap()).unwrap();
+        assert_eq!(resp.stub_range(), 24..152);
+        let stub = resp.stub();
+        let mut out = Vec::new();
+        let whole = flags::FIRST_FRAG | flags::LAST_FRAG;
+        encode_response_fragment(&mut out, &resp, whole, stub.len() as u32, stub).unwrap();
+        assert_eq!(out, original);
+        // A middle fragment: no fragment flag, what is left as alloc_hint, the same call.
+        out.clear();
+        encode_response_fragment(&mut out, &resp, 0, 7, &stub[..8]).unwrap();
+        let mid = Response::parse(&out).unwrap();
+        assert_eq!((mid.pdu().flags(), mid.pdu().call_id()), (0, 1));
+        assert_eq!((mid.context_id(), mid.stub()), (0, &stub[..8]));
+        assert_eq!(out[16..20], [7, 0, 0, 0]);
     }
 
     #[test]

@@ -19,11 +19,13 @@
 
 use core::ops::Range;
 
+use ::uuid::uuid;
+
 use super::ndr::{Cursor, Syntax};
-use super::{Endian, Error, Result, SyntaxId};
+use super::{put_u32, Endian, Error, Result, SyntaxId};
 
 /// The endpoint mapper interface, `ept` v3.0.
-pub const EPM: SyntaxId = SyntaxId::new("e1af8308-5d1f-11c9-91a4-08002b14a0fa", 3, 0);
+pub const EPM: SyntaxId = SyntaxId::new(uuid!("e1af8308-5d1f-11c9-91a4-08002b14a0fa"), 3, 0);
 
 /// Operation numbers of the `ept` interface.
 pub mod opnum {
@@ -88,7 +90,7 @@ pub fn walk_map_response(stub: &[u8], endian: Endian, syntax: Syntax) -> Result<
     if referents > num {
         return Err(Error::Malformed("ept_map tower count beyond num_towers"));
     }
-    let mut entries = Vec::with_capacity(referents.min(c.remaining() / syntax.wide()));
+    let mut entries = Vec::with_capacity(referents.min(c.remaining() / syntax.word_len()));
     let mut non_null = 0;
     for _ in 0..referents {
         let tower = (c.pointer("ept_map tower pointer")? != 0).then(|| {
@@ -117,7 +119,7 @@ pub fn walk_lookup_response(stub: &[u8], endian: Endian, syntax: Syntax) -> Resu
     let mut non_null = 0;
     for _ in 0..n {
         // A struct holding a pointer takes the pointer's alignment.
-        c.align(syntax.wide())?;
+        c.align(syntax.word_len())?;
         let object = c.position()..c.position() + 16;
         c.skip(16, "ept_entry object")?;
         let tower = (c.pointer("ept_entry tower pointer")? != 0).then(|| {
@@ -238,7 +240,7 @@ pub fn encode_answer(out: &mut Vec<u8>, endian: Endian, syntax: Syntax, answer: 
     for e in entries {
         let pointer = e.tower.map_or(0, |_| next());
         if lookup {
-            w.align(syntax.wide());
+            w.align(syntax.word_len());
             w.bytes(e.object);
             w.pointer(pointer);
             w.count(0);
@@ -259,22 +261,16 @@ pub fn encode_answer(out: &mut Vec<u8>, endian: Endian, syntax: Syntax, answer: 
 /// Appends an NDR ept_map request stub asking for the towers of `query` (a tower as built
 /// by [`super::tower::encode_tcp_tower`]), with a nil object UUID as Windows sends.
 pub fn encode_map_request(out: &mut Vec<u8>, endian: Endian, query: &[u8], max_towers: u32) {
-    let u32_ = |out: &mut Vec<u8>, v: u32| {
-        out.extend_from_slice(&match endian {
-            Endian::Little => v.to_le_bytes(),
-            Endian::Big => v.to_be_bytes(),
-        })
-    };
     let start = out.len();
-    u32_(out, 1); // object: referent id
+    put_u32(out, 1, endian); // object: referent id
     out.extend_from_slice(&[0; 16]); // nil UUID
-    u32_(out, 2); // map_tower: referent id
-    u32_(out, query.len() as u32); // conformance
-    u32_(out, query.len() as u32); // tower_length
+    put_u32(out, 2, endian); // map_tower: referent id
+    put_u32(out, query.len() as u32, endian); // conformance
+    put_u32(out, query.len() as u32, endian); // tower_length
     out.extend_from_slice(query);
     out.resize(start + ((out.len() - start + 3) & !3), 0);
     out.extend_from_slice(&[0; HANDLE_LEN]); // entry_handle: none yet
-    u32_(out, max_towers);
+    put_u32(out, max_towers, endian);
 }
 
 #[cfg(test)]
@@ -287,7 +283,7 @@ mod tests {
     const NSPI_CLIENT: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.client.bin");
     const NSPI_SERVER: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.server.bin");
     const LOOKUP_SERVER: &[u8] = include_bytes!("../../tests/data/mapi-epm-lookup.server.bin");
-    const NSPI: SyntaxId = SyntaxId::new("f5cc5a18-4264-101a-8c59-08002b2f8426", 56, 0);
+    const NSPI: SyntaxId = SyntaxId::new(uuid!("f5cc5a18-4264-101a-8c59-08002b2f8426"), 56, 0);
 
     fn stub(pdu: &[u8]) -> &[u8] {
         &pdu[response_stub_range(pdu).unwrap()]

@@ -2,10 +2,13 @@
 //!
 //! A stream may deliver a PDU split at any byte, or several PDUs at once. [`next_pdu_len`]
 //! answers "how long is the PDU at the front of this buffer", or "need more bytes" while the
-//! buffer holds less than a whole PDU: a partial PDU is not an error.
+//! buffer holds less than a whole PDU: a partial PDU is not an error. [`next_pdu`] cuts that
+//! PDU off a reader's buffer as a checked [`Pdu`], so that nothing checks its header again.
+
+use bytes::BytesMut;
 
 use super::pdu::check_header;
-use super::{Error, Result};
+use super::{Error, Pdu, Result};
 
 /// The largest fragment any peer may send: `frag_length` is a u16.
 pub const MAX_FRAG_LEN: usize = u16::MAX as usize;
@@ -35,6 +38,22 @@ pub fn next_pdu_len(buf: &[u8], max_frag: usize) -> Result<Option<usize>> {
     Ok((buf.len() >= frag_len).then_some(frag_len))
 }
 
+/// Cuts the whole PDU at the front of `buf` off it, checked, or `None` while more bytes are
+/// needed; fails as [`next_pdu_len`] does.
+pub fn next_pdu(buf: &mut BytesMut, max_frag: usize) -> Result<Option<Pdu<BytesMut>>> {
+    let Some(len) = next_pdu_len(buf, max_frag)? else {
+        return Ok(None);
+    };
+    // A PDU that is the whole buffer (a handshake's PDU, a call) is taken as it is:
+    // splitting it would make it a shared buffer, which costs an allocation.
+    let bytes = if len == buf.len() {
+        std::mem::take(buf)
+    } else {
+        buf.split_to(len)
+    };
+    Ok(Some(Pdu::framed(bytes)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +81,19 @@ mod tests {
     fn several_pdus_in_one_read() {
         assert_eq!(next_pdu_len(CAPTURE, MAX_FRAG_LEN), Ok(Some(60)));
         assert_eq!(next_pdu_len(&CAPTURE[60..], MAX_FRAG_LEN), Ok(Some(152)));
+    }
+
+    #[test]
+    fn cuts_checked_pdus_off_a_buffer() {
+        let mut buf = BytesMut::from(&CAPTURE[..70]);
+        let first = next_pdu(&mut buf, MAX_FRAG_LEN).unwrap().unwrap();
+        assert_eq!((first.frag_len(), first.call_id()), (60, 1));
+        assert_eq!(first.into_inner(), CAPTURE[..60]);
+        assert!(matches!(next_pdu(&mut buf, MAX_FRAG_LEN), Ok(None)));
+        buf.extend_from_slice(&CAPTURE[70..]);
+        let second = next_pdu(&mut buf, MAX_FRAG_LEN).unwrap().unwrap();
+        assert_eq!(second.as_bytes(), &CAPTURE[60..]);
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! It only walks: its purpose is to find where things are, so that rewrites can be done in
 //! place through views. Alignment is relative to the start of the stub, as NDR requires.
 
-use super::{Endian, Error, Result};
+use super::{get_u32, get_u64, put_u32, put_u64, Endian, Error, Result};
 
 /// The transfer syntax of a presentation context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +26,9 @@ impl Syntax {
         }
     }
 
-    /// Width and alignment of conformance counts, offsets and referent ids.
-    pub fn wide(self) -> usize {
+    /// The width, and alignment, of conformance counts, offsets and referent ids: 4 bytes
+    /// in NDR, 8 in NDR64.
+    pub fn word_len(self) -> usize {
         match self {
             Syntax::Ndr => 4,
             Syntax::Ndr64 => 8,
@@ -101,24 +102,14 @@ impl<'a> Cursor<'a> {
     pub fn u32(&mut self, what: &'static str) -> Result<u32> {
         self.align(4)?;
         let b = self.take(4, what)?;
-        Ok(super::get_u32(b, 0, self.endian))
+        Ok(get_u32(b, 0, self.endian))
     }
 
     /// An aligned `u64` in drep order.
     pub fn u64(&mut self, what: &'static str) -> Result<u64> {
         self.align(8)?;
         let b = self.take(8, what)?;
-        let (hi, lo) = match self.endian {
-            Endian::Little => (
-                super::get_u32(b, 4, self.endian),
-                super::get_u32(b, 0, self.endian),
-            ),
-            Endian::Big => (
-                super::get_u32(b, 0, self.endian),
-                super::get_u32(b, 4, self.endian),
-            ),
-        };
-        Ok(u64::from(hi) << 32 | u64::from(lo))
+        Ok(get_u64(b, 0, self.endian))
     }
 
     /// A conformance count, offset or actual count: 4 bytes in NDR, 8 in NDR64.
@@ -175,31 +166,26 @@ impl<'a> Writer<'a> {
     /// An aligned `u32` in drep order.
     pub fn u32(&mut self, v: u32) {
         self.align(4);
-        self.out.extend_from_slice(&match self.endian {
-            Endian::Little => v.to_le_bytes(),
-            Endian::Big => v.to_be_bytes(),
-        });
+        put_u32(self.out, v, self.endian);
     }
 
     /// A conformance count, offset or actual count (4 or 8 bytes by syntax).
     pub fn count(&mut self, v: usize) {
-        self.wide(v as u64);
+        self.word(v as u64);
     }
 
     /// A referent id (4 or 8 bytes by syntax).
     pub fn pointer(&mut self, referent: u64) {
-        self.wide(referent);
+        self.word(referent);
     }
 
-    fn wide(&mut self, v: u64) {
+    /// A count, offset or referent id in the syntax's word length.
+    fn word(&mut self, v: u64) {
         match self.syntax {
             Syntax::Ndr => self.u32(v as u32),
             Syntax::Ndr64 => {
                 self.align(8);
-                self.out.extend_from_slice(&match self.endian {
-                    Endian::Little => v.to_le_bytes(),
-                    Endian::Big => v.to_be_bytes(),
-                });
+                put_u64(self.out, v, self.endian);
             }
         }
     }

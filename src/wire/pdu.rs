@@ -2,9 +2,9 @@
 
 use core::fmt;
 
-use super::{get_u16, get_u32, put_u16, Error, Result};
+use super::{get_u16, get_u32, put_u32, set_u16, EncodeError, Endian, Error, Result};
 
-/// Offsets of the header fields.
+/// Offsets of the common header's fields (C706 §12.6.3.1).
 mod field {
     use core::ops::Range;
     pub const VERSION: usize = 0;
@@ -15,6 +15,13 @@ mod field {
     pub const FRAG_LEN: usize = 8;
     pub const AUTH_LEN: usize = 10;
     pub const CALL_ID: usize = 12;
+
+    /// Within the `sec_trailer` that precedes an auth verifier (C706 §13.2.6.1).
+    pub mod sec_trailer {
+        pub const AUTH_TYPE: usize = 0;
+        pub const AUTH_LEVEL: usize = 1;
+        pub const AUTH_PAD_LEN: usize = 2;
+    }
 }
 
 /// Length of the common header.
@@ -41,34 +48,6 @@ pub mod flags {
     pub const MAYBE: u8 = 0x40;
     /// A request carries an object UUID after its fixed fields.
     pub const OBJECT_UUID: u8 = 0x80;
-}
-
-/// Byte order of every integer that follows drep (C706 §14.1: `drep[0]` bit 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endian {
-    /// `drep[0] & 0x10 != 0`.
-    Little,
-    /// `drep[0] & 0x10 == 0`.
-    Big,
-}
-
-impl Endian {
-    /// The byte order a drep announces.
-    pub fn from_drep(drep: [u8; 4]) -> Endian {
-        if drep[0] & 0x10 != 0 {
-            Endian::Little
-        } else {
-            Endian::Big
-        }
-    }
-
-    /// The drep rpcpin writes for this byte order: ASCII, IEEE floats.
-    pub fn drep(self) -> [u8; 4] {
-        match self {
-            Endian::Little => [0x10, 0, 0, 0],
-            Endian::Big => [0x00, 0, 0, 0],
-        }
-    }
 }
 
 /// The PDU type (C706 §12.6.4).
@@ -166,6 +145,18 @@ impl<T: AsRef<[u8]>> Pdu<T> {
         Ok(pdu)
     }
 
+    /// A view over `buffer`, whose first 16 bytes [`check_header`] has passed and which
+    /// holds exactly `frag_length` bytes: how [`super::frame::next_pdu`] hands out the PDU it
+    /// framed without checking the header twice.
+    pub(super) fn framed(buffer: T) -> Pdu<T> {
+        debug_assert!(Pdu {
+            buffer: buffer.as_ref()
+        }
+        .check()
+        .is_ok());
+        Pdu { buffer }
+    }
+
     fn check(&self) -> Result<()> {
         let buf = self.buffer.as_ref();
         check_header(buf)?;
@@ -181,9 +172,22 @@ impl<T: AsRef<[u8]>> Pdu<T> {
         self.buffer
     }
 
+    /// The same checked PDU, borrowed and cut to its `frag_length` bytes: what the views'
+    /// `from_pdu` take, so that the header is not checked again.
+    pub fn view(&self) -> Pdu<&[u8]> {
+        Pdu {
+            buffer: self.as_bytes(),
+        }
+    }
+
     /// The PDU's bytes (exactly `frag_length` of them).
     pub fn as_bytes(&self) -> &[u8] {
         &self.buffer.as_ref()[..self.frag_len()]
+    }
+
+    /// The minor version: 0 or 1.
+    pub fn minor_version(&self) -> u8 {
+        self.buffer.as_ref()[field::VERSION_MINOR]
     }
 
     /// The PDU type.
@@ -198,8 +202,7 @@ impl<T: AsRef<[u8]>> Pdu<T> {
 
     /// The data representation label.
     pub fn drep(&self) -> [u8; 4] {
-        let d = &self.buffer.as_ref()[field::DREP];
-        [d[0], d[1], d[2], d[3]]
+        drep_of(self.buffer.as_ref())
     }
 
     /// The byte order of the header's integers and the NDR body.
@@ -251,8 +254,9 @@ impl<T: AsRef<[u8]>> Pdu<T> {
         if self.auth_len() == 0 {
             return None;
         }
+        use field::sec_trailer as f;
         let t = &self.buffer.as_ref()[self.body_end()..];
-        Some((t[0], t[1], t[2]))
+        Some((t[f::AUTH_TYPE], t[f::AUTH_LEVEL], t[f::AUTH_PAD_LEN]))
     }
 }
 
@@ -266,12 +270,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Pdu<T> {
     /// Sets `frag_length` (only encoders that resize a PDU use this).
     pub fn set_frag_len(&mut self, len: u16) {
         let endian = self.endian();
-        put_u16(self.buffer.as_mut(), field::FRAG_LEN, len, endian);
+        set_u16(self.buffer.as_mut(), field::FRAG_LEN, len, endian);
     }
 }
 
+/// The drep of the header at the front of `buf`; the caller has checked it holds one.
+fn drep_of(buf: &[u8]) -> [u8; 4] {
+    let mut drep = [0; 4];
+    drep.copy_from_slice(&buf[field::DREP]);
+    drep
+}
+
 fn endian_of(buf: &[u8]) -> Endian {
-    Endian::from_drep([buf[4], buf[5], buf[6], buf[7]])
+    Endian::from_drep(drep_of(buf))
 }
 
 /// Checks the 16 header bytes alone: version, minor version, and that `frag_length` leaves
@@ -303,21 +314,27 @@ pub fn check_header(buf: &[u8]) -> Result<usize> {
 pub fn write_header(out: &mut Vec<u8>, ptype: PacketType, flags: u8, endian: Endian, call_id: u32) {
     out.extend_from_slice(&[5, 0, ptype.into(), flags]);
     out.extend_from_slice(&endian.drep());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(&match endian {
-        Endian::Little => call_id.to_le_bytes(),
-        Endian::Big => call_id.to_be_bytes(),
-    });
+    out.extend_from_slice(&[0, 0, 0, 0]); // frag_length, auth_length
+    put_u32(out, call_id, endian);
+}
+
+/// Appends a 16-byte header for another PDU of the call `template` belongs to: its minor
+/// version, byte order and call id; `frag_length` is written as 0 for the caller to fix up.
+pub fn write_header_like<T: AsRef<[u8]>>(
+    out: &mut Vec<u8>,
+    template: &Pdu<T>,
+    ptype: PacketType,
+    flags: u8,
+) {
+    let start = out.len();
+    write_header(out, ptype, flags, template.endian(), template.call_id());
+    out[start + field::VERSION_MINOR] = template.minor_version();
 }
 
 /// Writes the final `frag_length` into a PDU built with [`write_header`].
-pub fn finish_pdu(out: &mut [u8], endian: Endian) -> Result<()> {
-    let len = u16::try_from(out.len()).map_err(|_| Error::TooLarge {
-        what: "encoded pdu",
-        len: out.len(),
-        max: u16::MAX as usize,
-    })?;
-    put_u16(out, field::FRAG_LEN, len, endian);
+pub fn finish_pdu(out: &mut [u8], endian: Endian) -> Result<(), EncodeError> {
+    let len = EncodeError::fit("encoded pdu", out.len(), u16::MAX)?;
+    set_u16(out, field::FRAG_LEN, len, endian);
     Ok(())
 }
 

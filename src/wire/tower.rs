@@ -16,7 +16,7 @@
 use core::net::Ipv4Addr;
 use core::ops::Range;
 
-use super::{Endian, Error, Result, SyntaxId, Uuid};
+use super::{get_u16, put_u16, set_u16, Endian, Error, Result, SyntaxId};
 
 /// Protocol identifiers of the floors rpcpin looks at (C706 appendix I).
 pub mod protocol {
@@ -30,6 +30,30 @@ pub mod protocol {
     pub const IP: u8 = 0x09;
     /// HTTP port (ncacn_http, MS-RPCE 2.1.1.4).
     pub const HTTP: u8 = 0x1f;
+}
+
+/// Offsets in a tower and in a UUID floor (C706 appendix L); every count and length is a
+/// little-endian u16.
+mod field {
+    /// `floor_count`.
+    pub const FLOOR_COUNT: usize = 0;
+    /// The first floor: `lhs_len`, lhs, `rhs_len`, rhs.
+    pub const FLOORS: usize = 2;
+    /// A floor side's length prefix.
+    pub const SIDE_LEN: usize = 2;
+
+    /// Within a UUID floor's lhs (19 bytes) and rhs (2 bytes).
+    pub mod uuid_floor {
+        use core::ops::Range;
+        pub const PROTOCOL: usize = 0;
+        /// Its first three fields little endian.
+        pub const UUID: Range<usize> = 1..17;
+        pub const MAJOR: usize = 17;
+        pub const LHS_LEN: usize = 19;
+        /// In the rhs.
+        pub const MINOR: usize = 0;
+        pub const RHS_LEN: usize = 2;
+    }
 }
 
 /// The largest floor count rpcpin accepts: real towers have 5 or so.
@@ -48,12 +72,13 @@ impl<T: AsRef<[u8]>> Tower<T> {
     /// Walks every floor, checking that each length fits inside the tower.
     pub fn new_checked(buffer: T) -> Result<Tower<T>> {
         let buf = buffer.as_ref();
-        let count = le16(buf, 0).ok_or(Error::Truncated("tower floor count"))? as usize;
+        let count =
+            le16(buf, field::FLOOR_COUNT).ok_or(Error::Truncated("tower floor count"))? as usize;
         if count > MAX_FLOORS {
             return Err(Error::Malformed("tower floor count"));
         }
         let mut floors: [(Range<usize>, Range<usize>); 5] = Default::default();
-        let mut at = 2;
+        let mut at = field::FLOORS;
         for i in 0..count {
             let lhs = side(buf, &mut at, "tower floor lhs")?;
             if lhs.is_empty() {
@@ -73,7 +98,7 @@ impl<T: AsRef<[u8]>> Tower<T> {
 
     /// The number of floors.
     pub fn floor_count(&self) -> usize {
-        le16(self.buffer.as_ref(), 0).unwrap_or(0) as usize
+        le16(self.buffer.as_ref(), field::FLOOR_COUNT).unwrap_or(0) as usize
     }
 
     /// The protocol id of floor `i` (0-based), among the first five.
@@ -113,8 +138,7 @@ impl<T: AsRef<[u8]>> Tower<T> {
     /// The TCP port, when there is a TCP floor.
     pub fn tcp_port(&self) -> Option<u16> {
         let r = self.tcp_port_range()?;
-        let b = &self.buffer.as_ref()[r];
-        Some(u16::from_be_bytes([b[0], b[1]]))
+        Some(get_u16(self.buffer.as_ref(), r.start, Endian::Big))
     }
 
     /// The IPv4 address, when there is an IP floor.
@@ -135,7 +159,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Tower<T> {
     pub fn set_tcp_port(&mut self, port: u16) -> bool {
         match self.tcp_port_range() {
             Some(r) => {
-                self.buffer.as_mut()[r].copy_from_slice(&port.to_be_bytes());
+                set_u16(self.buffer.as_mut(), r.start, port, Endian::Big);
                 true
             }
             None => false,
@@ -155,14 +179,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Tower<T> {
 }
 
 fn le16(buf: &[u8], at: usize) -> Option<u16> {
-    let b = buf.get(at..at + 2)?;
-    Some(u16::from_le_bytes([b[0], b[1]]))
+    buf.get(at..at + 2)?;
+    Some(get_u16(buf, at, Endian::Little))
 }
 
 /// Reads one length-prefixed side of a floor and returns the range of its bytes.
 fn side(buf: &[u8], at: &mut usize, what: &'static str) -> Result<Range<usize>> {
     let len = le16(buf, *at).ok_or(Error::Truncated(what))? as usize;
-    let start = *at + 2;
+    let start = *at + field::SIDE_LEN;
     let end = start + len;
     if end > buf.len() {
         return Err(Error::Truncated(what));
@@ -174,13 +198,14 @@ fn side(buf: &[u8], at: &mut usize, what: &'static str) -> Result<Range<usize>> 
 fn uuid_floor(buf: &[u8], (lhs, rhs): &(Range<usize>, Range<usize>)) -> Option<SyntaxId> {
     let l = &buf[lhs.clone()];
     let r = &buf[rhs.clone()];
-    if l.len() != 19 || l[0] != protocol::UUID || r.len() != 2 {
+    use field::uuid_floor as f;
+    if l.len() != f::LHS_LEN || l[f::PROTOCOL] != protocol::UUID || r.len() != f::RHS_LEN {
         return None;
     }
     Some(SyntaxId {
-        uuid: Uuid::from_wire(&l[1..17], Endian::Little).ok()?,
-        major: u16::from_le_bytes([l[17], l[18]]),
-        minor: u16::from_le_bytes([r[0], r[1]]),
+        uuid: super::uuid::from_wire(&l[f::UUID], Endian::Little).ok()?,
+        major: get_u16(l, f::MAJOR, Endian::Little),
+        minor: get_u16(r, f::MINOR, Endian::Little),
     })
 }
 
@@ -188,19 +213,19 @@ fn uuid_floor(buf: &[u8], (lhs, rhs): &(Range<usize>, Range<usize>)) -> Option<S
 /// (zeros in a query: "any").
 pub fn encode_tcp_tower(out: &mut Vec<u8>, interface: SyntaxId, port: u16, addr: Ipv4Addr) {
     let floor_uuid = |out: &mut Vec<u8>, s: SyntaxId| {
-        out.extend_from_slice(&19u16.to_le_bytes());
+        put_u16(out, field::uuid_floor::LHS_LEN as u16, Endian::Little);
         out.push(protocol::UUID);
-        out.extend_from_slice(&s.uuid.to_wire(Endian::Little));
-        out.extend_from_slice(&s.major.to_le_bytes());
-        out.extend_from_slice(&2u16.to_le_bytes());
-        out.extend_from_slice(&s.minor.to_le_bytes());
+        super::uuid::write(out, &s.uuid, Endian::Little);
+        put_u16(out, s.major, Endian::Little);
+        put_u16(out, field::uuid_floor::RHS_LEN as u16, Endian::Little);
+        put_u16(out, s.minor, Endian::Little);
     };
-    out.extend_from_slice(&5u16.to_le_bytes());
+    put_u16(out, 5, Endian::Little);
     floor_uuid(out, interface);
     floor_uuid(out, SyntaxId::NDR);
     out.extend_from_slice(&[1, 0, protocol::NCACN, 2, 0, 0, 0]);
     out.extend_from_slice(&[1, 0, protocol::TCP, 2, 0]);
-    out.extend_from_slice(&port.to_be_bytes());
+    put_u16(out, port, Endian::Big);
     out.extend_from_slice(&[1, 0, protocol::IP, 4, 0]);
     out.extend_from_slice(&addr.octets());
 }
@@ -209,11 +234,12 @@ pub fn encode_tcp_tower(out: &mut Vec<u8>, interface: SyntaxId, port: u16, addr:
 mod tests {
     use super::*;
     use crate::wire::test_util::hex;
+    use ::uuid::uuid;
 
     // The NSPI tower Exchange returned in mapi.pcap: TCP 4997 at 192.168.0.2.
     const NSPI_TOWER: &str = "050013000d185accf564421a108c5908002b2f842638000200000013000d045d888a\
         eb1cc9119fe808002b10486002000200000001000b02000000010007020013850100090400c0a80002";
-    const NSPI: SyntaxId = SyntaxId::new("f5cc5a18-4264-101a-8c59-08002b2f8426", 56, 0);
+    const NSPI: SyntaxId = SyntaxId::new(uuid!("f5cc5a18-4264-101a-8c59-08002b2f8426"), 56, 0);
 
     #[test]
     fn test_deconstruct() {

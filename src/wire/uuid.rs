@@ -1,122 +1,59 @@
-//! UUIDs and presentation syntax identifiers (C706 appendix A, §12.6.3.1 `p_syntax_id_t`).
+//! UUIDs and presentation syntax identifiers on the wire (C706 appendix A, §12.6.3.1
+//! `p_syntax_id_t`).
+//!
+//! [`Uuid`] is the `uuid` crate's type, in its canonical (string) byte order; constants are
+//! written with its `uuid!` macro. On the wire a UUID's first three fields follow the byte
+//! order of the context they appear in: the PDU's drep inside NDR, always little endian
+//! inside a protocol tower. [`read`], [`from_wire`] and [`write()`] convert.
 
 use core::fmt;
-use core::str::FromStr;
 
-use super::{get_u16, get_u32, Endian, Error, Result};
+pub use ::uuid::Uuid;
 
-/// A DCE UUID, held in its canonical (string) byte order.
-///
-/// On the wire the first three fields follow the byte order of the context they appear in:
-/// the PDU's drep inside NDR, always little endian inside a protocol tower.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Uuid(pub [u8; 16]);
+use super::{get_u16, get_u32, put_u16, put_u32, Endian, Error, Result};
 
-impl Uuid {
-    /// Length of a UUID on the wire.
-    pub const LEN: usize = 16;
-
-    /// Builds a UUID from a constant string; panics at compile time on a bad literal.
-    pub const fn from_str_const(s: &str) -> Uuid {
-        let s = s.as_bytes();
-        let mut out = [0u8; 16];
-        let mut i = 0;
-        let mut o = 0;
-        while i < s.len() {
-            if s[i] == b'-' {
-                i += 1;
-                continue;
-            }
-            out[o] = (hex_val(s[i]) << 4) | hex_val(s[i + 1]);
-            o += 1;
-            i += 2;
-        }
-        assert!(o == 16, "a UUID has 16 bytes");
-        Uuid(out)
-    }
-
-    /// Reads a UUID whose first three fields are in `endian` order.
-    pub fn from_wire(bytes: &[u8], endian: Endian) -> Result<Uuid> {
-        bytes
-            .first_chunk::<16>()
-            .map(|b| Self::read(b, endian))
-            .ok_or(Error::Truncated("uuid"))
-    }
-
-    /// Reads a UUID from exactly 16 bytes: infallible.
-    pub fn read(bytes: &[u8; 16], endian: Endian) -> Uuid {
-        let mut out = [0u8; 16];
-        out[0..4].copy_from_slice(&get_u32(bytes, 0, endian).to_be_bytes());
-        out[4..6].copy_from_slice(&get_u16(bytes, 4, endian).to_be_bytes());
-        out[6..8].copy_from_slice(&get_u16(bytes, 6, endian).to_be_bytes());
-        out[8..16].copy_from_slice(&bytes[8..16]);
-        Uuid(out)
-    }
-
-    /// The 16 wire bytes with the first three fields in `endian` order.
-    pub fn to_wire(&self, endian: Endian) -> [u8; 16] {
-        let mut out = self.0;
-        if endian == Endian::Little {
-            out[0..4].reverse();
-            out[4..6].reverse();
-            out[6..8].reverse();
-        }
-        out
-    }
+/// Offsets of a UUID's fields (C706 appendix A) and of a `p_syntax_id_t`'s (§12.6.3.1).
+mod field {
+    use core::ops::Range;
+    pub const TIME_LOW: usize = 0;
+    pub const TIME_MID: usize = 4;
+    pub const TIME_HI_AND_VERSION: usize = 6;
+    /// `clock_seq_hi_and_reserved`, `clock_seq_low` and `node`: bytes, in no byte order.
+    pub const CLOCK_SEQ_AND_NODE: Range<usize> = 8..16;
+    /// After the syntax's UUID: major version in the low 16 bits, minor in the high.
+    pub const SYNTAX_VERSION: usize = 16;
 }
 
-fn first16(bytes: &[u8; 20]) -> &[u8; 16] {
-    let (head, _) = bytes
-        .split_first_chunk::<16>()
-        .unwrap_or_else(|| unreachable!());
-    head
+/// Length of a UUID on the wire.
+pub const LEN: usize = 16;
+
+/// Reads a UUID whose first three fields are in `endian` order.
+pub fn from_wire(bytes: &[u8], endian: Endian) -> Result<Uuid> {
+    bytes
+        .first_chunk::<LEN>()
+        .map(|b| read(b, endian))
+        .ok_or(Error::Truncated("uuid"))
 }
 
-const fn hex_val(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        b'A'..=b'F' => c - b'A' + 10,
-        _ => panic!("not a hex digit"),
-    }
+/// Reads a UUID from exactly 16 bytes: infallible.
+pub fn read(bytes: &[u8; LEN], endian: Endian) -> Uuid {
+    let mut tail = [0u8; 8];
+    tail.copy_from_slice(&bytes[field::CLOCK_SEQ_AND_NODE]);
+    Uuid::from_fields(
+        get_u32(bytes, field::TIME_LOW, endian),
+        get_u16(bytes, field::TIME_MID, endian),
+        get_u16(bytes, field::TIME_HI_AND_VERSION, endian),
+        &tail,
+    )
 }
 
-impl FromStr for Uuid {
-    type Err = &'static str;
-
-    fn from_str(s: &str) -> core::result::Result<Uuid, &'static str> {
-        let b = s.as_bytes();
-        let dashes = [8, 13, 18, 23];
-        if b.len() != 36 || dashes.iter().any(|&d| b[d] != b'-') {
-            return Err("expected the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx");
-        }
-        if !b
-            .iter()
-            .enumerate()
-            .all(|(i, c)| dashes.contains(&i) || c.is_ascii_hexdigit())
-        {
-            return Err("a UUID holds only hexadecimal digits and dashes");
-        }
-        Ok(Uuid::from_str_const(s))
-    }
-}
-
-impl fmt::Display for Uuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, byte) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Uuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
+/// Appends the 16 wire bytes of `uuid`, its first three fields in `endian` order.
+pub fn write(out: &mut Vec<u8>, uuid: &Uuid, endian: Endian) {
+    let (time_low, time_mid, time_hi, tail) = uuid.as_fields();
+    put_u32(out, time_low, endian);
+    put_u16(out, time_mid, endian);
+    put_u16(out, time_hi, endian);
+    out.extend_from_slice(tail);
 }
 
 /// An interface or transfer syntax: UUID plus version (`p_syntax_id_t`).
@@ -130,22 +67,23 @@ pub struct SyntaxId {
     pub minor: u16,
 }
 
+/// The bind-time feature negotiation pseudo-syntax: its first 8 bytes (MS-RPCE 3.3.1.5.3).
+const FEATURE_NEGOTIATION: Uuid = ::uuid::uuid!("6cb71c2c-9812-4540-0000-000000000000");
+
 impl SyntaxId {
     /// Length of a `p_syntax_id_t` on the wire.
     pub const LEN: usize = 20;
 
     /// NDR 2.0, the classic transfer syntax.
-    pub const NDR: SyntaxId = SyntaxId::new("8a885d04-1ceb-11c9-9fe8-08002b104860", 2, 0);
+    pub const NDR: SyntaxId =
+        SyntaxId::new(::uuid::uuid!("8a885d04-1ceb-11c9-9fe8-08002b104860"), 2, 0);
     /// NDR64 1.0 (MS-RPCE 2.2.5).
-    pub const NDR64: SyntaxId = SyntaxId::new("71710533-beba-4937-8319-b5dbef9ccc36", 1, 0);
+    pub const NDR64: SyntaxId =
+        SyntaxId::new(::uuid::uuid!("71710533-beba-4937-8319-b5dbef9ccc36"), 1, 0);
 
-    /// A syntax from a constant UUID string.
-    pub const fn new(uuid: &str, major: u16, minor: u16) -> SyntaxId {
-        SyntaxId {
-            uuid: Uuid::from_str_const(uuid),
-            major,
-            minor,
-        }
+    /// A syntax from its UUID and version.
+    pub const fn new(uuid: Uuid, major: u16, minor: u16) -> SyntaxId {
+        SyntaxId { uuid, major, minor }
     }
 
     /// Reads a `p_syntax_id_t`: the UUID then a u32 version, major in the low 16 bits.
@@ -158,9 +96,12 @@ impl SyntaxId {
 
     /// Reads a `p_syntax_id_t` from exactly 20 bytes: infallible.
     pub fn read(bytes: &[u8; 20], endian: Endian) -> SyntaxId {
-        let version = get_u32(bytes, 16, endian);
+        let (uuid, _) = bytes
+            .split_first_chunk::<LEN>()
+            .unwrap_or_else(|| unreachable!("20 bytes hold 16"));
+        let version = get_u32(bytes, field::SYNTAX_VERSION, endian);
         SyntaxId {
-            uuid: Uuid::read(first16(bytes), endian),
+            uuid: read(uuid, endian),
             major: version as u16,
             minor: (version >> 16) as u16,
         }
@@ -168,18 +109,15 @@ impl SyntaxId {
 
     /// Appends the `p_syntax_id_t` encoding in `endian` order.
     pub fn write(&self, out: &mut Vec<u8>, endian: Endian) {
-        out.extend_from_slice(&self.uuid.to_wire(endian));
+        write(out, &self.uuid, endian);
         let version = u32::from(self.major) | (u32::from(self.minor) << 16);
-        out.extend_from_slice(&match endian {
-            Endian::Little => version.to_le_bytes(),
-            Endian::Big => version.to_be_bytes(),
-        });
+        put_u32(out, version, endian);
     }
 
     /// Whether this transfer syntax is the bind-time feature negotiation pseudo-syntax
     /// (MS-RPCE 3.3.1.5.3: UUID 6cb71c2c-9812-4540-xxxx-xxxxxxxxxxxx, the rest are flags).
     pub fn is_feature_negotiation(&self) -> bool {
-        self.uuid.0[..8] == Uuid::from_str_const("6cb71c2c-9812-4540-0000-000000000000").0[..8]
+        self.uuid.as_bytes()[..8] == FEATURE_NEGOTIATION.as_bytes()[..8]
     }
 }
 
@@ -207,27 +145,27 @@ mod tests {
         ndr.write(&mut out, Endian::Big);
         assert_eq!(SyntaxId::from_wire(&out, Endian::Big).unwrap(), ndr);
         assert_eq!(&out[..4], &[0x8a, 0x88, 0x5d, 0x04]);
+        assert_eq!(
+            from_wire(&le[..15], Endian::Little),
+            Err(Error::Truncated("uuid"))
+        );
     }
 
     #[test]
-    fn uuid_parses_and_prints_canonically() {
-        let s = "E1AF8308-5D1F-11C9-91A4-08002B14A0FA";
-        let u: Uuid = s.parse().unwrap();
-        assert_eq!(u.to_string(), s.to_ascii_lowercase());
-        assert!("e1af8308-5d1f-11c9-91a4-08002b14a0f"
-            .parse::<Uuid>()
-            .is_err());
-        assert!("e1af8308x5d1f-11c9-91a4-08002b14a0fa"
-            .parse::<Uuid>()
-            .is_err());
-        assert!("g1af8308-5d1f-11c9-91a4-08002b14a0fa"
-            .parse::<Uuid>()
-            .is_err());
+    fn uuid_prints_lowercase_hyphenated() {
+        // As logs and `rpcpin check` show it, whatever case the configuration used.
+        let u = ::uuid::uuid!("E1AF8308-5D1F-11C9-91A4-08002B14A0FA");
+        assert_eq!(u.to_string(), "e1af8308-5d1f-11c9-91a4-08002b14a0fa");
+        assert_eq!(format!("{u:?}"), "e1af8308-5d1f-11c9-91a4-08002b14a0fa");
+        assert_eq!(
+            SyntaxId::new(u, 3, 0).to_string(),
+            "e1af8308-5d1f-11c9-91a4-08002b14a0fa@3.0"
+        );
     }
 
     #[test]
     fn recognises_feature_negotiation() {
-        let fneg = SyntaxId::new("6cb71c2c-9812-4540-0300-000000000000", 1, 0);
+        let fneg = SyntaxId::new(::uuid::uuid!("6cb71c2c-9812-4540-0300-000000000000"), 1, 0);
         assert!(fneg.is_feature_negotiation());
         assert!(!SyntaxId::NDR64.is_feature_negotiation());
     }

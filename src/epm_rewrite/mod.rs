@@ -12,15 +12,17 @@ use std::net::Ipv4Addr;
 
 use crate::config::Pin;
 use crate::interfaces::Interface;
-use crate::wire::call::response_stub_range;
 use crate::wire::epm::{
     encode_answer, opnum, walk_lookup_response, walk_map_response, Answer, EntryRef,
     EPT_S_NOT_REGISTERED,
 };
 use crate::wire::ndr::Syntax;
-use crate::wire::pdu::{finish_pdu, flags, write_header};
 use crate::wire::tower::Tower;
-use crate::wire::{Endian, Error, PacketType, Pdu, Result, SyntaxId};
+use crate::wire::{Endian, Result, SyntaxId};
+
+mod fragments;
+
+pub use fragments::rewrite_call;
 
 /// Where towers of the pinned interfaces must point.
 #[derive(Debug, Clone, Default)]
@@ -204,100 +206,21 @@ fn point_at(
     })
 }
 
-/// Rewrites the answer carried by the response fragments of one ept_map or ept_lookup call.
-///
-/// `fragments` are whole response PDUs of one call, in order, carrying at most `max_stub`
-/// bytes of stub. When towers only need patching, the patched stub is put back into the
-/// fragments where it came from (a tower may straddle a boundary) and every length stays as
-/// it was. When entries are hidden, the answer is re-encoded and cut into new fragments no
-/// larger than the backend's largest, returned in `Changes::reencoded` as whole PDUs joined
-/// together (the caller forwards them instead).
-pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
-    fragments: &mut [F],
-    op: u16,
-    syntax: Syntax,
-    rules: Rules<'_>,
-    max_stub: usize,
-) -> Result<Changes> {
-    let Some(first) = fragments.first() else {
-        return Ok(Changes::default());
-    };
-    let endian = Pdu::new_checked(first.as_ref())?.endian();
-    let mut stub = Vec::new();
-    let mut largest = 0;
-    for f in fragments.iter() {
-        let r = response_stub_range(f.as_ref())?;
-        largest = largest.max(r.len());
-        if stub.len() + r.len() > max_stub {
-            return Err(Error::TooLarge {
-                what: "reassembled response",
-                len: stub.len() + r.len(),
-                max: max_stub,
-            });
-        }
-        stub.extend_from_slice(&f.as_ref()[r]);
-    }
-    let mut done = rewrite_stub(&mut stub, endian, op, syntax, rules)?;
-    if let Some(new_stub) = done.reencoded.take() {
-        done.reencoded = Some(refragment(first.as_ref(), &new_stub, largest.max(8))?);
-    } else if !done.rewritten.is_empty() {
-        let mut at = 0;
-        for f in fragments.iter_mut() {
-            let r = response_stub_range(f.as_ref())?;
-            let len = r.len();
-            f.as_mut()[r].copy_from_slice(&stub[at..at + len]);
-            at += len;
-        }
-    }
-    Ok(done)
-}
-
-/// Cuts `stub` into response PDUs modelled on `template` (call id, context, drep), each
-/// carrying at most `per_fragment` stub bytes, without auth verifier.
-fn refragment(template: &[u8], stub: &[u8], per_fragment: usize) -> Result<Vec<u8>> {
-    let t = Pdu::new_checked(template)?;
-    let endian = t.endian();
-    let other_flags = t.flags() & !(flags::FIRST_FRAG | flags::LAST_FRAG);
-    let mut out = Vec::with_capacity(stub.len() + 24 * (stub.len() / per_fragment + 1));
-    let chunks: Vec<&[u8]> = if stub.is_empty() {
-        vec![stub]
-    } else {
-        stub.chunks(per_fragment).collect()
-    };
-    let n = chunks.len();
-    let mut remaining = stub.len();
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let start = out.len();
-        let mut f = other_flags;
-        if i == 0 {
-            f |= flags::FIRST_FRAG;
-        }
-        if i == n - 1 {
-            f |= flags::LAST_FRAG;
-        }
-        write_header(&mut out, PacketType::Response, f, endian, t.call_id());
-        out[start + 1] = template[1];
-        let mut w = crate::wire::ndr::Writer::new(&mut out, endian, Syntax::Ndr);
-        w.u32(remaining as u32); // alloc_hint: what is left of the answer
-        out.extend_from_slice(&template[20..24]); // p_cont_id, cancel count, reserved
-        out.extend_from_slice(chunk);
-        finish_pdu(&mut out[start..], endian)?;
-        remaining -= chunk.len();
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Pdu;
 
-    const NSPI_SERVER: &[u8] = include_bytes!("../tests/data/mapi-epm-map-nspi.server.bin");
-    const EMSMDB_SERVER: &[u8] = include_bytes!("../tests/data/mapi-epm-map-emsmdb.server.bin");
-    const LOOKUP_SERVER: &[u8] = include_bytes!("../tests/data/mapi-epm-lookup.server.bin");
-    const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-    const MAX: usize = 1 << 20;
+    pub(super) const NSPI_SERVER: &[u8] =
+        include_bytes!("../../tests/data/mapi-epm-map-nspi.server.bin");
+    pub(super) const EMSMDB_SERVER: &[u8] =
+        include_bytes!("../../tests/data/mapi-epm-map-emsmdb.server.bin");
+    pub(super) const LOOKUP_SERVER: &[u8] =
+        include_bytes!("../../tests/data/mapi-epm-lookup.server.bin");
+    pub(super) const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    pub(super) const MAX: usize = 1 << 20;
 
-    fn target(alias: &str, pin: &str, port: u16) -> Target {
+    pub(super) fn target(alias: &str, pin: &str, port: u16) -> Target {
         Target {
             interface: Interface::parse(alias).unwrap()[0],
             pin: pin.into(),
@@ -305,14 +228,14 @@ mod tests {
         }
     }
 
-    fn exchange_table() -> Table {
+    pub(super) fn exchange_table() -> Table {
         Table::new(vec![
             target("nspi", "directory", 6004),
             target("emsmdb", "store", 6001),
         ])
     }
 
-    fn rules(table: &Table, hide_unpinned: bool) -> Rules<'_> {
+    pub(super) fn rules(table: &Table, hide_unpinned: bool) -> Rules<'_> {
         Rules {
             table,
             advertise: PUBLIC,
@@ -321,17 +244,34 @@ mod tests {
     }
 
     /// Rewrites NDR `frags` as one call with the Exchange table.
-    fn rewrite(frags: &mut [Vec<u8>], op: u16, hide: bool) -> Changes {
+    pub(super) fn rewrite(frags: &mut [Vec<u8>], op: u16, hide: bool) -> Changes {
         rewrite_in(frags, op, &exchange_table(), hide)
     }
 
     /// Rewrites NDR `frags` as one call with `table`.
-    fn rewrite_in(frags: &mut [Vec<u8>], op: u16, table: &Table, hide: bool) -> Changes {
-        rewrite_call(frags, op, Syntax::Ndr, rules(table, hide), MAX).unwrap()
+    pub(super) fn rewrite_in(frags: &mut [Vec<u8>], op: u16, table: &Table, hide: bool) -> Changes {
+        let mut pdus = checked(frags);
+        rewrite_call(&mut pdus, op, Syntax::Ndr, rules(table, hide), MAX).unwrap()
     }
 
-    fn changed(a: &[u8], b: &[u8]) -> Vec<usize> {
+    /// Checked views over `frags`, as the reader hands them out.
+    pub(super) fn checked(frags: &mut [Vec<u8>]) -> Vec<Pdu<&mut [u8]>> {
+        frags
+            .iter_mut()
+            .map(|f| Pdu::new_checked(&mut f[..]).unwrap())
+            .collect()
+    }
+
+    pub(super) fn changed(a: &[u8], b: &[u8]) -> Vec<usize> {
         (0..a.len()).filter(|&i| a[i] != b[i]).collect()
+    }
+
+    pub(super) fn vector(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/impacket/");
+        (
+            std::fs::read(format!("{dir}{name}.in.bin")).unwrap(),
+            std::fs::read(format!("{dir}{name}.out.bin")).unwrap(),
+        )
     }
 
     #[test]
@@ -409,85 +349,6 @@ mod tests {
         assert_eq!(frags[0], original);
     }
 
-    /// Splits one single-fragment response into fragments of `chunk` stub bytes each.
-    fn fragment(pdu: &[u8], chunk: usize) -> Vec<Vec<u8>> {
-        let stub = &pdu[24..];
-        let n = stub.chunks(chunk).count();
-        stub.chunks(chunk)
-            .enumerate()
-            .map(|(i, part)| {
-                let mut f = pdu[..24].to_vec();
-                f[3] = if i == 0 { flags::FIRST_FRAG } else { 0 }
-                    | if i == n - 1 { flags::LAST_FRAG } else { 0 };
-                f.extend_from_slice(part);
-                let len = f.len() as u16;
-                f[8..10].copy_from_slice(&len.to_le_bytes());
-                f
-            })
-            .collect()
-    }
-
-    #[test]
-    fn patches_a_tower_that_straddles_fragments() {
-        let single = NSPI_SERVER[60..].to_vec();
-        let table = exchange_table();
-        let mut expected = [single.clone()];
-        rewrite_in(&mut expected, opnum::MAP, &table, true);
-        // Every split point, so that the port and the address fall across boundaries too.
-        for chunk in 1..single.len() - 24 {
-            let mut frags = fragment(&single, chunk);
-            let lens: Vec<usize> = frags.iter().map(Vec::len).collect();
-            let done = rewrite_in(&mut frags, opnum::MAP, &table, true);
-            assert_eq!(done.rewritten.len(), 1, "chunk {chunk}");
-            assert_eq!(frags.iter().map(Vec::len).collect::<Vec<_>>(), lens);
-            let stub: Vec<u8> = frags.iter().flat_map(|f| f[24..].to_vec()).collect();
-            assert_eq!(stub, expected[0][24..], "chunk {chunk}");
-        }
-    }
-
-    #[test]
-    fn hidden_entries_are_refragmented_within_the_backends_fragment_size() {
-        let (input, _) = vector("lookup-ndr");
-        let mut pdu = NSPI_SERVER[60..84].to_vec();
-        pdu.extend_from_slice(&input);
-        let len = pdu.len() as u16;
-        pdu[8..10].copy_from_slice(&len.to_le_bytes());
-        let table = exchange_table();
-        let mut frags = fragment(&pdu, 100);
-        let done = rewrite_in(&mut frags, opnum::LOOKUP, &table, true);
-        // samr (unpinned) is removed; nspi tcp, emsmdb twice and nspi http remain.
-        assert_eq!((done.hidden, done.rewritten.len()), (1, 3));
-        let out = done.reencoded.unwrap();
-        let mut stub = Vec::new();
-        let mut rest = &out[..];
-        let mut n = 0;
-        while !rest.is_empty() {
-            let p = Pdu::new_checked(rest).unwrap();
-            assert!(p.frag_len() - 24 <= 100);
-            assert_eq!(p.flags() & 1 != 0, n == 0);
-            stub.extend_from_slice(&rest[24..p.frag_len()]);
-            n += 1;
-            rest = &rest[p.frag_len()..];
-        }
-        assert!(Pdu::new_checked(&out[out.len() - 124..]).is_err() || n > 1);
-        let walk = walk_lookup_response(&stub, Endian::Little, Syntax::Ndr).unwrap();
-        assert_eq!(walk.entries.len(), 4);
-        let ports: Vec<u16> = walk
-            .towers
-            .iter()
-            .filter_map(|r| Tower::new_checked(&stub[r.clone()]).ok()?.tcp_port())
-            .collect();
-        assert_eq!(ports, [6004, 6001, 6001]);
-    }
-
-    fn vector(name: &str) -> (Vec<u8>, Vec<u8>) {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/impacket/");
-        (
-            std::fs::read(format!("{dir}{name}.in.bin")).unwrap(),
-            std::fs::read(format!("{dir}{name}.out.bin")).unwrap(),
-        )
-    }
-
     /// ept_map and ept_lookup answers in NDR and NDR64 built by impacket, and the answers
     /// impacket builds with the towers a correct rewrite yields (tests/data/impacket).
     #[test]
@@ -536,19 +397,5 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 6);
-    }
-
-    #[test]
-    fn reassembly_is_bounded() {
-        let mut frags = fragment(&NSPI_SERVER[60..], 16);
-        let table = exchange_table();
-        let r = rewrite_call(
-            &mut frags,
-            opnum::MAP,
-            Syntax::Ndr,
-            rules(&table, true),
-            100,
-        );
-        assert!(matches!(r, Err(Error::TooLarge { .. })));
     }
 }
