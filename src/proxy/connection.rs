@@ -81,27 +81,24 @@ impl Accepting {
                 pin = role.name(),
                 client = tracing::field::Empty,
             );
-            let connection = Connection {
-                stream,
-                peer,
-                reached,
+            let accepted = Accepted {
                 generation,
                 role,
                 counters: counted.clone(),
                 admission: self.admission.clone(),
                 _admitted: admitted,
             };
-            tokio::spawn(connection.run(self.stop.clone()).instrument(span));
+            let connection = run(stream, peer, reached, accepted, self.stop.clone());
+            tokio::spawn(connection.instrument(span));
         }
     }
 }
 
-/// One accepted connection, before its handshake.
-struct Connection {
-    stream: TcpStream,
-    peer: SocketAddr,
-    /// The address the client reached, when the listener's own address says it.
-    reached: Option<SocketAddr>,
+/// What a connection was accepted under, and its place in the count of open connections.
+///
+/// The connection's task owns it once and lends it to the handshake (a future that moves
+/// a value keeps room for it in each future it passes through: the task stays small).
+struct Accepted {
     generation: Arc<Generation>,
     role: Role,
     counters: ListenerMetrics,
@@ -109,77 +106,81 @@ struct Connection {
     _admitted: Admitted,
 }
 
-impl Connection {
-    /// Serves the connection until it ends or `stop` turns true, then logs how it ended.
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        let started = Instant::now();
-        let counters = self.counters.clone();
-        let served = tokio::select! {
-            r = self.serve() => r,
-            _ = stop.wait_for(|&s| s) => Ok(Summary::ended("rpcpin shutting down")),
+/// Serves one connection until it ends or `stop` turns true, then logs how it ended.
+/// `reached` is the address the client reached, when the listener's own address says it.
+async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    reached: Option<SocketAddr>,
+    accepted: Accepted,
+    mut stop: watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    let served = tokio::select! {
+        r = serve(stream, peer, reached, &accepted) => r,
+        _ = stop.wait_for(|&s| s) => Ok(Summary::ended("rpcpin shutting down")),
+    };
+    accepted.counters.open.dec();
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let s = served.unwrap_or_else(Summary::failed);
+    macro_rules! closed {
+        ($level:ident) => {
+            $level!(
+                event = "connection_closed",
+                bytes_from_client = s.from_client,
+                bytes_to_client = s.to_client,
+                duration_ms,
+                reason = %s.reason,
+            )
         };
-        counters.open.dec();
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let s = served.unwrap_or_else(Summary::failed);
-        macro_rules! closed {
-            ($level:ident) => {
-                $level!(
-                    event = "connection_closed",
-                    bytes_from_client = s.from_client,
-                    bytes_to_client = s.to_client,
-                    duration_ms,
-                    reason = %s.reason,
-                )
-            };
-        }
-        if s.clean {
-            closed!(info)
-        } else {
-            closed!(warn)
-        }
     }
+    if s.clean {
+        closed!(info)
+    } else {
+        closed!(warn)
+    }
+}
 
-    async fn serve(self) -> anyhow::Result<Summary> {
-        let generation = &self.generation;
-        let client = if self.role.proxy_protocol(&generation.config) {
-            Box::pin(accept_proxied(
-                self.stream,
-                self.peer,
-                &generation.config.limits,
-            ))
-            .await?
-        } else {
-            let local = match self.reached {
-                Some(a) => a,
-                None => self.stream.local_addr()?,
-            };
-            Client {
-                stream: self.stream,
-                peer: self.peer,
-                local,
-                buffered: BytesMut::new(),
-            }
+/// The PROXY header when expected, the per-address limit, the listener's handshake, then
+/// the relay.
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    reached: Option<SocketAddr>,
+    accepted: &Accepted,
+) -> anyhow::Result<Summary> {
+    let generation = &accepted.generation;
+    let client = if accepted.role.proxy_protocol(&generation.config) {
+        Box::pin(accept_proxied(stream, peer, &generation.config.limits)).await?
+    } else {
+        let local = match reached {
+            Some(a) => a,
+            None => stream.local_addr()?,
         };
-        // Over the per-address limit: the `refused` event says why; closing is not an error.
-        let max_per_ip = generation.config.limits.max_connections_per_ip;
-        let Some(_slot) = self.admission.per_ip(max_per_ip, client.peer.ip()) else {
-            return Ok(Summary::ended("refused: limits.max_connections_per_ip"));
-        };
-        let bytes = (
-            self.counters.from_client.clone(),
-            self.counters.to_client.clone(),
-        );
-        Ok(match self.role {
-            Role::Pin(p) => finish(Box::pin(pin::open(client, generation, p)).await?, bytes).await,
-            Role::Epm => {
-                finish(
-                    Box::pin(epm::open(client, generation.clone())).await?,
-                    bytes,
-                )
-                .await
-            }
-        })
-    }
+        Client {
+            stream,
+            peer,
+            local,
+            buffered: BytesMut::new(),
+        }
+    };
+    // Over the per-address limit: the `refused` event says why; closing is not an error.
+    let max_per_ip = generation.config.limits.max_connections_per_ip;
+    let Some(_slot) = accepted.admission.per_ip(max_per_ip, client.peer.ip()) else {
+        return Ok(Summary::ended("refused: limits.max_connections_per_ip"));
+    };
+    let counters = &accepted.counters;
+    let bytes = (counters.from_client.clone(), counters.to_client.clone());
+    Ok(match &accepted.role {
+        Role::Pin(p) => {
+            let opened = Box::pin(pin::open(client, generation, p.clone())).await?;
+            finish(opened, bytes).await
+        }
+        Role::Epm => {
+            let opened = Box::pin(epm::open(client, generation.clone())).await?;
+            finish(opened, bytes).await
+        }
+    })
 }
 
 /// Relays an opened connection, counting its bytes (from the client, to the client).
