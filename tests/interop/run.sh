@@ -196,7 +196,7 @@ start_rpcpin() {
             die "rpcpin run exited (status $rc) before listening"
         fi
         ((SECONDS < deadline)) || die "rpcpin is not listening on 135/$PIN_LSAD/$PIN_CLASSIC after 15 s"
-        sleep 0.2
+        sleep 0.1
     done
 }
 
@@ -231,10 +231,12 @@ srvinfo_via_rpcpin() {
 }
 
 # A TCP port must be unreachable from the client although something listens
-# there (so it is the firewall that says no, not an empty port).
+# there (so it is the firewall that says no, not an empty port). The firewall drops the
+# SYN, so the attempt can only time out; across two veths an open port answers within
+# milliseconds, so one second tells them apart.
 blocked_from_client() {
     local host=$1 port=$2
-    if tcp_connects "$NS_CLI" "$host" "$port"; then
+    if tcp_connects "$NS_CLI" "$host" "$port" 1; then
         echo "client connected to $host:$port"
         return 1
     fi
