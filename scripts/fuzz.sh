@@ -18,6 +18,7 @@
 #   FUZZ_TOOLCHAIN   rustup toolchain to build with (default: nightly; it must be a nightly)
 #   FUZZ_SANITIZER   address, none, ... (default none: rpcpin forbids unsafe code, and the
 #                    targets' assertions and overflow checks are what find bugs)
+#   FUZZ_JOBS        how many targets fuzz at once, each on one core (default 1)
 #   FUZZ_ARGS        extra libFuzzer flags, e.g. "-jobs=2 -workers=2"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -167,13 +168,15 @@ fi
 
 # --- fuzzing -----------------------------------------------------------------------------
 
-mkdir -p fuzz/logs
-echo "== building"
-"${cargo[@]}" fuzz build --sanitizer "${FUZZ_SANITIZER:-none}"
-status=0
-summary=()
-for t in "${targets[@]}"; do
-    log=fuzz/logs/$t.log
+jobs=${FUZZ_JOBS:-1}
+if ! [[ $jobs =~ ^[0-9]+$ ]] || ((jobs == 0)); then
+    die "FUZZ_JOBS must be a number of targets to run at once (1 or more), not '$jobs'"
+fi
+
+# fuzz_target TARGET: fuzzes it for $secs; prints its summary line, also left in
+# fuzz/logs/TARGET.result, which says CRASHED when it did.
+fuzz_target() {
+    local t=$1 log=fuzz/logs/$1.log start result elapsed execs rate ran corpus line
     echo "== $t: ${secs}s, corpus fuzz/corpus/$t ($(inputs "$t") inputs)"
     start=$(date +%s)
     # shellcheck disable=SC2086
@@ -183,7 +186,6 @@ for t in "${targets[@]}"; do
         result=ok
     else
         result="CRASHED (see $log, fuzz/artifacts/$t/)"
-        status=1
         grep -E '^(==[0-9]+== ?ERROR|thread .* panicked|SUMMARY|artifact_prefix|Test unit written)' \
             "$log" | head -n 10 >&2 || true
     fi
@@ -197,10 +199,35 @@ for t in "${targets[@]}"; do
     corpus=$(inputs "$t")
     line=$(printf '%-12s executions %-10s time %ss (%ss wall)  exec/s %-7s corpus %-5s %s' \
         "$t" "${execs:-?}" "${ran:-?}" "$elapsed" "${rate:-?}" "$corpus" "$result")
-    echo "$line"
-    summary+=("$line")
-done
+    echo "$line" | tee "fuzz/logs/$t.result"
+}
 
+mkdir -p fuzz/logs
+echo "== building"
+"${cargo[@]}" fuzz build --sanitizer "${FUZZ_SANITIZER:-none}"
+# Build once here: the runs below find it done. FUZZ_JOBS targets run at once (each
+# libFuzzer process takes one core).
+running=0
+for t in "${targets[@]}"; do
+    rm -f "fuzz/logs/$t.result"
+    if ((running >= jobs)); then
+        wait -n || true
+        running=$((running - 1))
+    fi
+    fuzz_target "$t" &
+    running=$((running + 1))
+done
+wait
+
+status=0
 echo "== summary"
-printf '%s\n' "${summary[@]}"
+for t in "${targets[@]}"; do
+    if [[ -f fuzz/logs/$t.result ]]; then
+        cat "fuzz/logs/$t.result"
+        if grep -q CRASHED "fuzz/logs/$t.result"; then status=1; fi
+    else
+        echo "$t: no result (see fuzz/logs/$t.log)"
+        status=1
+    fi
+done
 exit "$status"
