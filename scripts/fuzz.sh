@@ -8,12 +8,17 @@
 # the time from libFuzzer's final stats, and exits non-zero when any target crashed (the
 # crashing input is left in fuzz/artifacts/<target>/, the log in fuzz/logs/<target>.log).
 #
-# Works on a stable toolchain: RUSTC_BOOTSTRAP=1 lets it take the -Z flags cargo-fuzz passes.
+# cargo-fuzz passes -Z flags, so the targets are built with a nightly toolchain (rustup's
+# `nightly`, installed with `rustup toolchain install nightly --profile minimal` when it is
+# missing), and cargo-fuzz itself is pinned to CARGO_FUZZ_VERSION below, installed with
+# `cargo +nightly install cargo-fuzz --version ... --locked` when it is missing or another
+# version. Either failing stops the script with a message saying what to do.
 # Environment:
 #   FUZZ_TARGETS     targets to run (default: every one: framing bind epm_rewrite)
-#   FUZZ_TOOLCHAIN   rustup toolchain to build with, e.g. stable or nightly (default: cargo's)
+#   FUZZ_TOOLCHAIN   rustup toolchain to build with (default: nightly; it must be a nightly)
 #   FUZZ_SANITIZER   address, none, ... (default none: rpcpin forbids unsafe code, and the
 #                    targets' assertions and overflow checks are what find bugs)
+#   FUZZ_JOBS        how many targets fuzz at once, each on one core (default 1)
 #   FUZZ_ARGS        extra libFuzzer flags, e.g. "-jobs=2 -workers=2"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,16 +29,37 @@ if ! [[ $secs =~ ^[0-9]+$ ]] || ((secs == 0)); then
     exit 2
 fi
 read -r -a targets <<<"${FUZZ_TARGETS:-framing bind epm_rewrite}"
-export RUSTC_BOOTSTRAP=1
-cargo=(cargo)
-if [[ -n ${FUZZ_TOOLCHAIN:-} ]]; then
-    cargo+=("+$FUZZ_TOOLCHAIN")
-fi
 
-if ! "${cargo[@]}" fuzz --version >/dev/null 2>&1; then
-    echo "== installing cargo-fuzz"
-    "${cargo[@]}" install cargo-fuzz --locked
+# The cargo-fuzz release the targets are built and run with; it builds with the Cargo.lock
+# it ships (--locked).
+CARGO_FUZZ_VERSION=0.13.2
+toolchain=${FUZZ_TOOLCHAIN:-nightly}
+cargo=(cargo "+$toolchain")
+
+die() {
+    echo "scripts/fuzz.sh: $*" >&2
+    exit 1
+}
+
+command -v rustup >/dev/null || die "rustup is needed to run cargo +$toolchain (cargo-fuzz needs a nightly toolchain)"
+if ! "${cargo[@]}" --version >/dev/null 2>&1; then
+    echo "== installing the $toolchain toolchain (rustup toolchain install $toolchain --profile minimal)"
+    rustup toolchain install "$toolchain" --profile minimal ||
+        die "could not install the $toolchain toolchain with rustup (is rustup's distribution server reachable?); cargo-fuzz needs a nightly: install one and run again, or name an installed one with FUZZ_TOOLCHAIN"
+    "${cargo[@]}" --version >/dev/null 2>&1 || die "cargo +$toolchain does not run after installing it"
 fi
+rustc_version=$(rustc "+$toolchain" --version)
+[[ $rustc_version == *-nightly* ]] ||
+    die "FUZZ_TOOLCHAIN=$toolchain is $rustc_version, not a nightly: cargo-fuzz passes -Z flags"
+
+if [[ "$("${cargo[@]}" fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+    echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    "${cargo[@]}" install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked ||
+        die "cargo install cargo-fuzz --version $CARGO_FUZZ_VERSION --locked failed"
+    [[ "$("${cargo[@]}" fuzz --version 2>/dev/null)" == "cargo-fuzz $CARGO_FUZZ_VERSION" ]] ||
+        die "cargo fuzz --version is not cargo-fuzz $CARGO_FUZZ_VERSION after installing it (another cargo-fuzz first on PATH?)"
+fi
+echo "== $rustc_version, cargo-fuzz $CARGO_FUZZ_VERSION"
 
 # --- seeds -----------------------------------------------------------------------------
 
@@ -68,8 +94,12 @@ cut_bytes() {
 
 # seed TARGET NAME PREFIX (printf format): writes PREFIX then stdin as a corpus file.
 seed() {
+    # shellcheck disable=SC2059 # PREFIX is a format on purpose: its \xNN escapes are bytes
     { printf "$3"; cat; } >"fuzz/corpus/$1/seed-$2"
 }
+
+# inputs TARGET: how many files the target's corpus holds.
+inputs() { find "fuzz/corpus/$1" -maxdepth 1 -type f | wc -l; }
 
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t"
@@ -138,14 +168,16 @@ fi
 
 # --- fuzzing -----------------------------------------------------------------------------
 
-mkdir -p fuzz/logs
-echo "== building"
-"${cargo[@]}" fuzz build --sanitizer "${FUZZ_SANITIZER:-none}"
-status=0
-summary=()
-for t in "${targets[@]}"; do
-    log=fuzz/logs/$t.log
-    echo "== $t: ${secs}s, corpus fuzz/corpus/$t ($(ls "fuzz/corpus/$t" | wc -l) inputs)"
+jobs=${FUZZ_JOBS:-1}
+if ! [[ $jobs =~ ^[0-9]+$ ]] || ((jobs == 0)); then
+    die "FUZZ_JOBS must be a number of targets to run at once (1 or more), not '$jobs'"
+fi
+
+# fuzz_target TARGET: fuzzes it for $secs; prints its summary line, also left in
+# fuzz/logs/TARGET.result, which says CRASHED when it did.
+fuzz_target() {
+    local t=$1 log=fuzz/logs/$1.log start result elapsed execs rate ran corpus line
+    echo "== $t: ${secs}s, corpus fuzz/corpus/$t ($(inputs "$t") inputs)"
     start=$(date +%s)
     # shellcheck disable=SC2086
     if "${cargo[@]}" fuzz run --sanitizer "${FUZZ_SANITIZER:-none}" "$t" "fuzz/corpus/$t" -- \
@@ -154,7 +186,6 @@ for t in "${targets[@]}"; do
         result=ok
     else
         result="CRASHED (see $log, fuzz/artifacts/$t/)"
-        status=1
         grep -E '^(==[0-9]+== ?ERROR|thread .* panicked|SUMMARY|artifact_prefix|Test unit written)' \
             "$log" | head -n 10 >&2 || true
     fi
@@ -165,13 +196,38 @@ for t in "${targets[@]}"; do
         true)
     # "Done N runs in S second(s)" is libFuzzer's own measure of the time it fuzzed.
     ran=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | tail -n 1 | awk '{print $5}' || true)
-    corpus=$(ls "fuzz/corpus/$t" | wc -l)
+    corpus=$(inputs "$t")
     line=$(printf '%-12s executions %-10s time %ss (%ss wall)  exec/s %-7s corpus %-5s %s' \
         "$t" "${execs:-?}" "${ran:-?}" "$elapsed" "${rate:-?}" "$corpus" "$result")
-    echo "$line"
-    summary+=("$line")
-done
+    echo "$line" | tee "fuzz/logs/$t.result"
+}
 
+mkdir -p fuzz/logs
+echo "== building"
+"${cargo[@]}" fuzz build --sanitizer "${FUZZ_SANITIZER:-none}"
+# Build once here: the runs below find it done. FUZZ_JOBS targets run at once (each
+# libFuzzer process takes one core).
+running=0
+for t in "${targets[@]}"; do
+    rm -f "fuzz/logs/$t.result"
+    if ((running >= jobs)); then
+        wait -n || true
+        running=$((running - 1))
+    fi
+    fuzz_target "$t" &
+    running=$((running + 1))
+done
+wait
+
+status=0
 echo "== summary"
-printf '%s\n' "${summary[@]}"
+for t in "${targets[@]}"; do
+    if [[ -f fuzz/logs/$t.result ]]; then
+        cat "fuzz/logs/$t.result"
+        if grep -q CRASHED "fuzz/logs/$t.result"; then status=1; fi
+    else
+        echo "$t: no result (see fuzz/logs/$t.log)"
+        status=1
+    fi
+done
 exit "$status"

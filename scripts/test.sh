@@ -14,18 +14,34 @@ if [[ $EUID -ne 0 ]]; then
     exit 1
 fi
 
-tests/interop/install-deps.sh
-tests/package/install-deps.sh
-cargo build --release --locked
-cargo test --locked
+times=()
+report() {
+    if ((${#times[@]})); then
+        echo "test.sh: step times"
+        printf '    %s\n' "${times[@]}"
+    fi
+}
+trap report EXIT
+# step NAME CMD...: runs CMD and records how long it took.
+step() {
+    local name=$1 t=$SECONDS
+    shift
+    "$@"
+    times+=("$(printf '%-30s %4d s' "$name" $((SECONDS - t)))")
+}
+
+step "install-deps (interop)" tests/interop/install-deps.sh
+step "install-deps (package)" tests/package/install-deps.sh
+step "cargo build --release" cargo build --release --locked
+step "cargo test" cargo test --locked
 # The Kubernetes manifests: schemas (offline), `rpcpin check` on the ConfigMap, and ports,
 # probes and drain against the configuration; a few seconds.
-target/interop-venv/bin/python tests/deploy/check_kubernetes.py target/release/rpcpin
+step "kubernetes manifests" target/interop-venv/bin/python tests/deploy/check_kubernetes.py target/release/rpcpin
 # Independent judges on loopback: impacket's encoders behind rpcpin, its decoders and
 # tshark in front.
-target/interop-venv/bin/python tests/interop/judge_ndr.py target/release/rpcpin
-tests/package/check.sh
-tests/interop/run.sh
+step "judge_ndr.py" target/interop-venv/bin/python tests/interop/judge_ndr.py target/release/rpcpin
+step "package check" tests/package/check.sh
+step "interop run.sh" tests/interop/run.sh
 # Three instances behind HAProxy (PROXY protocol v2, /readyz health checks), one killed
 # in the middle of a loop of new clients.
-tests/interop/scale_out.sh
+step "interop scale_out.sh" tests/interop/scale_out.sh

@@ -24,12 +24,16 @@ apt_install() {
 
 # venv_pin VENV PACKAGE VERSION: creates VENV from Debian's python3 if needed (whatever
 # other python3 comes first on PATH) and installs PACKAGE==VERSION unless it is there.
+# The venv is made at its physical path (VENV may lie under a symlink, as target/ does in
+# CI), so that it keeps working from any clone that reaches it; one whose python no longer
+# runs (Debian's python3 changed under it) is made anew.
 venv_pin() {
     local venv=$1 package=$2 version=$3 have
-    if [[ ! -x "$venv/bin/python" ]]; then
+    mkdir -p "$(dirname "$venv")"
+    venv="$(cd -P "$(dirname "$venv")" && pwd)/$(basename "$venv")"
+    if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
         echo "${who:-deps}: creating venv $venv"
-        mkdir -p "$(dirname "$venv")"
-        /usr/bin/python3 -m venv "$venv"
+        /usr/bin/python3 -m venv --clear "$venv"
     fi
     have="$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$package'))" 2>/dev/null || true)"
     if [[ "$have" == "$version" ]]; then
@@ -37,5 +41,5 @@ venv_pin() {
         return
     fi
     echo "${who:-deps}: installing $package $version into the venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "$package==$version"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$package==$version"
 }

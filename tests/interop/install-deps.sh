@@ -26,7 +26,7 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 who=install-deps
-# shellcheck source=../../scripts/lib/deps.sh
+# shellcheck source-path=SCRIPTDIR source=../../scripts/lib/deps.sh
 source "$repo_root/scripts/lib/deps.sh"
 
 # tshark asks whether non-root users may capture; answer it up front so that the install

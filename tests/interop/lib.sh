@@ -51,21 +51,23 @@ in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 # Run a client command in a namespace with a timeout.
 client() { local ns=$1; shift; ip netns exec "$ns" timeout "$CLIENT_TIMEOUT" "$@"; }
 
-# Poll CMD until it succeeds, at most $1 seconds.
+# Poll CMD until it succeeds, at most $1 seconds (every 0.1 s: what is waited for, a
+# listener or a log line, is usually there within a fraction of a second).
 wait_for() {
     local limit=$1
     shift
     local deadline=$((SECONDS + limit))
     until "$@" >/dev/null 2>&1; do
         ((SECONDS < deadline)) || return 1
-        sleep 0.3
+        sleep 0.1
     done
 }
 
-# Can a TCP connection be opened from namespace NS to HOST:PORT (within 3 s)?
+# tcp_connects NS HOST PORT [SECONDS]: can a TCP connection be opened from namespace NS to
+# HOST:PORT within SECONDS (default 3)?
 tcp_connects() {
-    local ns=$1 host=$2 port=$3
-    ip netns exec "$ns" timeout 3 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null
+    local ns=$1 host=$2 port=$3 limit=${4:-3}
+    ip netns exec "$ns" timeout "$limit" bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null
 }
 
 # Stop a process we started (by pid), politely first; returns once it is gone.
@@ -223,7 +225,7 @@ start_dmz_rpcpin() {
             die "rpcpin run exited (status $rc) before listening"
         fi
         ((SECONDS < deadline)) || die "rpcpin is not listening on 135/$PIN_LSAD/$PIN_CLASSIC after 15 s"
-        sleep 0.2
+        sleep 0.1
     done
 }
 

@@ -183,10 +183,12 @@ srvinfo_via_rpcpin() {
 }
 
 # A TCP port must be unreachable from the client although something listens
-# there (so it is the firewall that says no, not an empty port).
+# there (so it is the firewall that says no, not an empty port). The firewall drops the
+# SYN, so the attempt can only time out; across two veths an open port answers within
+# milliseconds, so one second tells them apart.
 blocked_from_client() {
     local host=$1 port=$2
-    if tcp_connects "$NS_CLI" "$host" "$port"; then
+    if tcp_connects "$NS_CLI" "$host" "$port" 1; then
         echo "client connected to $host:$port"
         return 1
     fi

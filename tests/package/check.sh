@@ -233,16 +233,23 @@ grep -Eq "^EXPOSE( [0-9]+)* $port( |$)" Dockerfile || fail "the Dockerfile does 
 ok "HEALTHCHECK, EXPOSE and config/docker.toml agree on the admin port $port"
 
 # Run it against a listener on a free port instead of $port (the rest of the command as is).
-test_port=39135
+# The test's ports lie below the kernel's ephemeral range (32768-60999 by default): a port
+# in it may be held, or left in TIME_WAIT, by any client connection of an earlier test, and
+# then the listener cannot bind it.
+test_port=29135
 health_here="${health[2]//\/dev\/tcp\/127.0.0.1\/$port//dev/tcp/127.0.0.1/$test_port}"
 [[ "$health_here" == *"/dev/tcp/127.0.0.1/$test_port "* ]] || fail "cannot move the HEALTHCHECK to port $test_port"
 healthcheck() { timeout 10 bash -c "$health_here"; }
+# wait_listening LOG: the server started last listens on $test_port within 5 s; LOG (its
+# output) is shown when it does not, or when it exited.
 wait_listening() {
     for _ in $(seq 50); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$test_port") 2>/dev/null; then return 0; fi
+        kill -0 "$server_pid" 2>/dev/null ||
+            fail "the server on 127.0.0.1:$test_port exited:$(echo; cat "$1")"
         sleep 0.1
     done
-    fail "nothing listens on 127.0.0.1:$test_port"
+    fail "nothing listens on 127.0.0.1:$test_port:$(echo; cat "$1")"
 }
 stop_server() {
     kill "$server_pid" 2>/dev/null || true
@@ -253,14 +260,14 @@ stop_server() {
 binary=target/release/rpcpin
 if out="$("$binary" check --config config/docker.toml 2>&1)"; then
     # rpcpin itself, with the image's configuration on loopback ports.
-    sed -e 's/^listen = "0\.0\.0\.0:135"/listen = "127.0.0.1:39136"/' \
-        -e 's/^listen = "0\.0\.0\.0:6004"/listen = "127.0.0.1:39137"/' \
-        -e 's/^listen = "0\.0\.0\.0:6001"/listen = "127.0.0.1:39138"/' \
+    sed -e 's/^listen = "0\.0\.0\.0:135"/listen = "127.0.0.1:29136"/' \
+        -e 's/^listen = "0\.0\.0\.0:6004"/listen = "127.0.0.1:29137"/' \
+        -e 's/^listen = "0\.0\.0\.0:6001"/listen = "127.0.0.1:29138"/' \
         -e "s/^listen = \"0\\.0\\.0\\.0:$port\"/listen = \"127.0.0.1:$test_port\"/" \
         config/docker.toml >"$work/docker.toml"
     "$binary" run --config "$work/docker.toml" >"$work/rpcpin.log" 2>&1 &
     server_pid=$!
-    wait_listening
+    wait_listening "$work/rpcpin.log"
     healthcheck || fail "the HEALTHCHECK failed against rpcpin's admin listener:$(echo; cat "$work/rpcpin.log")"
     stop_server
     ! healthcheck 2>/dev/null || fail "the HEALTHCHECK passed with rpcpin stopped"
@@ -270,9 +277,9 @@ elif grep -qF "unknown field \`admin\`" <<<"$out"; then
     # A stand-in admin listener: 200 on /healthz, then 404, then nothing.
     mkdir "$work/www"
     echo ok >"$work/www/healthz"
-    python3 -m http.server --bind 127.0.0.1 --directory "$work/www" "$test_port" >/dev/null 2>&1 &
+    python3 -m http.server --bind 127.0.0.1 --directory "$work/www" "$test_port" >"$work/http.log" 2>&1 &
     server_pid=$!
-    wait_listening
+    wait_listening "$work/http.log"
     healthcheck || fail "the HEALTHCHECK failed against a listener answering 200 on /healthz"
     rm "$work/www/healthz"
     ! healthcheck || fail "the HEALTHCHECK passed on a 404"

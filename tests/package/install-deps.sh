@@ -22,7 +22,7 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 who="package install-deps"
-# shellcheck source=../../scripts/lib/deps.sh
+# shellcheck source-path=SCRIPTDIR source=../../scripts/lib/deps.sh
 source "$repo_root/scripts/lib/deps.sh"
 
 apt_install dpkg-dev binutils lintian adduser systemd python3-venv
