@@ -56,6 +56,16 @@ async fn every_refusal_is_an_audit_event() {
     read_pdu(&mut s).await.unwrap();
     rpcpin.stop().await;
 
+    // Exchange's answer names EMSMDB, which no pin carries: its entry is hidden.
+    let backend =
+        Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
+    let mut s = Conn::connect(rpcpin.epm).await;
+    s.write_all(EMSMDB_EPM_CLIENT).await.unwrap();
+    read_pdu(&mut s).await.unwrap();
+    read_pdu(&mut s).await.unwrap();
+    rpcpin.stop().await;
+
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let events: Vec<serde_json::Value> = text
         .lines()
@@ -63,7 +73,7 @@ async fn every_refusal_is_an_audit_event() {
         .collect();
     let refused: Vec<&serde_json::Value> =
         events.iter().filter(|e| e["event"] == "refused").collect();
-    assert_eq!(refused.len(), 2, "{text}");
+    assert_eq!(refused.len(), 3, "{text}");
     let bind = refused[0];
     assert_eq!(
         (bind["level"].as_str(), bind["policy"].as_str()),
@@ -86,4 +96,23 @@ async fn every_refusal_is_an_audit_event() {
         (Some("opnum"), Some(0), Some("epm"))
     );
     assert_eq!(op["span"]["pin"], "epm");
+    let hidden = refused[2];
+    assert_eq!(
+        (
+            hidden["policy"].as_str(),
+            hidden["interface"].as_str(),
+            hidden["alias"].as_str(),
+            hidden["version"].as_str(),
+            hidden["entries"].as_u64(),
+        ),
+        (
+            Some("hide_unpinned"),
+            Some("a4f1db00-ca47-1067-b31f-00dd010662da"),
+            Some("emsmdb"),
+            Some("0.81"),
+            Some(1)
+        ),
+        "{hidden}"
+    );
+    assert_eq!(hidden["span"]["pin"], "epm");
 }

@@ -91,6 +91,7 @@ fn refragment(template: &Response<'_>, stub: &[u8], per_fragment: usize) -> Vec<
 mod tests {
     use super::super::tests::*;
     use super::*;
+    use crate::interfaces::Interface;
     use crate::wire::epm::{opnum, walk_lookup_response};
     use crate::wire::tower::Tower;
     use crate::wire::Endian;
@@ -142,7 +143,13 @@ mod tests {
         let mut frags = fragment(&pdu, 100);
         let done = rewrite_in(&mut frags, opnum::LOOKUP, &table, true);
         // samr (unpinned) is removed; nspi tcp, emsmdb twice and nspi http remain.
-        assert_eq!((done.hidden, done.rewritten.len()), (1, 3));
+        assert_eq!((done.hidden.len(), done.rewritten.len()), (1, 3));
+        let samr = Interface::parse("samr").unwrap()[0];
+        assert_eq!(
+            done.hidden[0].map(|i| i.uuid),
+            Some(samr.uuid),
+            "samr named"
+        );
         let out = done.reencoded.unwrap();
         let mut stub = Vec::new();
         let mut rest = &out[..];

@@ -107,8 +107,10 @@ pub struct Rules<'a> {
 pub struct Changes {
     /// Each tower pointed at rpcpin.
     pub rewritten: Vec<Rewritten>,
-    /// How many entries were removed (towers or ept_lookup entries of unpinned interfaces).
-    pub hidden: usize,
+    /// Each entry removed (a tower or an ept_lookup entry of an unpinned interface), in
+    /// answer order: the interface and version its tower names, or `None` for an entry
+    /// with no tower, or one that does not parse or names no interface.
+    pub hidden: Vec<Option<SyntaxId>>,
     /// The re-encoded stub, when entries were removed; otherwise the stub was patched in place.
     pub reencoded: Option<Vec<u8>>,
 }
@@ -139,21 +141,22 @@ pub fn rewrite_stub(
         let tower = entry
             .tower
             .and_then(|i| Tower::new_checked(&mut stub[walk.towers[i].clone()]).ok());
-        let pinned = tower
-            .as_ref()
-            .and_then(|t| t.interface())
-            .and_then(|i| rules.table.target(&i));
+        let interface = tower.as_ref().and_then(|t| t.interface());
+        let pinned = interface.and_then(|i| rules.table.target(&i));
         match (tower, pinned) {
             (Some(mut tower), Some(target)) => {
                 if let Some(r) = point_at(&mut tower, target, rules.advertise) {
                     done.rewritten.push(r);
                 }
             }
-            _ => *keep = !rules.hide_unpinned,
+            _ if rules.hide_unpinned => {
+                *keep = false;
+                done.hidden.push(interface);
+            }
+            _ => {}
         }
     }
-    done.hidden = visible.iter().filter(|&&v| !v).count();
-    if done.hidden > 0 {
+    if !done.hidden.is_empty() {
         let refs: Vec<EntryRef<'_>> = walk
             .entries
             .iter()
@@ -280,7 +283,7 @@ mod tests {
         let mut frags = [original.to_vec()];
         let done = rewrite(&mut frags, opnum::MAP, true);
         assert_eq!(
-            (done.rewritten.len(), done.hidden, done.reencoded),
+            (done.rewritten.len(), done.hidden.len(), done.reencoded),
             (1, 0, None)
         );
         let r = &done.rewritten[0];
@@ -324,7 +327,14 @@ mod tests {
         // Hidden: the answer is re-encoded as "not registered" with no tower, in one
         // fragment with Exchange's call id and context.
         let done = rewrite_in(&mut frags, opnum::MAP, &table, true);
-        assert_eq!((done.rewritten.len(), done.hidden), (0, 1));
+        let nspi = Interface::parse("nspi").unwrap()[0];
+        // The hidden entry is named by its tower's interface and version.
+        let named = done
+            .hidden
+            .iter()
+            .map(|h| h.map(|i| (i.uuid, i.major, i.minor)));
+        assert_eq!(named.collect::<Vec<_>>(), [Some((nspi.uuid, 56, 0))]);
+        assert_eq!(done.rewritten.len(), 0);
         let pdus = done.reencoded.unwrap();
         let p = Pdu::new_checked(&pdus[..]).unwrap();
         assert_eq!(

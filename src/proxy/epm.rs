@@ -343,11 +343,11 @@ impl EpmPolicy {
                 .map_err(|_| "the answer does not parse"),
         };
         let refusal = match outcome {
-            Ok(done) if done.rewritten.is_empty() && done.hidden == 0 => None,
+            Ok(done) if done.rewritten.is_empty() && done.hidden.is_empty() => None,
             // A verifier covers the stub, or the answer carries one that re-encoding drops.
             Ok(done)
                 if levels.iter().any(|&l| l >= AUTH_LEVEL_PKT)
-                    || (done.hidden > 0 && !levels.is_empty()) =>
+                    || (!done.hidden.is_empty() && !levels.is_empty()) =>
             {
                 let reason = "the answer is integrity-protected and needs a rewrite";
                 if config.epm.protected_answers == ProtectedAnswers::Close {
@@ -380,15 +380,7 @@ impl EpmPolicy {
                     );
                 }
                 if let Some(reencoded) = done.reencoded {
-                    warn!(
-                        event = "refused",
-                        policy = "hide_unpinned",
-                        call_id,
-                        opnum = op,
-                        hidden = done.hidden,
-                        reason = HIDDEN,
-                    );
-                    metrics().refused("hide_unpinned", HIDDEN);
+                    log_hidden(&done.hidden, call_id, op);
                     out.forward(BytesMut::from(&reencoded[..]));
                     return Ok(());
                 }
@@ -418,5 +410,40 @@ impl EpmPolicy {
             }
         }
         Ok(())
+    }
+}
+
+/// Logs the entries an answer lost to `epm.hide_unpinned`: one `refused` event (and one
+/// count) per interface and version, with how many of its entries were removed; entries
+/// whose tower names no interface share one event with interface `-`.
+fn log_hidden(hidden: &[Option<SyntaxId>], call_id: u32, op: u16) {
+    let mut seen: Vec<(Option<SyntaxId>, usize)> = Vec::new();
+    for h in hidden {
+        match seen.iter_mut().find(|(s, _)| s == h) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((*h, 1)),
+        }
+    }
+    for (interface, entries) in seen {
+        let (uuid, alias, version) = match interface {
+            Some(i) => (
+                i.uuid.to_string(),
+                alias_of(&i.uuid).unwrap_or("-"),
+                format!("{}.{}", i.major, i.minor),
+            ),
+            None => ("-".to_string(), "-", "-".to_string()),
+        };
+        warn!(
+            event = "refused",
+            policy = "hide_unpinned",
+            interface = %uuid,
+            alias,
+            version = %version,
+            call_id,
+            opnum = op,
+            entries,
+            reason = HIDDEN,
+        );
+        metrics().refused("hide_unpinned", HIDDEN);
     }
 }
