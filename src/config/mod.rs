@@ -182,7 +182,7 @@ impl Default for Limits {
             max_fragment: crate::wire::frame::MAX_FRAG_LEN,
             max_reassembly: 1 << 20,
             max_connections: 10_000,
-            max_connections_per_ip: 256,
+            max_connections_per_ip: 4000,
             keepalive: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
         }

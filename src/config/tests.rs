@@ -89,6 +89,11 @@ fn minimal_config_takes_the_defaults() {
     assert_eq!(c.pins[0].interfaces.len(), 2);
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+    // A 500-user office behind one NAT address fits (docs/security.md, "Limits").
+    assert_eq!(
+        (c.limits.max_connections_per_ip, c.limits.max_connections),
+        (4000, 10_000)
+    );
 }
 
 /// Every error rpcpin words itself, with its whole text: keys and reasons are part of the
