@@ -28,17 +28,34 @@ impl std::io::Write for Captured {
     }
 }
 
+impl Captured {
+    /// Captures this thread's log events as JSON until the guard is dropped.
+    fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The events captured so far, and their text.
+    fn events(&self) -> (Vec<serde_json::Value>, String) {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        let events = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (events, text)
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn every_refusal_is_an_audit_event() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start();
 
     let backend =
         Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
@@ -66,11 +83,7 @@ async fn every_refusal_is_an_audit_event() {
     read_pdu(&mut s).await.unwrap();
     rpcpin.stop().await;
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (events, text) = captured.events();
     let refused: Vec<&serde_json::Value> =
         events.iter().filter(|e| e["event"] == "refused").collect();
     assert_eq!(refused.len(), 3, "{text}");
@@ -115,4 +128,78 @@ async fn every_refusal_is_an_audit_event() {
         "{hidden}"
     );
     assert_eq!(hidden["span"]["pin"], "epm");
+}
+
+/// `rpcpin_refusals_total` for `policy`, as /metrics shows it (this process's only refusals
+/// of that policy are this test's).
+fn refusals_counted(policy: &str) -> u64 {
+    let start = format!("rpcpin_refusals_total{{policy=\"{policy}\",");
+    rpcpin::metrics::metrics()
+        .encode()
+        .lines()
+        .find(|l| l.starts_with(&start))
+        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// A connection refused at accept writes nothing but a `refused` event, at most once a
+/// minute per address (the minute itself: `proxy::limits` unit tests); the metric counts
+/// every refusal.
+#[tokio::test(flavor = "current_thread")]
+async fn refusals_at_accept_are_counted_each_and_logged_once_per_address() {
+    let (captured, _guard) = Captured::start();
+    let backend =
+        Replay::start(|_| pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
+    for (limit, policy) in [
+        ("limits.max_connections_per_ip", "max_connections_per_ip"),
+        ("limits.max_connections", "max_connections"),
+    ] {
+        let config = TestConfig::new(backend.addr)
+            .pin("p", ["nspi"])
+            .section("limits")
+            .set(limit, 1);
+        let rpcpin = Running::start(&config).await;
+        let counted = refusals_counted(policy);
+        let logged = captured.events().0.len();
+        // One connection within the limit, answered; then three over it, each closed.
+        let mut held = Conn::connect(rpcpin.epm).await;
+        held.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
+        assert_eq!(read_pdu(&mut held).await.expect("a bind_ack")[2], 12);
+        let mut refused = Vec::new();
+        for _ in 0..3 {
+            let mut over = Conn::connect(rpcpin.epm).await;
+            assert!(read_to_end(&mut over).await.is_empty(), "{policy}: closed");
+            refused.push(over.local_addr().to_string());
+        }
+        assert_eq!(
+            refusals_counted(policy),
+            counted + 3,
+            "{policy}: each counted"
+        );
+        drop(held);
+        rpcpin.stop().await;
+
+        let (events, text) = captured.events();
+        let events = &events[logged..];
+        let lines: Vec<_> = events.iter().filter(|e| e["event"] == "refused").collect();
+        assert_eq!(lines.len(), 1, "{policy}: one line for the address\n{text}");
+        let line = lines[0];
+        assert_eq!(
+            (line["policy"].as_str(), line["refused_since_last"].as_u64()),
+            (Some(policy), Some(0)),
+            "{line}"
+        );
+        // Nothing else names a refused connection: no span, no connection_closed.
+        let about_refused = |e: &&serde_json::Value| {
+            refused
+                .iter()
+                .any(|p| e["span"]["peer"] == p.as_str() || e["peer"] == p.as_str())
+        };
+        let other: Vec<_> = events
+            .iter()
+            .filter(about_refused)
+            .filter(|e| e["event"] != "refused")
+            .collect();
+        assert!(other.is_empty(), "{policy}: {other:?}");
+        assert!(events.iter().any(|e| e["event"] == "connection_closed"));
+    }
 }

@@ -65,7 +65,7 @@ impl Accepting {
             };
             let role = role.borrow().clone();
             // Over the limit: close at once, without spending a task on it.
-            let Some(admitted) = self.admission.admit(&peer, role.name()) else {
+            let Some(admitted) = self.admission.admit(peer, role.name()) else {
                 continue;
             };
             let generation = self.current.borrow().clone();
@@ -106,8 +106,10 @@ struct Accepted {
     _admitted: Admitted,
 }
 
-/// Serves one connection until it ends or `stop` turns true, then logs how it ended.
-/// `reached` is the address the client reached, when the listener's own address says it.
+/// Serves one connection until it ends or `stop` turns true, then logs how it ended (a
+/// connection refused by the per-address limit logs nothing more than its rate-limited
+/// `refused` event). `reached` is the address the client reached, when the listener's own
+/// address says it.
 async fn run(
     stream: TcpStream,
     peer: SocketAddr,
@@ -118,11 +120,13 @@ async fn run(
     let started = Instant::now();
     let served = tokio::select! {
         r = serve(stream, peer, reached, &accepted) => r,
-        _ = stop.wait_for(|&s| s) => Ok(Summary::ended("rpcpin shutting down")),
+        _ = stop.wait_for(|&s| s) => Ok(Some(Summary::ended("rpcpin shutting down"))),
     };
     accepted.counters.open.dec();
     let duration_ms = started.elapsed().as_millis() as u64;
-    let s = served.unwrap_or_else(Summary::failed);
+    let Some(s) = served.unwrap_or_else(|e| Some(Summary::failed(e))) else {
+        return;
+    };
     macro_rules! closed {
         ($level:ident) => {
             $level!(
@@ -142,13 +146,13 @@ async fn run(
 }
 
 /// The PROXY header when expected, the per-address limit, the listener's handshake, then
-/// the relay.
+/// the relay. `None`: refused by the per-address limit.
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     reached: Option<SocketAddr>,
     accepted: &Accepted,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<Option<Summary>> {
     let generation = &accepted.generation;
     let client = if accepted.role.proxy_protocol(&generation.config) {
         Box::pin(accept_proxied(stream, peer, &generation.config.limits)).await?
@@ -164,14 +168,15 @@ async fn serve(
             buffered: BytesMut::new(),
         }
     };
-    // Over the per-address limit: the `refused` event says why; closing is not an error.
+    // Over the per-address limit: closed, and only the `refused` event (at most once a
+    // minute per address) says so.
     let max_per_ip = generation.config.limits.max_connections_per_ip;
     let Some(_slot) = accepted.admission.per_ip(max_per_ip, client.peer.ip()) else {
-        return Ok(Summary::ended("refused: limits.max_connections_per_ip"));
+        return Ok(None);
     };
     let counters = &accepted.counters;
     let bytes = (counters.from_client.clone(), counters.to_client.clone());
-    Ok(match &accepted.role {
+    Ok(Some(match &accepted.role {
         Role::Pin(p) => {
             let opened = Box::pin(pin::open(client, generation, p.clone())).await?;
             finish(opened, bytes).await
@@ -180,7 +185,7 @@ async fn serve(
             let opened = Box::pin(epm::open(client, generation.clone())).await?;
             finish(opened, bytes).await
         }
-    })
+    }))
 }
 
 /// Relays an opened connection, counting its bytes (from the client, to the client).

@@ -1,11 +1,13 @@
 //! The connection limits that outlive a configuration: client connections in total and per
-//! source address.
+//! source address, and the log of their refusals, at most once a minute per address.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::config::Limits;
@@ -20,6 +22,8 @@ pub(super) struct Admission {
     max_connections: u32,
     /// Open client connections per source address.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// When each address's refusals were last logged.
+    refusals: Mutex<RefusalLog>,
 }
 
 impl Admission {
@@ -29,15 +33,24 @@ impl Admission {
             connections: Arc::new(Semaphore::new(max as usize)),
             max_connections: max,
             per_ip: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(RefusalLog::default()),
         }
     }
 
-    /// A place for one more client connection, or `None` (logged and counted) at the limit.
-    pub(super) fn admit(&self, peer: &impl std::fmt::Display, listener: &str) -> Option<Admitted> {
+    /// A place for one more client connection, or `None` at the limit (counted, and logged
+    /// at most once a minute per address).
+    pub(super) fn admit(&self, peer: SocketAddr, listener: &str) -> Option<Admitted> {
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            let policy = "max_connections";
             let reason = "limits.max_connections reached";
-            warn!(event = "refused", policy = "max_connections", peer = %peer, pin = listener, reason);
-            metrics().refused("max_connections", reason);
+            metrics().refused(policy, reason);
+            // Within the address's quiet minute: counted only.
+            let n = lock(&self.refusals).note(policy, peer.ip(), Instant::now())?;
+            if n.untracked {
+                warn!(event = "refused", policy, peer = %peer, pin = listener, refused_since_last = n.since, untracked = true, reason);
+            } else {
+                warn!(event = "refused", policy, peer = %peer, pin = listener, refused_since_last = n.since, reason);
+            }
             return None;
         };
         Some(Admitted { _permit: permit })
@@ -55,20 +68,23 @@ impl Admission {
         }
     }
 
-    /// A place in the count of `ip`'s connections, or `None` (logged and counted) once it
-    /// has `max` open.
+    /// A place in the count of `ip`'s connections, or `None` once it has `max` open
+    /// (counted, and logged at most once a minute per address).
     pub(super) fn per_ip(&self, max: usize, ip: IpAddr) -> Option<PerIp<'_>> {
         let mut counts = lock(&self.per_ip);
         let n = counts.entry(ip).or_insert(0);
         if *n >= max {
+            drop(counts);
+            let policy = "max_connections_per_ip";
             let reason = "limits.max_connections_per_ip reached";
-            warn!(
-                event = "refused",
-                policy = "max_connections_per_ip",
-                client = %ip,
-                reason,
-            );
-            metrics().refused("max_connections_per_ip", reason);
+            metrics().refused(policy, reason);
+            // Within the address's quiet minute: counted only.
+            let n = lock(&self.refusals).note(policy, ip, Instant::now())?;
+            if n.untracked {
+                warn!(event = "refused", policy, client = %ip, refused_since_last = n.since, untracked = true, reason);
+            } else {
+                warn!(event = "refused", policy, client = %ip, refused_since_last = n.since, reason);
+            }
             return None;
         }
         *n += 1;
@@ -103,6 +119,104 @@ impl Drop for PerIp<'_> {
     }
 }
 
+/// How often refusals of one address under one policy are logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// How many (policy, address) pairs [`RefusalLog`] tracks at most; beyond, they share one
+/// entry.
+const TRACKED: usize = 4096;
+
+/// When refusals at accept were last logged, per policy and address, and how many were
+/// refused since without a log line: bounded, so that a flood from many addresses cannot
+/// grow it.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    tracked: HashMap<(&'static str, IpAddr), Quiet>,
+    /// Shared by every pair refused while `tracked` is full of pairs logged within the
+    /// minute.
+    untracked: Option<Quiet>,
+    /// The earliest `logged` in `tracked` when it was last pruned: nothing expires before
+    /// a minute after it.
+    oldest: Option<Instant>,
+}
+
+/// One entry's last log line and what was refused since.
+#[derive(Debug, Clone, Copy)]
+struct Quiet {
+    logged: Instant,
+    since: u64,
+}
+
+/// A refusal to log now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Log {
+    /// Refusals counted but not logged since the previous event for the same entry.
+    since: u64,
+    /// Whether the entry is the one shared by untracked addresses.
+    untracked: bool,
+}
+
+impl RefusalLog {
+    /// Notes one refusal of `ip` under `policy` at `now`: what to log, or `None` when it
+    /// is only counted.
+    fn note(&mut self, policy: &'static str, ip: IpAddr, now: Instant) -> Option<Log> {
+        let key = (policy, ip);
+        if let Some(q) = self.tracked.get_mut(&key) {
+            return Self::again(q, now, false);
+        }
+        if self.tracked.len() >= TRACKED {
+            self.prune(now);
+        }
+        let first = Quiet {
+            logged: now,
+            since: 0,
+        };
+        if self.tracked.len() < TRACKED {
+            self.tracked.insert(key, first);
+            self.oldest.get_or_insert(now);
+            return Some(Log {
+                since: 0,
+                untracked: false,
+            });
+        }
+        match &mut self.untracked {
+            Some(q) => Self::again(q, now, true),
+            None => {
+                self.untracked = Some(first);
+                Some(Log {
+                    since: 0,
+                    untracked: true,
+                })
+            }
+        }
+    }
+
+    /// A further refusal for an entry: logged once its minute is over, counted before.
+    fn again(q: &mut Quiet, now: Instant, untracked: bool) -> Option<Log> {
+        if now.duration_since(q.logged) < LOG_EVERY {
+            q.since += 1;
+            return None;
+        }
+        let since = std::mem::take(&mut q.since);
+        q.logged = now;
+        Some(Log { since, untracked })
+    }
+
+    /// Forgets the entries last logged a minute or more ago (what they counted since is in
+    /// the metric only), unless none can have expired yet.
+    fn prune(&mut self, now: Instant) {
+        if self
+            .oldest
+            .is_some_and(|o| now.duration_since(o) < LOG_EVERY)
+        {
+            return;
+        }
+        self.tracked
+            .retain(|_, q| now.duration_since(q.logged) < LOG_EVERY);
+        self.oldest = self.tracked.values().map(|q| q.logged).min();
+    }
+}
+
 /// Locks a mutex whose data a panic elsewhere cannot leave half-updated.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -119,9 +233,10 @@ mod tests {
             ..Limits::default()
         };
         let admission = Admission::new(&limits);
-        let a = admission.admit(&"a", "epm").expect("first");
-        let _b = admission.admit(&"b", "epm").expect("second");
-        assert!(admission.admit(&"c", "epm").is_none(), "over the total");
+        let peer: SocketAddr = "192.0.2.9:1234".parse().unwrap();
+        let a = admission.admit(peer, "epm").expect("first");
+        let _b = admission.admit(peer, "epm").expect("second");
+        assert!(admission.admit(peer, "epm").is_none(), "over the total");
         assert_eq!(admission.open_connections(), 2);
         drop(a);
         assert_eq!(admission.open_connections(), 1);
@@ -134,5 +249,73 @@ mod tests {
         );
         drop(first);
         assert!(admission.per_ip(1, ip).is_some(), "released on drop");
+    }
+
+    const PER_IP: &str = "max_connections_per_ip";
+
+    fn logged(since: u64) -> Option<Log> {
+        Some(Log {
+            since,
+            untracked: false,
+        })
+    }
+
+    #[test]
+    fn an_address_is_logged_at_most_once_a_minute_with_what_it_was_refused_since() {
+        let mut log = RefusalLog::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let t0 = Instant::now();
+        assert_eq!(log.note(PER_IP, a, t0), logged(0), "the first at once");
+        for s in 1..=3 {
+            assert_eq!(log.note(PER_IP, a, t0 + Duration::from_secs(s * 10)), None);
+        }
+        // Another address, and the same address under another policy, are their own.
+        assert_eq!(log.note(PER_IP, b, t0 + Duration::from_secs(1)), logged(0));
+        assert_eq!(log.note("max_connections", a, t0), logged(0));
+        // A minute after its last event: logged, with the three counted since.
+        assert_eq!(log.note(PER_IP, a, t0 + LOG_EVERY), logged(3));
+        assert_eq!(log.note(PER_IP, a, t0 + LOG_EVERY), None);
+        let later = t0 + 2 * LOG_EVERY + Duration::from_secs(5);
+        assert_eq!(log.note(PER_IP, a, later), logged(1));
+        assert_eq!(log.note(PER_IP, a, later + LOG_EVERY), logged(0));
+    }
+
+    #[test]
+    fn a_flood_from_many_addresses_is_bounded_in_memory_and_log_lines() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let mut lines = 0;
+        let mut shared = Vec::new();
+        for i in 0..3 * TRACKED as u32 {
+            match log.note(PER_IP, ip(i), t0 + Duration::from_millis(u64::from(i))) {
+                Some(Log {
+                    untracked: true,
+                    since,
+                }) => shared.push(since),
+                Some(_) => lines += 1,
+                None => {}
+            }
+        }
+        assert_eq!(log.tracked.len(), TRACKED);
+        // Within the minute: one line per tracked address, one for all the others.
+        assert_eq!((lines, shared.len()), (TRACKED, 1));
+        // A minute on, the stale entries are forgotten and make room.
+        let t1 = t0 + LOG_EVERY + Duration::from_secs(13);
+        assert_eq!(log.note(PER_IP, ip(1_000_000), t1), logged(0));
+        assert_eq!(log.tracked.len(), 1);
+        // Full again: the shared entry's next line counts every untracked refusal since its
+        // last one, then it is quiet for a minute.
+        for i in 1..TRACKED as u32 {
+            assert_eq!(log.note(PER_IP, ip(2_000_000 + i), t1), logged(0));
+        }
+        let untracked = Some(Log {
+            since: 2 * TRACKED as u64 - 1,
+            untracked: true,
+        });
+        assert_eq!(log.note(PER_IP, ip(3_000_000), t1), untracked);
+        assert_eq!(log.note(PER_IP, ip(3_000_001), t1), None);
+        assert_eq!(log.tracked.len(), TRACKED);
     }
 }
