@@ -339,7 +339,7 @@ unpinned_invisible() {
     client "$NS_CLI" "$PY" "$script_dir/epm_ops.py" "$DMZ_OUT_IP" map:winreg=not_registered \
         map:netdfs=not_registered map:samr=towers --expect-ip "$DMZ_OUT_IP" \
         --expect-port "samr=$PIN_LSAD" || return 1
-    rpcpin_logged "$mark" 2 'event="refused"' 'policy="hide_unpinned"' 'opnum=3' 'hidden=1'
+    rpcpin_logged "$mark" 2 'event="refused"' 'policy="hide_unpinned"' 'opnum=3' 'entries=1'
 }
 
 # Management calls on one association: faults, logged, and the association
