@@ -46,7 +46,7 @@ RPCPIN_USER=nobody # rpcpin binds 135 as root, then runs as this user
 CLIENT_TIMEOUT=20  # seconds, for every client command
 HANDSHAKE_S=3      # the suite's limits.handshake_timeout, in seconds
 SILENT=300         # silent connections held while rpcclient must still work
-PER_IP_DEFAULT=256 # rpcpin's default limits.max_connections_per_ip
+PER_IP_DEFAULT=4000 # rpcpin's default limits.max_connections_per_ip
 
 # Namespace names carry our PID so that concurrent or stale runs never collide.
 NS_CLI="rpcpin-cli-$$"
