@@ -278,7 +278,7 @@ async fn proxy_protocol_names_the_real_client_and_the_address_it_reached() {
         .await
         .unwrap();
     for s in [&mut a, &mut b] {
-        s.write_all(NSPI_EPM_CLIENT).await.unwrap();
+        send(s, NSPI_EPM_CLIENT).await;
         read_pdu(s).await.unwrap();
         let answer = read_pdu(s).await.unwrap();
         // The tower points at the address the client reached on the balancer.
