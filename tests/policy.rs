@@ -165,6 +165,19 @@ async fn pin_forwards_only_its_interfaces_from_a_mixed_bind() {
         "winreg rejected first"
     );
     assert_eq!(&ack[results + 24..results + 26], &[0, 0], "NSPI accepted");
+    // The backend's one result is for context 0, the second the client proposed: a call on
+    // context 5 gets rpcpin's fault, Outlook's call on context 0 the backend's answer.
+    let client = pdus(NSPI_NTLM_CLIENT);
+    let mut on_winreg = client[2].to_vec();
+    on_winreg[12] = 9;
+    on_winreg[20] = 5;
+    s.write_all(&[client[1], &on_winreg].concat())
+        .await
+        .unwrap();
+    assert_unknown_context_fault(&read_pdu(&mut s).await.unwrap(), 9);
+    s.write_all(client[2]).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap(), pdus(NSPI_NTLM_SERVER)[1]);
+    assert_eq!(service.received(), client.concat());
     rpcpin.stop().await;
 }
 
