@@ -321,3 +321,81 @@ impl RefusedCalls {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::bind::{encode_bind, ContextProposal};
+    use crate::wire::{Endian, Uuid};
+
+    fn iface(n: u8) -> SyntaxId {
+        SyntaxId {
+            uuid: Uuid::from_bytes([n; 16]),
+            major: 1,
+            minor: 0,
+        }
+    }
+
+    fn bind(call_id: u32, contexts: &[(u16, SyntaxId)]) -> Vec<u8> {
+        let proposals: Vec<ContextProposal> = contexts
+            .iter()
+            .map(|&(id, abstract_syntax)| ContextProposal {
+                id,
+                abstract_syntax,
+                transfer_syntaxes: &[SyntaxId::NDR],
+            })
+            .collect();
+        let mut out = Vec::new();
+        encode_bind(&mut out, Endian::Little, call_id, 4280, &proposals).unwrap();
+        out
+    }
+
+    fn ack(call_id: u32, accepted: &[bool]) -> Vec<u8> {
+        let results: Vec<ResultEntry> = accepted
+            .iter()
+            .map(|&a| match a {
+                true => ResultEntry {
+                    result: ContextResult::Acceptance,
+                    reason: 0,
+                    transfer_syntax: SyntaxId::NDR,
+                },
+                false => ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED),
+            })
+            .collect();
+        let mut out = Vec::new();
+        let fields = BindAckFields {
+            ptype: PacketType::BindAck,
+            endian: Endian::Little,
+            call_id,
+            max_xmit_frag: 4280,
+            max_recv_frag: 4280,
+            assoc_group_id: 1,
+            secondary_addr: b"",
+            results: &results,
+        };
+        encode_bind_ack(&mut out, &fields).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_context_is_usable_once_the_backend_accepted_it_at_its_forwarded_place() {
+        let mut gate = Gate::new(WhenNoneAllowed::RejectEach, "test");
+        let allows = |s: &SyntaxId| s.uuid != iface(9).uuid;
+        // Refused first, then two forwarded: the backend answers for those two only.
+        let b = bind(1, &[(5, iface(9)), (0, iface(1)), (1, iface(2))]);
+        let verdict = gate.judge(&BindRequest::parse(&b).unwrap(), allows);
+        assert!(matches!(verdict, Ok(Verdict::Filtered(_))));
+        assert_eq!(gate.usable(0), None, "not answered yet");
+        let a = ack(1, &[true, false]);
+        gate.splice(&BindAck::parse(&a).unwrap()).unwrap();
+        assert_eq!(gate.usable(0), Some(iface(1)));
+        assert_eq!(gate.usable(1), None, "rejected by the backend");
+        assert_eq!(gate.usable(5), None, "refused by the gate");
+        // Context 1 again, for another interface, and the same id twice in one PDU.
+        for contexts in [&[(1, iface(3))][..], &[(2, iface(2)), (2, iface(3))][..]] {
+            let b = bind(2, contexts);
+            let verdict = gate.judge(&BindRequest::parse(&b).unwrap(), |_| true);
+            assert!(!matches!(verdict, Ok(Verdict::Forward)), "{contexts:?}");
+        }
+    }
+}
