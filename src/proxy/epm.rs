@@ -161,9 +161,9 @@ fn advertise_for(client: &Client, configured: Option<Ipv4Addr>) -> Ipv4Addr {
 }
 
 /// The endpoint mapper's policy on an association. Client to backend: the gate for binds,
-/// calls only on contexts the backend accepted, the opnum policy for calls, and a record of what later answers refer to. Backend to
-/// client: learns the accepted contexts, splices the gate's refusals into bind answers, and
-/// rewrites (or hides) towers.
+/// calls only on contexts the backend accepted, the opnum policy for calls, and a record of
+/// what later answers refer to. Backend to client: learns the accepted contexts, splices the
+/// gate's refusals into bind answers, and rewrites (or hides) towers.
 pub(super) struct EpmPolicy {
     generation: Arc<Generation>,
     /// The address written into towers.

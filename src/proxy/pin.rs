@@ -161,9 +161,10 @@ async fn connect(
 }
 
 /// A pin's policy on an established association: alter_context goes through the gate, a
-/// call must be on a context the backend accepted and allowed by the pin's opnum list, a second bind is a protocol violation; the
-/// backend's bind answers get the gate's refusals spliced in and its secondary address
-/// (the backend's port as text, which discloses it) replaced by the pin's public port.
+/// call must be on a context the backend accepted and allowed by the pin's opnum list, a
+/// second bind is a protocol violation; the backend's bind answers get the gate's refusals
+/// spliced in and its secondary address (the backend's port as text, which discloses it)
+/// replaced by the pin's public port.
 pub(super) struct PinPolicy {
     pin: Arc<PinRuntime>,
     gate: Gate,
