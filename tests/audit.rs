@@ -66,10 +66,14 @@ async fn every_refusal_is_an_audit_event() {
     s.write_all(&bind).await.unwrap();
     read_to_end(&mut s).await;
     let mut s = Conn::connect(rpcpin.epm).await;
-    s.write_all(&[pdus(NSPI_EPM_CLIENT)[0], &ept_insert(2)].concat())
-        .await
-        .unwrap();
+    send(&mut s, &[pdus(NSPI_EPM_CLIENT)[0], &ept_insert(2)].concat()).await;
     read_pdu(&mut s).await.unwrap();
+    read_pdu(&mut s).await.unwrap();
+    // ept_map on context 7, which the client never proposed.
+    let mut unknown = pdus(NSPI_EPM_CLIENT)[1].to_vec();
+    unknown[12] = 3;
+    unknown[20] = 7;
+    s.write_all(&unknown).await.unwrap();
     read_pdu(&mut s).await.unwrap();
     rpcpin.stop().await;
 
@@ -78,7 +82,7 @@ async fn every_refusal_is_an_audit_event() {
         Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
     let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
     let mut s = Conn::connect(rpcpin.epm).await;
-    s.write_all(EMSMDB_EPM_CLIENT).await.unwrap();
+    send(&mut s, EMSMDB_EPM_CLIENT).await;
     read_pdu(&mut s).await.unwrap();
     read_pdu(&mut s).await.unwrap();
     rpcpin.stop().await;
@@ -86,7 +90,7 @@ async fn every_refusal_is_an_audit_event() {
     let (events, text) = captured.events();
     let refused: Vec<&serde_json::Value> =
         events.iter().filter(|e| e["event"] == "refused").collect();
-    assert_eq!(refused.len(), 3, "{text}");
+    assert_eq!(refused.len(), 4, "{text}");
     let bind = refused[0];
     assert_eq!(
         (bind["level"].as_str(), bind["policy"].as_str()),
@@ -109,7 +113,23 @@ async fn every_refusal_is_an_audit_event() {
         (Some("opnum"), Some(0), Some("epm"))
     );
     assert_eq!(op["span"]["pin"], "epm");
-    let hidden = refused[2];
+    let ctx = refused[2];
+    assert_eq!(
+        (
+            ctx["level"].as_str(),
+            ctx["policy"].as_str(),
+            ctx["context_id"].as_u64(),
+            ctx["call_id"].as_u64(),
+            ctx["opnum"].as_u64(),
+        ),
+        (Some("WARN"), Some("context"), Some(7), Some(3), Some(3))
+    );
+    assert_eq!(
+        ctx["reason"],
+        "no context with this id accepted by the backend"
+    );
+    assert_eq!(ctx["span"]["pin"], "epm");
+    let hidden = refused[3];
     assert_eq!(
         (
             hidden["policy"].as_str(),

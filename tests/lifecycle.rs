@@ -37,7 +37,7 @@ fn with_admin(config: TestConfig) -> TestConfig {
 /// An NSPI session through the pin: bind, auth3 and a call, answered with Exchange's bytes.
 async fn nspi_session(pin: SocketAddr) -> Vec<u8> {
     let mut s = Conn::connect(pin).await;
-    s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
+    send(&mut s, NSPI_NTLM_CLIENT).await;
     read_pdu(&mut s).await.expect("a bind_ack");
     read_pdu(&mut s).await.expect("a response")
 }

@@ -165,6 +165,19 @@ async fn pin_forwards_only_its_interfaces_from_a_mixed_bind() {
         "winreg rejected first"
     );
     assert_eq!(&ack[results + 24..results + 26], &[0, 0], "NSPI accepted");
+    // The backend's one result is for context 0, the second the client proposed: a call on
+    // context 5 gets rpcpin's fault, Outlook's call on context 0 the backend's answer.
+    let client = pdus(NSPI_NTLM_CLIENT);
+    let mut on_winreg = client[2].to_vec();
+    on_winreg[12] = 9;
+    on_winreg[20] = 5;
+    s.write_all(&[client[1], &on_winreg].concat())
+        .await
+        .unwrap();
+    assert_unknown_context_fault(&read_pdu(&mut s).await.unwrap(), 9);
+    s.write_all(client[2]).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap(), pdus(NSPI_NTLM_SERVER)[1]);
+    assert_eq!(service.received(), client.concat());
     rpcpin.stop().await;
 }
 
@@ -278,7 +291,7 @@ async fn proxy_protocol_names_the_real_client_and_the_address_it_reached() {
         .await
         .unwrap();
     for s in [&mut a, &mut b] {
-        s.write_all(NSPI_EPM_CLIENT).await.unwrap();
+        send(s, NSPI_EPM_CLIENT).await;
         read_pdu(s).await.unwrap();
         let answer = read_pdu(s).await.unwrap();
         // The tower points at the address the client reached on the balancer.
@@ -324,6 +337,174 @@ async fn idle_and_oversized_connections_are_closed() {
         backend.connections(),
         1,
         "only the idle client reached the backend"
+    );
+    rpcpin.stop().await;
+}
+
+/// Outlook's NSPI bind (NTLM negotiate included) turned into an alter_context, call id
+/// `call`, proposing the interface `uuid` at `version` as context `id`.
+fn alter_context(call: u8, id: u8, uuid: [u8; 16], version: [u8; 4]) -> Vec<u8> {
+    let mut a = pdus(NSPI_NTLM_CLIENT)[0].to_vec();
+    a[2] = 14;
+    a[12] = call;
+    a[28] = id;
+    a[32..48].copy_from_slice(&uuid);
+    a[48..52].copy_from_slice(&version);
+    a
+}
+
+/// `fault` is rpcpin's answer to call `call` on a context the backend never accepted: what
+/// Samba answers, nca_s_unk_if, did-not-execute, context id 0.
+fn assert_unknown_context_fault(fault: &[u8], call: u8) {
+    assert_eq!(
+        (fault[2], fault[3], fault[12]),
+        (3, 0x23, call),
+        "a fault for call {call}, first and last fragment, did not execute: {fault:02x?}"
+    );
+    assert_eq!(&fault[20..22], &[0, 0], "context id 0");
+    assert_eq!(
+        &fault[24..28],
+        &0x1c01_0003u32.to_le_bytes(),
+        "nca_s_unk_if"
+    );
+}
+
+/// Two fragments of one request of call `call` on context `ctx`.
+fn two_fragments(call: u32, ctx: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (flags, stub) in [(1u8, [1u8; 40]), (2, [2; 40])] {
+        let start = out.len();
+        rpcpin::wire::call::encode_request(
+            &mut out,
+            rpcpin::wire::Endian::Little,
+            call,
+            ctx,
+            0,
+            &stub,
+        )
+        .unwrap();
+        out[start + 3] = flags;
+    }
+    out
+}
+
+#[tokio::test]
+async fn pin_refuses_a_call_on_a_context_it_refused_and_drops_its_later_fragments() {
+    let service = nspi_service().await;
+    let config = TestConfig::new(closed_addr().await)
+        .pin("d", ["nspi"])
+        .set("pin[0].backend_port", u32::from(service.addr.port()));
+    let rpcpin = Running::start(&config).await;
+    let client = pdus(NSPI_NTLM_CLIENT);
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
+    // The directory on context 0, accepted by the backend.
+    s.write_all(&[client[0], client[1]].concat()).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap()[2], 12, "a bind_ack");
+    // winreg on context 1: refused by rpcpin, never forwarded.
+    s.write_all(&alter_context(7, 1, WINREG_LE, [1, 0, 0, 0]))
+        .await
+        .unwrap();
+    let resp = read_pdu(&mut s).await.unwrap();
+    assert_eq!((resp[2], resp[12]), (15, 7), "an alter_context_resp");
+    // A call on context 1 anyway: rpcpin's fault, as Samba's for an unknown context.
+    let mut call = client[2].to_vec();
+    call[12] = 9;
+    call[20] = 1;
+    s.write_all(&call).await.unwrap();
+    assert_unknown_context_fault(&read_pdu(&mut s).await.unwrap(), 9);
+    // In two fragments: one fault, the second fragment dropped.
+    s.write_all(&two_fragments(10, 1)).await.unwrap();
+    assert_unknown_context_fault(&read_pdu(&mut s).await.unwrap(), 10);
+    // The directory's call on context 0 is served, and is the next answer the client gets.
+    s.write_all(client[2]).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap(), pdus(NSPI_NTLM_SERVER)[1]);
+    assert_eq!(
+        service.received(),
+        client.concat(),
+        "nothing on context 1 reached the backend"
+    );
+    let refused = logs::about(&s, "refused").await;
+    assert_eq!(refused["policy"], "interface", "{refused}");
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn pin_refuses_an_alter_context_that_redefines_a_context() {
+    let service = nspi_service().await;
+    let config = TestConfig::new(closed_addr().await)
+        .pin("d", ["nspi", "emsmdb"])
+        .set("pin[0].backend_port", u32::from(service.addr.port()));
+    let rpcpin = Running::start(&config).await;
+    let client = pdus(NSPI_NTLM_CLIENT);
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
+    s.write_all(&[client[0], client[1]].concat()).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap()[2], 12, "a bind_ack");
+    // Context 0 again, for emsmdb 0.81 (which the pin carries) instead of the directory.
+    let emsmdb = [
+        0x00, 0xdb, 0xf1, 0xa4, 0x47, 0xca, 0x67, 0x10, 0xb3, 0x1f, 0x00, 0xdd, 0x01, 0x06, 0x62,
+        0xda,
+    ];
+    s.write_all(&alter_context(7, 0, emsmdb, [0, 0, 81, 0]))
+        .await
+        .unwrap();
+    let resp = read_pdu(&mut s).await.unwrap();
+    assert_eq!((resp[2], resp[12]), (15, 7), "an alter_context_resp");
+    assert_eq!(
+        &resp[resp.len() - 24..][..4],
+        &[2, 0, 1, 0],
+        "one result, a provider rejection"
+    );
+    let refused = logs::about(&s, "refused").await;
+    assert_eq!(
+        (refused["policy"].as_str(), refused["context_id"].as_u64()),
+        (Some("context"), Some(0)),
+        "{refused}"
+    );
+    // Context 0 is still the directory's, at rpcpin as at the backend.
+    s.write_all(client[2]).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap(), pdus(NSPI_NTLM_SERVER)[1]);
+    assert_eq!(service.received(), client.concat(), "never forwarded");
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn port_135_refuses_calls_on_contexts_not_accepted_by_the_backend() {
+    let backend = Replay::start(|_| epm_answers()).await;
+    let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("p", ["nspi"])).await;
+    let mut s = Conn::connect(rpcpin.epm).await;
+    // ept_map pipelined behind its bind: its context is not accepted yet.
+    let (bind, map) = (pdus(NSPI_EPM_CLIENT)[0], pdus(NSPI_EPM_CLIENT)[1]);
+    s.write_all(&[bind, map].concat()).await.unwrap();
+    // rpcpin's fault and the backend's bind_ack, in whichever order they come.
+    let mut answers = [
+        read_pdu(&mut s).await.unwrap(),
+        read_pdu(&mut s).await.unwrap(),
+    ];
+    answers.sort_by_key(|a| a[2]);
+    assert_unknown_context_fault(&answers[0], 1);
+    assert_eq!(answers[1][2], 12, "a bind_ack");
+    // winreg on context 1, refused by the gate; a call on it, whole or in fragments.
+    s.write_all(&alter_context(7, 1, WINREG_LE, [1, 0, 0, 0]))
+        .await
+        .unwrap();
+    let resp = read_pdu(&mut s).await.unwrap();
+    assert_eq!((resp[2], resp[12]), (15, 7), "an alter_context_resp");
+    let mut on_winreg = map.to_vec();
+    on_winreg[12] = 9;
+    on_winreg[20] = 1;
+    s.write_all(&on_winreg).await.unwrap();
+    assert_unknown_context_fault(&read_pdu(&mut s).await.unwrap(), 9);
+    s.write_all(&two_fragments(10, 1)).await.unwrap();
+    assert_unknown_context_fault(&read_pdu(&mut s).await.unwrap(), 10);
+    // Once the bind is answered, ept_map on context 0 is served.
+    s.write_all(map).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap()[2], 2, "a response");
+    assert_eq!(backend.received(), NSPI_EPM_CLIENT, "bind and one ept_map");
+    let refused = logs::about(&s, "refused").await;
+    assert_eq!(
+        (refused["policy"].as_str(), refused["context_id"].as_u64()),
+        (Some("context"), Some(0)),
+        "{refused}"
     );
     rpcpin.stop().await;
 }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 /// Sends Outlook's captured EPM bytes through rpcpin and returns what came back.
 async fn outlook_ept_map(epm: SocketAddr, client: &[u8]) -> Vec<u8> {
     let mut s = Conn::connect(epm).await;
-    s.write_all(client).await.unwrap();
+    send(&mut s, client).await;
     let mut out = Vec::new();
     for _ in 0..2 {
         out.extend(read_pdu(&mut s).await.expect("an answer"));
@@ -56,7 +56,7 @@ async fn rewrites_a_big_endian_answer_from_samba() {
     .await;
     let rpcpin = Running::start(&TestConfig::new(backend.addr).pin("lsad", ["samr"])).await;
     let mut s = Conn::connect(rpcpin.epm).await;
-    s.write_all(client).await.unwrap();
+    send(&mut s, client).await;
     let mut got = vec![0u8; server.len()];
     tokio::io::AsyncReadExt::read_exact(&mut s, &mut got)
         .await
@@ -172,9 +172,10 @@ async fn nspi_pin() -> (Replay, Replay, Running) {
 async fn relays_an_ntlm_session_byte_for_byte_to_the_resolved_port() {
     let (service, epm, rpcpin) = nspi_pin().await;
 
-    // Bind, auth3 and the first call in one write: rpcpin must keep what follows the bind.
+    // Bind and auth3 in one write (rpcpin must keep what follows the bind), then the call
+    // once the bind_ack is in.
     let mut s = Conn::connect(rpcpin.pins[0]).await;
-    s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
+    send(&mut s, NSPI_NTLM_CLIENT).await;
     let ack = read_pdu(&mut s).await.expect("a bind_ack");
     let response = read_pdu(&mut s).await.expect("a response");
     let server = pdus(NSPI_NTLM_SERVER);
@@ -521,7 +522,7 @@ async fn protected_answers_close_policy_closes_the_connection() {
         .set("epm.protected_answers", "close");
     let rpcpin = Running::start(&config).await;
     let mut s = Conn::connect(rpcpin.epm).await;
-    s.write_all(NSPI_EPM_CLIENT).await.unwrap();
+    send(&mut s, NSPI_EPM_CLIENT).await;
     let got = read_to_end(&mut s).await;
     assert_eq!(
         got,
@@ -554,7 +555,7 @@ async fn an_answer_beyond_the_reassembly_bound_closes_the_connection() {
         .set("limits.max_reassembly", 1500);
     let rpcpin = Running::start(&config).await;
     let mut s = Conn::connect(rpcpin.epm).await;
-    s.write_all(NSPI_EPM_CLIENT).await.unwrap();
+    send(&mut s, NSPI_EPM_CLIENT).await;
     let got = read_to_end(&mut s).await;
     // Only the bind_ack: the answer was never forwarded, in part or whole.
     assert_eq!(got, pdus(NSPI_EPM_SERVER)[0]);
@@ -565,7 +566,7 @@ async fn an_answer_beyond_the_reassembly_bound_closes_the_connection() {
 async fn a_client_that_half_closes_still_gets_its_answer() {
     let (_service, _epm, rpcpin) = nspi_pin().await;
     let mut s = Conn::connect(rpcpin.pins[0]).await;
-    s.write_all(NSPI_NTLM_CLIENT).await.unwrap();
+    send(&mut s, NSPI_NTLM_CLIENT).await;
     // Everything sent: shut the sending side, as a client that has no more requests may.
     s.shutdown().await.unwrap();
     let got = read_to_end(&mut s).await;

@@ -11,7 +11,9 @@ use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
 use super::accepted::{Client, Opened, Summary};
-use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
+use super::gate::{
+    unknown_context_fault, CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed,
+};
 use super::generation::Generation;
 use super::relay::{Outbox, Policy};
 use super::small_map::SmallMap;
@@ -159,9 +161,9 @@ fn advertise_for(client: &Client, configured: Option<Ipv4Addr>) -> Ipv4Addr {
 }
 
 /// The endpoint mapper's policy on an association. Client to backend: the gate for binds,
-/// the opnum policy for calls, and a record of what later answers refer to. Backend to
-/// client: learns the accepted contexts, splices the gate's refusals into bind answers, and
-/// rewrites (or hides) towers.
+/// calls only on contexts the backend accepted, the opnum policy for calls, and a record of
+/// what later answers refer to. Backend to client: learns the accepted contexts, splices the
+/// gate's refusals into bind answers, and rewrites (or hides) towers.
 pub(super) struct EpmPolicy {
     generation: Arc<Generation>,
     /// The address written into towers.
@@ -204,11 +206,16 @@ impl Policy for EpmPolicy {
             }
             PacketType::Request => {
                 let req = Request::from_pdu(pdu.view())?;
+                let usable = self.gate.usable(req.context_id()).is_some();
                 match self
                     .refused
-                    .judge(&req, || opnum_refusal(req.opnum()).is_some())?
+                    .judge(&req, || !usable || opnum_refusal(req.opnum()).is_some())?
                 {
                     CallVerdict::Forward => {}
+                    CallVerdict::Refuse if !usable => {
+                        out.reply.push(unknown_context_fault(&req)?);
+                        return Ok(());
+                    }
                     CallVerdict::Refuse => return self.refuse(&req, out),
                     CallVerdict::Drop => return Ok(()),
                 }
@@ -274,6 +281,12 @@ impl Policy for EpmPolicy {
             }
             PacketType::Fault => {
                 a.calls.remove(&call_id);
+                a.proposed.remove(&call_id);
+                self.gate.unanswered(call_id);
+            }
+            PacketType::BindNak => {
+                a.proposed.remove(&call_id);
+                self.gate.unanswered(call_id);
             }
             _ => {}
         }

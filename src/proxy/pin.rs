@@ -10,7 +10,9 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use super::accepted::{Client, Opened, Summary};
-use super::gate::{CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed};
+use super::gate::{
+    unknown_context_fault, CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed,
+};
 use super::generation::{Generation, PinRuntime};
 use super::relay::{Outbox, Policy};
 use crate::interfaces::alias_of;
@@ -159,9 +161,10 @@ async fn connect(
 }
 
 /// A pin's policy on an established association: alter_context goes through the gate, a
-/// call must be allowed by the pin's opnum list, a second bind is a protocol violation; the
-/// backend's bind answers get the gate's refusals spliced in and its secondary address
-/// (the backend's port as text, which discloses it) replaced by the pin's public port.
+/// call must be on a context the backend accepted and allowed by the pin's opnum list, a
+/// second bind is a protocol violation; the backend's bind answers get the gate's refusals
+/// spliced in and its secondary address (the backend's port as text, which discloses it)
+/// replaced by the pin's public port.
 pub(super) struct PinPolicy {
     pin: Arc<PinRuntime>,
     gate: Gate,
@@ -182,15 +185,18 @@ impl Policy for PinPolicy {
             PacketType::Bind => bail!("a second bind on an established association"),
             PacketType::Request => {
                 let req = Request::from_pdu(pdu.view())?;
-                let interface = self.gate.interface_of(req.context_id());
+                let interface = self.gate.usable(req.context_id());
                 let allowed = |i: &SyntaxId| self.pin.config.allows_opnum(i, req.opnum());
                 match self
                     .refused
-                    .judge(&req, || interface.is_some_and(|i| !allowed(&i)))?
+                    .judge(&req, || interface.is_none_or(|i| !allowed(&i)))?
                 {
                     CallVerdict::Forward => out.forward(pdu.into_inner()),
                     CallVerdict::Refuse => {
-                        let i = interface.unwrap_or(SyntaxId::NDR);
+                        let Some(i) = interface else {
+                            out.reply.push(unknown_context_fault(&req)?);
+                            return Ok(());
+                        };
                         warn!(
                             event = "refused",
                             policy = "opnum",
@@ -226,6 +232,9 @@ impl Policy for PinPolicy {
             pdu.ptype(),
             PacketType::BindAck | PacketType::AlterContextResp
         ) {
+            if matches!(pdu.ptype(), PacketType::Fault | PacketType::BindNak) {
+                self.gate.unanswered(pdu.call_id());
+            }
             out.forward(pdu.into_inner());
             return Ok(());
         }

@@ -251,6 +251,8 @@ pub fn encode_response(
 pub mod status {
     /// The operation number is not valid for the interface.
     pub const NCA_S_OP_RNG_ERROR: u32 = 0x1c01_0002;
+    /// The call names a presentation context (interface) the server does not know.
+    pub const NCA_S_UNK_IF: u32 = 0x1c01_0003;
     /// The call was refused by policy.
     pub const NCA_S_FAULT_ACCESS_DENIED: u32 = 0x0000_0005;
     /// The server could not process the call.

@@ -196,6 +196,48 @@ pub async fn read_pdu(c: &mut Conn) -> Option<Vec<u8>> {
     tokio::time::timeout(WAIT, read).await.ok().flatten()
 }
 
+/// How many whole PDUs `bytes` starts with.
+fn whole_pdus(mut bytes: &[u8]) -> usize {
+    let mut n = 0;
+    while let Some(len) = pdu_len(bytes) {
+        bytes = &bytes[len..];
+        n += 1;
+    }
+    n
+}
+
+/// Sends the PDUs of `stream` as a real client does: a call only once the binds and
+/// alter_contexts sent before it are answered (rpcpin refuses a call on a context the
+/// backend has not accepted yet); what precedes a call goes in one write. The answers waited
+/// for stay unread, for the test to read. Stops early if the peer closes.
+pub async fn send(c: &mut Conn, stream: &[u8]) {
+    let (mut batch, mut binds) = (Vec::new(), 0);
+    let mut rest = stream;
+    while let Some(len) = pdu_len(rest) {
+        let (pdu, tail) = rest.split_at(len);
+        if pdu[2] == 0 && binds > 0 {
+            c.stream.write_all(&batch).await.unwrap();
+            batch.clear();
+            let want = whole_pdus(&c.read) + binds;
+            binds = 0;
+            while whole_pdus(&c.read) < want {
+                let read = tokio::time::timeout(WAIT, c.stream.read_buf(&mut c.read));
+                match read.await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+            }
+        }
+        if matches!(pdu[2], 11 | 14) {
+            binds += 1;
+        }
+        batch.extend_from_slice(pdu);
+        rest = tail;
+    }
+    batch.extend_from_slice(rest);
+    c.stream.write_all(&batch).await.unwrap();
+}
+
 /// Reads until the peer closes (a reset counts as a close), bounded by [`WAIT`].
 pub async fn read_to_end(c: &mut Conn) -> Vec<u8> {
     let mut out = std::mem::take(&mut c.read);

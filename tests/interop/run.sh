@@ -208,11 +208,12 @@ time.sleep(120)' "$port" >/dev/null 2>&1 &
     echo $!
 }
 
-# tshark on a namespace's interface, port 135 only: start (several may run at
-# once), and stop them all (each writes its file on exit).
+# tshark on a namespace's interface, port 135 only unless a capture filter is
+# given: start (several may run at once), and stop them all (each writes its
+# file on exit).
 start_capture() {
-    local ns=$1 iface=$2 file=$3
-    ip netns exec "$ns" tshark -i "$iface" -f "tcp port 135" -w "$file" -q \
+    local ns=$1 iface=$2 file=$3 filter=${4:-tcp port 135}
+    ip netns exec "$ns" tshark -i "$iface" -f "$filter" -w "$file" -q \
         >"$file.log" 2>&1 &
     capture_pids+=($!)
     wait_for 15 grep -q "Capturing on" "$file.log" ||
@@ -285,6 +286,21 @@ backend_leg_clean() {
         bad=1
     fi
     ((bad == 0))
+}
+
+# What reached Samba's samr port through pin lsad (tshark on rpcpin's backend leg):
+# requests on context 0 (the control calls), none on context 1 (winreg, refused).
+backend_saw_no_call_on_context_1() {
+    local file=$1 ctxs
+    ctxs=$(tshark -r "$file" -d "tcp.port==$2,dcerpc" -Y 'dcerpc.pkt_type == 0' \
+        -T fields -e dcerpc.cn_ctx_id 2>/dev/null | sort -n | uniq -c |
+        awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')
+    echo "requests Samba received on $LAN_IP:$2, by context id: ${ctxs:-none}"
+    grep -qE "(^|, )0 x" <<<"$ctxs" || { echo "no request on context 0: capture missed the calls?"; return 1; }
+    if grep -qE "(^|, )1 x" <<<"$ctxs"; then
+        echo "a request on context 1 reached Samba"
+        return 1
+    fi
 }
 
 # --- rpcpin's log (log_mark is in lib.sh) ------------------------------------------
@@ -479,6 +495,8 @@ main() {
     check "Samba, offered netdfs + srvsvc in one bind on $LAN_IP:$srvsvc1, accepts netdfs (its first context)" \
         client "$NS_DMZ" "$PY" "$script_dir/bind_check.py" "$LAN_IP" "$srvsvc1" netdfs,srvsvc --raw \
         --expect split --accepted netdfs --refused srvsvc --any-reason
+    check "Samba itself answers a call on a context it rejected (samr bound on $LAN_IP:$samr1, winreg proposed by alter_context as context 1) with fault nca_s_unk_if, flags 0x23, context id 0" \
+        client "$NS_DMZ" "$PY" "$script_dir/context_check.py" "$LAN_IP" "$samr1" samr winreg
     check "rpcclient enumdomains works directly against Samba from the DMZ (credentials and Samba sane)" \
         rpcclient_ok "$NS_DMZ" "ncacn_ip_tcp:${LAN_IP}[seal]" enumdomains 'name:[RIGSRV]' 'name:[Builtin]'
 
@@ -601,6 +619,16 @@ main() {
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --alter netdfs --expect reject
     check "alter_context srvsvc -> wkssvc (same pin) via pin classic :$PIN_CLASSIC is accepted (control)" \
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --alter wkssvc --expect accept
+    start_capture "$NS_DMZ" to-lan "$WORK/samr-backend.pcapng" "tcp port $samr1"
+    local mark
+    mark=$(log_mark)
+    check "via pin lsad :$PIN_LSAD, a call on context 1 (winreg, refused by rpcpin's alter_context_resp) gets rpcpin's fault as Samba's (nca_s_unk_if, 0x23, context 0), whole and in two fragments (one fault); samr on context 0 still answered" \
+        client "$NS_CLI" "$PY" "$script_dir/context_check.py" "$DMZ_OUT_IP" "$PIN_LSAD" samr winreg --fragments
+    stop_captures
+    check "tshark on rpcpin's backend leg to $LAN_IP:$samr1: Samba received the calls on context 0, none on context 1" \
+        backend_saw_no_call_on_context_1 "$WORK/samr-backend.pcapng" "$samr1"
+    check "rpcpin logged both refusals as policy=context" \
+        rpcpin_logged "$mark" 2 'event="refused"' 'policy="context"' 'context_id=1 '
 
     # --- c. Samba moves its ports; rpcpin untouched follows -----------------------
     stop_samba
