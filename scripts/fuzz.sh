@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the wire layer and the tower rewriter with cargo-fuzz (libFuzzer).
+# Fuzzes the wire layer, the tower rewriter and the PROXY protocol parser with cargo-fuzz
+# (libFuzzer).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]      (default 60)
 #
@@ -14,7 +15,8 @@
 # `cargo +nightly install cargo-fuzz --version ... --locked` when it is missing or another
 # version. Either failing stops the script with a message saying what to do.
 # Environment:
-#   FUZZ_TARGETS     targets to run (default: every one: framing bind epm_rewrite)
+#   FUZZ_TARGETS     targets to run (default: every one: framing bind epm_rewrite
+#                    proxy_protocol)
 #   FUZZ_TOOLCHAIN   rustup toolchain to build with (default: nightly; it must be a nightly)
 #   FUZZ_SANITIZER   address, none, ... (default none: rpcpin forbids unsafe code, and the
 #                    targets' assertions and overflow checks are what find bugs)
@@ -28,7 +30,7 @@ if ! [[ $secs =~ ^[0-9]+$ ]] || ((secs == 0)); then
     echo "usage: scripts/fuzz.sh [SECONDS_PER_TARGET]" >&2
     exit 2
 fi
-read -r -a targets <<<"${FUZZ_TARGETS:-framing bind epm_rewrite}"
+read -r -a targets <<<"${FUZZ_TARGETS:-framing bind epm_rewrite proxy_protocol}"
 
 # The cargo-fuzz release the targets are built and run with; it builds with the Cargo.lock
 # it ships (--locked).

@@ -163,7 +163,10 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Header>, Error> {
             ))
         }
         (1, 0x11 | 0x21) => return Err(Error::Malformed("v2 addresses truncated")),
-        (1, _) => None, // UNSPEC or a non-TCP family: keep the TCP peer
+        // Families above AF_UNIX and transports above DGRAM "must be rejected as invalid by
+        // receivers" (§2.2); the LOCAL command ignores the family.
+        (1, f) if f >> 4 > 3 || f & 0x0f > 2 => return Err(Error::Malformed("v2 family")),
+        (1, _) => None, // UNSPEC, UDP or AF_UNIX: keep the TCP peer
         _ => return Err(Error::Malformed("v2 command")),
     };
     Ok(Some(Header { len, addrs }))
@@ -230,6 +233,25 @@ mod tests {
         let mut long = V2_SIGNATURE.to_vec();
         long.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
         assert_eq!(parse(&long), Err(Error::Malformed("v2 header too long")));
+        // PROXY with an unassigned family or transport is refused; LOCAL ignores the family.
+        for (ver_cmd, family, ok) in [
+            (0x21, 0x41, false),
+            (0x21, 0x13, false),
+            (0x21, 0x31, true),
+            (0x21, 0x12, true),
+            (0x20, 0xff, true),
+        ] {
+            let mut h = V2_SIGNATURE.to_vec();
+            h.extend_from_slice(&[ver_cmd, family, 0, 0]);
+            let want = match ok {
+                true => Ok(Some(Header {
+                    len: 16,
+                    addrs: None,
+                })),
+                false => Err(Error::Malformed("v2 family")),
+            };
+            assert_eq!(parse(&h), want, "{ver_cmd:#x} {family:#x}");
+        }
         let mut short = V2_SIGNATURE.to_vec();
         short.extend_from_slice(&[0x21, 0x11, 0, 4, 1, 2, 3, 4]);
         assert!(parse(&short).is_err());

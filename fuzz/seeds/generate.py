@@ -14,6 +14,8 @@ Selector bytes (see the targets' docs):
   bind:         n, n bytes of secondary address, PDU
   epm_rewrite:  sel (bit 0 lookup, bit 1 NDR64, bit 2 big endian, bit 3 auth, bit 4 hide
                 unpinned, bit 5 ept_map_auth), chunk-1, stub
+  proxy_protocol: no selector: a PROXY protocol v1/v2 header (HAProxy's proxy-protocol.txt),
+                then the first bytes of a bind PDU
 """
 import os
 import socket
@@ -263,6 +265,90 @@ def main():
     write("framing", "auth-response", bytes([0])
           + pdu(2, struct.pack("<IHBB", 4, 0, 0, 0) + b"\x01\x02\x03\x04", auth=(4, b"\x00" * 16))
           + pdu(0, struct.pack("<IHH", 0, 0, 3) + bytes(16) + b"stub", flags=0x83))
+
+    proxy_protocol_seeds()
+
+
+# PROXY protocol (proxy-protocol.txt): the v2 signature, its TLV types and the SSL TLV's flags.
+PP2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+PP2_ALPN, PP2_AUTHORITY, PP2_CRC32C, PP2_NOOP, PP2_UNIQUE_ID = 0x01, 0x02, 0x03, 0x04, 0x05
+PP2_SSL, PP2_SSL_VERSION, PP2_SSL_CN, PP2_SSL_CIPHER = 0x20, 0x21, 0x22, 0x23
+PP2_CLIENT_SSL, PP2_CLIENT_CERT_CONN = 0x01, 0x02
+# What a bind PDU starts with: what follows the header on the stream.
+RPC_START = b"\x05\x00\x0b\x03\x10\x00\x00\x00"
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as PP2_TYPE_CRC32C carries."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def tlv(kind, value):
+    return bytes([kind]) + struct.pack(">H", len(value)) + value
+
+
+def pp2(ver_cmd, fam, addrs, tlvs=b"", crc=False):
+    """A v2 header: signature, version/command, family/transport, length, addresses, TLVs.
+    With `crc`, a CRC32C TLV goes last, computed over the header with its value zeroed."""
+    body = addrs + tlvs + (tlv(PP2_CRC32C, bytes(4)) if crc else b"")
+    h = PP2_SIG + bytes([ver_cmd, fam]) + struct.pack(">H", len(body)) + body
+    if crc:
+        h = h[:-4] + struct.pack(">I", crc32c(h))
+    return h
+
+
+def pp2_inet(src, dst, sport, dport):
+    return socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack(">HH", sport, dport)
+
+
+def pp2_inet6(src, dst, sport, dport):
+    return (socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+            + struct.pack(">HH", sport, dport))
+
+
+def proxy_protocol_seeds():
+    assert crc32c(b"123456789") == 0xE3069283
+    w = lambda name, header: write("proxy_protocol", name, header + RPC_START)
+    # v1: the spec's examples, and its longest line (107 bytes with the CRLF).
+    w("v1-tcp4", b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n")
+    w("v1-tcp6", b"PROXY TCP6 2001:db8::1 2001:db8:0:1::7 49152 135\r\n")
+    w("v1-unknown", b"PROXY UNKNOWN\r\n")
+    longest = ("PROXY UNKNOWN " + ":".join(["ffff"] * 8) + " " + ":".join(["ffff"] * 8)
+               + " 65535 65535\r\n").encode()
+    assert len(longest) == 107
+    w("v1-unknown-longest", longest)
+    w("v1-tcp6-longest", longest.replace(b"UNKNOWN", b"TCP6"))
+    # v2: TCP over IPv4 and IPv6, LOCAL, PROXY UNSPEC, UDP, UNIX.
+    v4 = pp2_inet("198.51.100.22", "203.0.113.7", 35646, 135)
+    v6 = pp2_inet6("2001:db8::22", "2001:db8::7", 35646, 49667)
+    w("v2-tcp4", pp2(0x21, 0x11, v4))
+    w("v2-tcp6", pp2(0x21, 0x21, v6))
+    w("v2-local", pp2(0x20, 0x00, b""))
+    w("v2-local-tcp4", pp2(0x20, 0x11, v4))
+    w("v2-proxy-unspec", pp2(0x21, 0x00, b""))
+    w("v2-udp4", pp2(0x21, 0x12, v4))
+    w("v2-unix-stream", pp2(0x21, 0x31, b"/run/client".ljust(108, b"\0")
+                            + b"/run/rpcpin".ljust(108, b"\0")))
+    # v2 with TLVs: ALPN, authority, unique ID, an SSL TLV with its sub-TLVs, NOOP padding,
+    # and a CRC32C over the whole header.
+    ssl = tlv(PP2_SSL, bytes([PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN]) + struct.pack(">I", 0)
+              + tlv(PP2_SSL_VERSION, b"TLSv1.3") + tlv(PP2_SSL_CN, b"client.example")
+              + tlv(PP2_SSL_CIPHER, b"TLS_AES_256_GCM_SHA384"))
+    tlvs = (tlv(PP2_ALPN, b"h2") + tlv(PP2_AUTHORITY, b"rpc.example.com")
+            + tlv(PP2_UNIQUE_ID, bytes(range(16))) + ssl + tlv(PP2_NOOP, bytes(3)))
+    w("v2-tcp4-tlvs-crc", pp2(0x21, 0x11, v4, tlvs, crc=True))
+    w("v2-tcp6-tlvs", pp2(0x21, 0x21, v6, tlvs))
+    # The longest v2 header rpcpin takes (proxy_protocol::V2_MAX, 536 bytes), one byte more,
+    # and a PROXY header whose addresses are cut short.
+    pad = lambda n: tlv(PP2_NOOP, bytes(n - 3))
+    w("v2-tcp4-longest", pp2(0x21, 0x11, v4, pad(520 - 12)))
+    w("v2-tcp4-too-long", pp2(0x21, 0x11, v4, pad(521 - 12)))
+    w("v2-tcp6-truncated", pp2(0x21, 0x21, v6[:20]))
 
 
 if __name__ == "__main__":
