@@ -370,8 +370,10 @@ fn impacket_config(backend: SocketAddr) -> TestConfig {
         .pin("directory", ["nspi"])
         .pin("store", ["emsmdb"])
         .set("epm.advertise", "203.0.113.10")
-        // Unpinned entries stay, so that impacket's expected answers are the judge.
+        // Unpinned entries and other towers stay, so that impacket's expected answers are
+        // the judge.
         .set("epm.hide_unpinned", false)
+        .set("epm.other_towers", "keep")
         .set("pin[0].advertise_port", 6004)
         .set("pin[1].advertise_port", 6001)
 }

@@ -7,6 +7,7 @@
 //!   sel bit 3: each fragment also carries an auth verifier (pad, sec_trailer, 16 bytes)
 //!   sel bit 4: hide_unpinned (entries of unpinned interfaces are removed: re-encoding)
 //!   sel bit 5: ept_map_auth instead of ept_map
+//!   sel bit 6: keep the towers of pinned interfaces other than ncacn_ip_tcp (other_towers)
 //!   chunk: stub bytes per fragment, minus one (1..=256)
 #![no_main]
 
@@ -55,6 +56,7 @@ struct Case {
     syntax: Syntax,
     endian: Endian,
     hide: bool,
+    hide_other: bool,
 }
 
 impl Case {
@@ -89,6 +91,7 @@ impl Case {
             table,
             advertise: ADVERTISE,
             hide_unpinned: self.hide,
+            hide_other_towers: self.hide_other,
         };
         rewrite_stub(stub, self.endian, self.op, self.syntax, rules)
     }
@@ -107,6 +110,7 @@ fuzz_target!(|data: &[u8]| {
         syntax: if sel & 2 == 0 { Syntax::Ndr } else { Syntax::Ndr64 },
         endian: if sel & 4 == 0 { Endian::Little } else { Endian::Big },
         hide: sel & 0x10 != 0,
+        hide_other: sel & 0x40 == 0,
     };
     let with_auth = sel & 8 != 0;
     let chunk = usize::from(*chunk) + 1;
@@ -148,7 +152,7 @@ fuzz_target!(|data: &[u8]| {
         let before = again.clone();
         let d2 = case.rewrite(&mut again, &table).expect("a rewritten answer walks");
         assert_eq!(again, before, "rewriting twice changed more bytes");
-        assert!(d2.hidden.is_empty());
+        assert!(d2.hidden.is_empty() && d2.other_towers.is_empty());
         assert_eq!(d2.reencoded, None);
         assert_eq!(d2.rewritten.len(), done.rewritten.len());
     }
@@ -162,6 +166,7 @@ fuzz_target!(|data: &[u8]| {
         table: &table,
         advertise: ADVERTISE,
         hide_unpinned: case.hide,
+        hide_other_towers: case.hide_other,
     };
     let r3 = rewrite_call(&mut checked(&mut frags), case.op, case.syntax, rules, MAX_STUB);
     assert_eq!(frags.len(), before.len());
@@ -180,6 +185,7 @@ fuzz_target!(|data: &[u8]| {
             let pdus = b.reencoded.take();
             assert_eq!(a.rewritten, b.rewritten);
             assert_eq!(a.hidden, b.hidden);
+            assert_eq!(a.other_towers, b.other_towers);
             assert_eq!(a.reencoded.is_some(), pdus.is_some());
             match (&a.reencoded, pdus) {
                 (Some(new_stub), Some(pdus)) => {
@@ -212,6 +218,7 @@ fn check_stub(case: &Case, before: &[u8], after: &[u8], walk: &Walk, done: &Chan
     let mut allowed = vec![false; before.len()];
     let mut expected = before.to_vec();
     let mut n = 0;
+    let mut hidden_other = 0;
     let mut kept = Vec::new();
     for entry in &walk.entries {
         let range = entry.tower.map(|i| walk.towers[i].clone());
@@ -233,10 +240,17 @@ fn check_stub(case: &Case, before: &[u8], after: &[u8], walk: &Walk, done: &Chan
             }
             continue;
         };
-        kept.push(entry);
         if !t.is_ncacn_ip_tcp() {
+            if case.hide_other {
+                let d = &done.other_towers[hidden_other];
+                hidden_other += 1;
+                assert_eq!((Some(d.interface), d.protocol), (t.interface(), t.protocol(3)));
+            } else {
+                kept.push(entry);
+            }
             continue;
         }
+        kept.push(entry);
         let (port, ip) = (t.tcp_port_range().unwrap(), t.ipv4_range().unwrap());
         let d = &done.rewritten[n];
         n += 1;
@@ -259,12 +273,13 @@ fn check_stub(case: &Case, before: &[u8], after: &[u8], walk: &Walk, done: &Chan
     assert_eq!(after, expected);
 
     let hidden = walk.entries.len() - kept.len();
-    assert_eq!(done.hidden.len(), hidden);
+    assert_eq!(done.other_towers.len(), hidden_other);
+    assert_eq!(done.hidden.len() + hidden_other, hidden);
     let Some(new) = &done.reencoded else {
         assert_eq!(hidden, 0, "entries hidden without re-encoding");
         return;
     };
-    assert!(case.hide && hidden > 0, "re-encoded with nothing hidden");
+    assert!((case.hide || case.hide_other) && hidden > 0, "re-encoded with nothing hidden");
     // The re-encoded answer: the kept entries, as patched, in order; the same handle, max
     // count and status (ept_map left with nothing: ept_s_not_registered).
     let w = case.walk(new).expect("a re-encoded answer walks");

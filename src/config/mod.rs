@@ -75,6 +75,8 @@ pub struct Epm {
     pub protected_answers: ProtectedAnswers,
     /// Whether interfaces no pin carries are hidden from ept_map and ept_lookup answers.
     pub hide_unpinned: bool,
+    /// What happens to the towers of pinned interfaces other than ncacn_ip_tcp.
+    pub other_towers: OtherTowers,
     /// Whether each connection starts with a PROXY protocol (v1 or v2) header.
     pub proxy_protocol: bool,
 }
@@ -89,6 +91,18 @@ pub enum ProtectedAnswers {
     Fault,
     /// Close the client's connection.
     Close,
+}
+
+/// `epm.other_towers`: the towers of a pinned interface other than ncacn_ip_tcp
+/// (ncacn_http, ncadg_ip_udp, ncacn_np, ncacn_nb, …) are not rewritten, carry the server's
+/// internal address or name, and lead nowhere through rpcpin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherTowers {
+    /// Remove them from ept_map and ept_lookup answers (the default).
+    Hide,
+    /// Leave them as the backend gave them, for diagnosis.
+    Keep,
 }
 
 /// One `[[pin]]`.

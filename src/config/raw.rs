@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{err, ConfigError, LogFormat, ProtectedAnswers};
+use super::{err, ConfigError, LogFormat, OtherTowers, ProtectedAnswers};
 
 /// Reads `text` into the serde form.
 pub(super) fn parse(text: &str) -> Result<RawConfig, ConfigError> {
@@ -75,6 +75,7 @@ pub(super) struct RawEpm {
     pub(super) advertise: Option<String>,
     pub(super) protected_answers: Option<ProtectedAnswers>,
     pub(super) hide_unpinned: Option<bool>,
+    pub(super) other_towers: Option<OtherTowers>,
     #[serde(default)]
     pub(super) proxy_protocol: bool,
 }

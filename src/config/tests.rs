@@ -359,3 +359,19 @@ fn durations_too_long_are_refused() {
         );
     }
 }
+
+#[test]
+fn other_towers_is_hide_keep_or_an_error() {
+    assert_eq!(
+        parse(&minimal()).unwrap().epm.other_towers,
+        OtherTowers::Hide
+    );
+    let mut doc = minimal();
+    add(&mut doc, "epm", "other_towers", "keep");
+    assert_eq!(parse(&doc).unwrap().epm.other_towers, OtherTowers::Keep);
+    set(&mut doc, "epm.other_towers", "drop");
+    let text = toml::to_string(&doc).unwrap();
+    let e = Config::parse(&text).unwrap_err();
+    assert!(e.key.contains(r#"other_towers = "drop""#), "{e}");
+    assert!(e.reason.contains("unknown variant"), "{e}");
+}

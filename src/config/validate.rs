@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::raw::{RawAdmin, RawBackend, RawConfig, RawEpm, RawLimits, RawLog, RawPin, RawProcess};
 use super::{
-    err, Admin, Backend, Config, ConfigError, Epm, Limits, Log, LogFormat, Pin, Process,
-    ProtectedAnswers,
+    err, Admin, Backend, Config, ConfigError, Epm, Limits, Log, LogFormat, OtherTowers, Pin,
+    Process, ProtectedAnswers,
 };
 use crate::interfaces::Interface;
 use crate::wire::Uuid;
@@ -67,6 +67,7 @@ fn epm(raw: RawEpm) -> Result<Epm, ConfigError> {
         advertise,
         protected_answers: raw.protected_answers.unwrap_or(ProtectedAnswers::Fault),
         hide_unpinned: raw.hide_unpinned.unwrap_or(true),
+        other_towers: raw.other_towers.unwrap_or(OtherTowers::Hide),
         proxy_protocol: raw.proxy_protocol,
     })
 }

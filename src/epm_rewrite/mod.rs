@@ -6,7 +6,9 @@
 //! its port and address, so those are patched in place and put back where they came from:
 //! `frag_length`, alignment and offsets stay as they were, and a rewrite that changes
 //! nothing changes no byte. Hiding the entries of unpinned interfaces (`epm.hide_unpinned`,
-//! on by default) removes bytes, so such an answer is re-encoded and cut into new fragments.
+//! on by default) or the towers of pinned interfaces other than ncacn_ip_tcp
+//! (`epm.other_towers`, hidden by default) removes bytes, so such an answer is re-encoded and
+//! cut into new fragments.
 
 use std::net::Ipv4Addr;
 
@@ -100,6 +102,17 @@ pub struct Rules<'a> {
     pub advertise: Ipv4Addr,
     /// Whether entries of interfaces no pin carries are removed from answers.
     pub hide_unpinned: bool,
+    /// Whether towers of pinned interfaces other than ncacn_ip_tcp are removed from answers.
+    pub hide_other_towers: bool,
+}
+
+/// A tower of a pinned interface that is not ncacn_ip_tcp, removed from an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtherTower {
+    /// The tower's interface and version.
+    pub interface: SyntaxId,
+    /// Floor 4's protocol id (`wire::tower::protocol::sequence` names it), if it has one.
+    pub protocol: Option<u8>,
 }
 
 /// What a rewrite did to one answer.
@@ -111,17 +124,28 @@ pub struct Changes {
     /// answer order: the interface and version its tower names, or `None` for an entry
     /// with no tower, or one that does not parse or names no interface.
     pub hidden: Vec<Option<SyntaxId>>,
+    /// Each tower of a pinned interface other than ncacn_ip_tcp removed (`hide_other_towers`),
+    /// in answer order.
+    pub other_towers: Vec<OtherTower>,
     /// The re-encoded stub, when entries were removed; otherwise the stub was patched in place.
     pub reencoded: Option<Vec<u8>>,
+}
+
+impl Changes {
+    /// Whether entries were removed from the answer (which is then re-encoded).
+    pub fn removed(&self) -> bool {
+        !self.hidden.is_empty() || !self.other_towers.is_empty()
+    }
 }
 
 /// Rewrites the towers of one reassembled ept_map or ept_lookup answer stub.
 ///
 /// Every ncacn_ip_tcp tower of a pinned interface gets the pin's port and the advertised
-/// address, in place. Towers of other protocols (ncacn_http, named pipes) of a pinned
-/// interface stay as they are. With `hide_unpinned`, entries whose tower names no pinned
-/// interface are removed, which re-encodes the answer (an ept_map left with no tower answers
-/// `ept_s_not_registered`); without it they stay untouched.
+/// address, in place. With `hide_other_towers`, the entries of a pinned interface whose tower
+/// is of another protocol (ncacn_http, ncadg_ip_udp, named pipes, NetBIOS) are removed;
+/// without it they stay as they are. With `hide_unpinned`, entries whose tower names no
+/// pinned interface are removed; without it they stay untouched. Removing entries
+/// re-encodes the answer (an ept_map left with no tower answers `ept_s_not_registered`).
 pub fn rewrite_stub(
     stub: &mut [u8],
     endian: Endian,
@@ -142,9 +166,18 @@ pub fn rewrite_stub(
             .tower
             .and_then(|i| Tower::new_checked(&mut stub[walk.towers[i].clone()]).ok());
         let interface = tower.as_ref().and_then(|t| t.interface());
-        let pinned = interface.and_then(|i| rules.table.target(&i));
+        let pinned = interface.and_then(|i| Some((i, rules.table.target(&i)?)));
         match (tower, pinned) {
-            (Some(mut tower), Some(target)) => {
+            (Some(tower), Some((interface, _)))
+                if rules.hide_other_towers && !tower.is_ncacn_ip_tcp() =>
+            {
+                *keep = false;
+                done.other_towers.push(OtherTower {
+                    interface,
+                    protocol: tower.protocol(3),
+                });
+            }
+            (Some(mut tower), Some((_, target))) => {
                 if let Some(r) = point_at(&mut tower, target, rules.advertise) {
                     done.rewritten.push(r);
                 }
@@ -156,7 +189,7 @@ pub fn rewrite_stub(
             _ => {}
         }
     }
-    if !done.hidden.is_empty() {
+    if done.removed() {
         let refs: Vec<EntryRef<'_>> = walk
             .entries
             .iter()
@@ -238,11 +271,13 @@ mod tests {
         ])
     }
 
+    /// The rules for `table`; towers other than ncacn_ip_tcp are hidden, as by default.
     pub(super) fn rules(table: &Table, hide_unpinned: bool) -> Rules<'_> {
         Rules {
             table,
             advertise: PUBLIC,
             hide_unpinned,
+            hide_other_towers: true,
         }
     }
 
@@ -350,12 +385,55 @@ mod tests {
         assert_eq!(stub[..20], original[24..44], "the entry handle is kept");
     }
 
+    /// Exchange's ept_lookup answer holds NSPI's ncacn_http tower (192.168.0.2 inside):
+    /// hidden by default, the answer re-encoded without it.
     #[test]
-    fn http_tower_of_a_pinned_interface_is_untouched() {
+    fn http_tower_of_a_pinned_interface_is_hidden() {
         let original = LOOKUP_SERVER[60..].to_vec();
+        let stub = &original[24..];
+        let before = walk_lookup_response(stub, Endian::Little, Syntax::Ndr).unwrap();
         let mut frags = [original.clone()];
         let done = rewrite(&mut frags, opnum::LOOKUP, true);
-        assert_eq!(done, Changes::default());
+        let nspi = Interface::parse("nspi").unwrap()[0];
+        let hidden = done
+            .other_towers
+            .iter()
+            .map(|t| (t.interface.uuid, t.protocol));
+        assert_eq!(hidden.collect::<Vec<_>>(), [(nspi.uuid, Some(0x1f))]);
+        assert_eq!((done.rewritten.len(), done.hidden.len()), (0, 0));
+        assert_eq!(
+            frags[0], original,
+            "the fragments are left, the re-encoded answer is sent"
+        );
+        let pdus = done.reencoded.unwrap();
+        let walk = walk_lookup_response(&pdus[24..], Endian::Little, Syntax::Ndr).unwrap();
+        assert_eq!(walk.status, before.status);
+        assert_eq!(walk.entries.len() + 1, before.entries.len());
+        for t in &walk.towers {
+            assert!(!pdus[24..][t.clone()]
+                .windows(4)
+                .any(|w| w == [192, 168, 0, 2]));
+        }
+    }
+
+    /// With `epm.other_towers = "keep"` the ncacn_http tower passes untouched.
+    #[test]
+    fn http_tower_of_a_pinned_interface_is_kept_on_request() {
+        let original = LOOKUP_SERVER[60..].to_vec();
+        let mut frags = [original.clone()];
+        let table = exchange_table();
+        let keep = Rules {
+            hide_other_towers: false,
+            ..rules(&table, true)
+        };
+        let done = rewrite_call(
+            &mut checked(&mut frags),
+            opnum::LOOKUP,
+            Syntax::Ndr,
+            keep,
+            MAX,
+        );
+        assert_eq!(done.unwrap(), Changes::default());
         assert_eq!(frags[0], original);
     }
 
@@ -381,9 +459,12 @@ mod tests {
                 Syntax::Ndr
             };
             let mut stub = input.clone();
-            // Unpinned entries stay (hiding off) so that impacket's answer is the judge.
-            let done =
-                rewrite_stub(&mut stub, Endian::Little, op, syntax, rules(&table, false)).unwrap();
+            // Every entry stays (hiding off) so that impacket's answer is the judge.
+            let keep = Rules {
+                hide_other_towers: false,
+                ..rules(&table, false)
+            };
+            let done = rewrite_stub(&mut stub, Endian::Little, op, syntax, keep).unwrap();
             assert_eq!(
                 done.rewritten.len(),
                 rewrites.parse::<usize>().unwrap(),
@@ -397,8 +478,7 @@ mod tests {
                 Syntax::Ndr
             };
             let mut again = input.clone();
-            if let Ok(d) = rewrite_stub(&mut again, Endian::Little, op, wrong, rules(&table, false))
-            {
+            if let Ok(d) = rewrite_stub(&mut again, Endian::Little, op, wrong, keep) {
                 assert!(
                     d.rewritten.is_empty() || again != expected,
                     "{name} walked as {wrong:?}"

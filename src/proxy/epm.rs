@@ -17,8 +17,8 @@ use super::gate::{
 use super::generation::Generation;
 use super::relay::{Outbox, Policy};
 use super::small_map::SmallMap;
-use crate::config::ProtectedAnswers;
-use crate::epm_rewrite::{carries_towers, rewrite_call, Rules};
+use crate::config::{OtherTowers, ProtectedAnswers};
+use crate::epm_rewrite::{carries_towers, rewrite_call, OtherTower, Rules};
 use crate::interfaces::alias_of;
 use crate::metrics::metrics;
 use crate::pdu_stream::PduReader;
@@ -26,10 +26,15 @@ use crate::wire::bind::{BindAck, BindRequest, ContextResult};
 use crate::wire::call::{encode_fault, status, Request, Response};
 use crate::wire::epm::{opnum, EPM};
 use crate::wire::ndr::Syntax;
+use crate::wire::tower::protocol;
 use crate::wire::{PacketType, Pdu, SyntaxId};
 
 /// Why entries are missing from an answer.
 const HIDDEN: &str = "entries of interfaces no pin carries removed from the answer";
+
+/// Why towers of a pinned interface are missing from an answer.
+const OTHER_TOWERS: &str =
+    "towers other than ncacn_ip_tcp of a pinned interface removed from the answer";
 
 /// More outstanding calls than this on one EPM association is not a real client.
 const MAX_OUTSTANDING: usize = 64;
@@ -349,6 +354,7 @@ impl EpmPolicy {
             table: &self.generation.table,
             advertise: self.advertise,
             hide_unpinned: config.epm.hide_unpinned,
+            hide_other_towers: config.epm.other_towers == OtherTowers::Hide,
         };
         let outcome = match syntax {
             None => Err("the context's transfer syntax is not NDR or NDR64"),
@@ -356,11 +362,11 @@ impl EpmPolicy {
                 .map_err(|_| "the answer does not parse"),
         };
         let refusal = match outcome {
-            Ok(done) if done.rewritten.is_empty() && done.hidden.is_empty() => None,
+            Ok(done) if done.rewritten.is_empty() && !done.removed() => None,
             // A verifier covers the stub, or the answer carries one that re-encoding drops.
             Ok(done)
                 if levels.iter().any(|&l| l >= AUTH_LEVEL_PKT)
-                    || (!done.hidden.is_empty() && !levels.is_empty()) =>
+                    || (done.removed() && !levels.is_empty()) =>
             {
                 let reason = "the answer is integrity-protected and needs a rewrite";
                 if config.epm.protected_answers == ProtectedAnswers::Close {
@@ -394,6 +400,7 @@ impl EpmPolicy {
                 }
                 if let Some(reencoded) = done.reencoded {
                     log_hidden(&done.hidden, call_id, op);
+                    log_other_towers(&done.other_towers, call_id, op);
                     out.forward(BytesMut::from(&reencoded[..]));
                     return Ok(());
                 }
@@ -430,14 +437,7 @@ impl EpmPolicy {
 /// count) per interface and version, with how many of its entries were removed; entries
 /// whose tower names no interface share one event with interface `-`.
 fn log_hidden(hidden: &[Option<SyntaxId>], call_id: u32, op: u16) {
-    let mut seen: Vec<(Option<SyntaxId>, usize)> = Vec::new();
-    for h in hidden {
-        match seen.iter_mut().find(|(s, _)| s == h) {
-            Some((_, n)) => *n += 1,
-            None => seen.push((*h, 1)),
-        }
-    }
-    for (interface, entries) in seen {
+    for (interface, entries) in tally(hidden) {
         let (uuid, alias, version) = match interface {
             Some(i) => (
                 i.uuid.to_string(),
@@ -459,4 +459,41 @@ fn log_hidden(hidden: &[Option<SyntaxId>], call_id: u32, op: u16) {
         );
         metrics().refused("hide_unpinned", HIDDEN);
     }
+}
+
+/// Logs the towers an answer lost to `epm.other_towers`, as `log_hidden` does, with their
+/// protocol: one `refused` event (and one count) per interface, version and protocol.
+fn log_other_towers(hidden: &[OtherTower], call_id: u32, op: u16) {
+    for (tower, entries) in tally(hidden) {
+        let i = tower.interface;
+        let protocol = match tower.protocol {
+            Some(p) => protocol::sequence(p).map_or_else(|| format!("0x{p:02x}"), String::from),
+            None => "-".to_string(),
+        };
+        warn!(
+            event = "refused",
+            policy = "other_towers",
+            interface = %i.uuid,
+            alias = alias_of(&i.uuid).unwrap_or("-"),
+            version = %format_args!("{}.{}", i.major, i.minor),
+            protocol = %protocol,
+            call_id,
+            opnum = op,
+            entries,
+            reason = OTHER_TOWERS,
+        );
+        metrics().refused("other_towers", OTHER_TOWERS);
+    }
+}
+
+/// Each distinct item of `items`, in order of first appearance, and how often it occurs.
+fn tally<T: PartialEq + Copy>(items: &[T]) -> Vec<(T, usize)> {
+    let mut seen: Vec<(T, usize)> = Vec::new();
+    for h in items {
+        match seen.iter_mut().find(|(s, _)| s == h) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((*h, 1)),
+        }
+    }
+    seen
 }

@@ -30,6 +30,22 @@ pub mod protocol {
     pub const IP: u8 = 0x09;
     /// HTTP port (ncacn_http, MS-RPCE 2.1.1.4).
     pub const HTTP: u8 = 0x1f;
+
+    /// The protocol sequence a tower whose floor 4 has protocol id `floor4` stands for, as
+    /// in a string binding (C706 appendix I, MS-RPCE 2.1.1): `ncacn_http`, `ncacn_np`, …
+    pub fn sequence(floor4: u8) -> Option<&'static str> {
+        Some(match floor4 {
+            TCP => "ncacn_ip_tcp",
+            0x08 => "ncadg_ip_udp",
+            0x0c => "ncacn_spx",
+            0x0e => "ncadg_ipx",
+            0x0f => "ncacn_np",
+            0x10 => "ncalrpc",
+            0x12 => "ncacn_nb",
+            HTTP => "ncacn_http",
+            _ => return None,
+        })
+    }
 }
 
 /// Offsets in a tower and in a UUID floor (C706 appendix L); every count and length is a
