@@ -8,8 +8,10 @@ Neither side is rpcpin's code, so agreement proves more than rpcpin's encoder ag
 its own decoder.
 
 Cases: NDR and NDR64, ept_map and ept_lookup, answers in one fragment and in fragments of 61
-bytes (so towers straddle fragment boundaries). The unpinned interface's entry is hidden, so
-the answers are re-encoded (counts, padding, fragments) and impacket must still read them.
+bytes (so towers straddle fragment boundaries). The unpinned interface's entry is hidden, and
+so are the pinned NSPI's ncacn_http and ncacn_np towers (epm.other_towers, "hide" by default),
+so the answers are re-encoded (counts, padding, fragments) and impacket must still read them,
+with only the ncacn_ip_tcp towers of pinned interfaces left, rewritten.
 
 Usage: judge_ndr.py [RPCPIN_BIN]   (default: target/release/rpcpin beside this repo)
 Prints PASS:/FAIL: lines and ends with "N passed, M failed".
@@ -39,19 +41,22 @@ RFR = ("1544f5e0-613c-11d1-93df-00c04fd7bd09", 1, 0)
 EMSMDB = ("a4f1db00-ca47-1067-b31f-00dd010662da", 0, 81)
 BACKEND_ADDR = "10.0.0.5"
 PUBLIC_ADDR = "203.0.113.10"
-TCP, HTTP = 0x07, 0x1F
+TCP, HTTP, NP = 0x07, 0x1F, 0x0F
 # What the backend answers: (interface, port, address, protocol) and what rpcpin must make
-# of it: pinned ncacn_ip_tcp towers point at rpcpin, the rest is untouched.
+# of it: pinned ncacn_ip_tcp towers point at rpcpin. For ncacn_np the "port" is the pipe and
+# the "address" the NetBIOS name.
 TOWERS = [
     ((NSPI, 49154, BACKEND_ADDR, TCP), (6004, PUBLIC_ADDR)),
     ((RFR, 49155, BACKEND_ADDR, TCP), (49155, BACKEND_ADDR)),
     ((NSPI, 6002, BACKEND_ADDR, HTTP), (6002, BACKEND_ADDR)),
     ((EMSMDB, 49160, BACKEND_ADDR, TCP), (6001, PUBLIC_ADDR)),
+    ((NSPI, "\\PIPE\\nspi", "EXCH01", NP), None),
 ]
-ANNOTATIONS = [b"MS Exchange Directory NSP Interface\x00", b"", b"abc\x00", b"x\x00"]
-# rpcpin hides entries of interfaces no pin carries (RFR here): what the client must see.
+ANNOTATIONS = [b"MS Exchange Directory NSP Interface\x00", b"", b"abc\x00", b"x\x00", b"np\x00"]
+# rpcpin hides entries of interfaces no pin carries (RFR here) and the towers of pinned ones
+# other than ncacn_ip_tcp (NSPI's ncacn_http and ncacn_np): what the client must see.
 PINNED = (NSPI, EMSMDB)
-VISIBLE = [(t, a) for t, a in zip(TOWERS, ANNOTATIONS) if t[0][0] in PINNED]
+VISIBLE = [(t, a) for t, a in zip(TOWERS, ANNOTATIONS) if t[0][0] in PINNED and t[0][3] == TCP]
 
 results = []
 
@@ -61,7 +66,14 @@ def check(name, ok, detail=""):
     print(("PASS: " if ok else "FAIL: ") + name + ("" if ok or not detail else f" ({detail})"))
 
 
+def floor(protocol, rhs):
+    """One tower floor with a one-byte lhs (the protocol id)."""
+    return struct.pack("<HBH", 1, protocol, len(rhs)) + rhs
+
+
 def tower(iface, port, addr, proto):
+    """An ncacn_ip_tcp or ncacn_http tower; for ncacn_np (0x0f), port is the pipe name and
+    addr the NetBIOS host (floors 0x0f and 0x11, NUL-terminated, as Windows writes them)."""
     i = epm.EPMRPCInterface()
     i["InterfaceUUID"] = string_to_bin(iface[0])
     i["MajorVersion"], i["MinorVersion"] = iface[1], iface[2]
@@ -70,14 +82,18 @@ def tower(iface, port, addr, proto):
     d["MajorVersion"], d["MinorVersion"] = 2, 0
     p = epm.EPMProtocolIdentifier()
     p["ProtIdentifier"] = 0x0B
-    pf = epm.EPMPortAddr()
-    pf["PortIdentifier"] = proto
-    pf["IpPort"] = port
-    h = epm.EPMHostAddr()
-    h["Ip4addr"] = socket.inet_aton(addr)
+    if proto == NP:
+        top = floor(NP, port.encode() + b"\x00") + floor(0x11, addr.encode() + b"\x00")
+    else:
+        pf = epm.EPMPortAddr()
+        pf["PortIdentifier"] = proto
+        pf["IpPort"] = port
+        h = epm.EPMHostAddr()
+        h["Ip4addr"] = socket.inet_aton(addr)
+        top = pf.getData() + h.getData()
     t = epm.EPMTower()
     t["NumberOfFloors"] = 5
-    t["Floors"] = i.getData() + d.getData() + p.getData() + pf.getData() + h.getData()
+    t["Floors"] = i.getData() + d.getData() + p.getData() + top
     return t.getData()
 
 
@@ -188,6 +204,11 @@ def check_towers(name, towers_octets):
     if len(towers_octets) != len(VISIBLE):
         check(name, False, f"{len(towers_octets)} towers, want {len(VISIBLE)}")
         return
+    # impacket's own reading of each tower as a string binding: only ncacn_ip_tcp to rpcpin.
+    bindings = [epm.PrintStringBinding(floors(o)) for o in towers_octets]
+    print(f"  impacket decoded: {bindings}")
+    check(name + ": impacket's string bindings are ncacn_ip_tcp only",
+          all(b.startswith("ncacn_ip_tcp:" + PUBLIC_ADDR + "[") for b in bindings), repr(bindings))
     problems = []
     for octets, (((iface, _, _, proto), (port, addr)), _) in zip(towers_octets, VISIBLE):
         f = floors(octets)
@@ -228,7 +249,7 @@ def run_case(epm_port, ndr64, op, max_frag, backend):
             resp = dce.request(req)
             octets = [b"".join(e["tower"]["tower_octet_string"]) for e in resp["entries"]]
             anns = [b"".join(e["annotation"]) for e in resp["entries"]]
-            check(name + ": annotations intact, RFR's entry hidden", anns == [a for _, a in VISIBLE], repr(anns))
+            check(name + ": annotations intact, RFR's entry and NSPI's other towers hidden", anns == [a for _, a in VISIBLE], repr(anns))
         dce.disconnect()
         check_towers(name + ": impacket reads the rewritten towers", [bytes(o) for o in octets])
     except Exception as e:  # any failure is this case's failure
@@ -293,7 +314,7 @@ format = "text"
 
 def judge_with_tshark(capture):
     """Wireshark's EPM dissector on the client leg: every TCP port and IP it finds in the
-    answers is either a rewritten one or an unpinned/non-TCP original."""
+    answers is a rewritten one."""
     out = subprocess.run(["tshark", "-r", capture, "-d", "tcp.port==0,dcerpc", "-Y", "epm && dcerpc.pkt_type == 2",
                           "-T", "fields", "-e", "epm.proto.tcp_port", "-e", "epm.proto.ip"],
                          capture_output=True, text=True, timeout=60).stdout
@@ -305,6 +326,8 @@ def judge_with_tshark(capture):
     check("tshark dissects the rewritten ports", {"6004", "6001"} <= ports and "49154" not in ports
           and "49160" not in ports, f"ports {sorted(ports)}")
     check("tshark sees rpcpin's address in the answers", PUBLIC_ADDR in ips, f"ips {sorted(set(ips))}")
+    # RFR's entry and NSPI's ncacn_http tower, the only ones with the backend's address, are hidden.
+    check("tshark sees no backend address in the answers", BACKEND_ADDR not in ips, f"ips {sorted(set(ips))}")
 
 
 def finish(work):
