@@ -92,7 +92,7 @@ mod tests {
     use super::super::tests::*;
     use super::*;
     use crate::interfaces::Interface;
-    use crate::wire::epm::{opnum, walk_lookup_response};
+    use crate::wire::epm::{opnum, walk_lookup_response, walk_map_response};
     use crate::wire::tower::Tower;
     use crate::wire::Endian;
 
@@ -176,6 +176,40 @@ mod tests {
             .filter_map(|r| Tower::new_checked(&stub[r.clone()]).ok()?.tcp_port())
             .collect();
         assert_eq!(ports, [6004, 6001, 6001]);
+    }
+
+    /// impacket's ept_map answers for the pinned NSPI over ncacn_http, ncacn_ip_tcp and
+    /// ncacn_np, in 40-byte fragments: only the ncacn_ip_tcp tower is left, rewritten, as in
+    /// the answer impacket builds with that tower alone (tests/data/impacket, map-mixed).
+    #[test]
+    fn other_towers_of_a_pinned_interface_are_hidden() {
+        let table = exchange_table();
+        for (name, syntax) in [
+            ("map-mixed-ndr", Syntax::Ndr),
+            ("map-mixed-ndr64", Syntax::Ndr64),
+        ] {
+            let (input, expected) = vector(name);
+            let mut frags = fragment(&[&NSPI_SERVER[60..84], &input[..]].concat(), 40);
+            let rules = rules(&table, true);
+            let done = rewrite_call(&mut checked(&mut frags), opnum::MAP, syntax, rules, MAX);
+            let done = done.unwrap();
+            let hidden: Vec<_> = done.other_towers.iter().map(|t| t.protocol).collect();
+            assert_eq!(hidden, [Some(0x1f), Some(0x0f)], "{name}");
+            assert_eq!(done.rewritten.len(), 1, "{name}");
+            let (out, mut stub) = (done.reencoded.unwrap(), Vec::new());
+            let mut rest = &out[..];
+            while !rest.is_empty() {
+                let n = Pdu::new_checked(rest).unwrap().frag_len();
+                stub.extend_from_slice(&rest[24..n]);
+                rest = &rest[n..];
+            }
+            let towers = |stub: &[u8]| {
+                let w = walk_map_response(stub, Endian::Little, syntax).unwrap();
+                let t: Vec<_> = w.towers.iter().map(|r| stub[r.clone()].to_vec()).collect();
+                (w.status, t)
+            };
+            assert_eq!(towers(&stub), towers(&expected), "{name}");
+        }
     }
 
     #[test]

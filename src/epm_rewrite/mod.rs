@@ -447,6 +447,9 @@ mod tests {
         let mut seen = 0;
         for line in manifest.lines() {
             let (name, rewrites) = line.split_once(' ').unwrap();
+            if name.starts_with("map-mixed") {
+                continue; // hidden towers: fragments.rs judges these
+            }
             let (input, expected) = vector(name);
             let op = if name.starts_with("lookup") {
                 opnum::LOOKUP

@@ -3,16 +3,20 @@
 
 For each vector, <name>.in.bin is what a backend would send and <name>.out.bin is the same
 answer built again by impacket with the towers a correct rewrite produces, so rpcpin's output
-is judged by an encoder nobody here wrote. Regenerate with:
+is judged by an encoder nobody here wrote. The map-mixed vectors give the pinned NSPI
+ncacn_ip_tcp, ncacn_http and ncacn_np towers: their .out.bin is the answer with only the
+ncacn_ip_tcp tower, rewritten (epm.other_towers = "hide", the default); the others keep every
+entry (hiding off). Regenerate with:
 
-    python3 tests/data/impacket/generate.py     # needs impacket (tests/interop/install-deps.sh)
+    target/interop-venv/bin/python tests/data/impacket/generate.py   # tests/interop/install-deps.sh
 
-The Rust test (src/rewrite.rs, `impacket_vectors`) pins nspi -> 6004 and emsmdb -> 6001 and
-advertises 203.0.113.10.
+The Rust test (src/epm_rewrite/mod.rs, `impacket_vectors`) pins nspi -> 6004 and
+emsmdb -> 6001 and advertises 203.0.113.10.
 """
 import os
 import random
 import socket
+import struct
 
 from impacket.dcerpc.v5 import epm
 from impacket.uuid import string_to_bin
@@ -26,10 +30,12 @@ RFR = ("1544f5e0-613c-11d1-93df-00c04fd7bd09", 1, 0)
 BACKEND = "10.0.0.5"
 PUBLIC = "203.0.113.10"
 PINS = {NSPI[0]: 6004, EMSMDB[0]: 6001}
+TCP, HTTP, NP = 0x07, 0x1F, 0x0F
 
 
 def tower(iface, port, addr, proto=0x07):
-    """An ncacn_ip_tcp tower (proto 0x07) or an ncacn_http one (0x1f)."""
+    """An ncacn_ip_tcp tower (proto 0x07), an ncacn_http one (0x1f), or an ncacn_np one (0x0f:
+    port is the pipe name, addr the NetBIOS host, both NUL-terminated as Windows writes them)."""
     i = epm.EPMRPCInterface()
     i["InterfaceUUID"] = string_to_bin(iface[0])
     i["MajorVersion"], i["MinorVersion"] = iface[1], iface[2]
@@ -38,15 +44,24 @@ def tower(iface, port, addr, proto=0x07):
     d["MajorVersion"], d["MinorVersion"] = NDR[1], NDR[2]
     p = epm.EPMProtocolIdentifier()
     p["ProtIdentifier"] = 0x0B
-    port_floor = epm.EPMPortAddr()
-    port_floor["PortIdentifier"] = proto
-    port_floor["IpPort"] = port
-    h = epm.EPMHostAddr()
-    h["Ip4addr"] = socket.inet_aton(addr)
+    if proto == NP:
+        top = floor(NP, port.encode() + b"\x00") + floor(0x11, addr.encode() + b"\x00")
+    else:
+        port_floor = epm.EPMPortAddr()
+        port_floor["PortIdentifier"] = proto
+        port_floor["IpPort"] = port
+        h = epm.EPMHostAddr()
+        h["Ip4addr"] = socket.inet_aton(addr)
+        top = port_floor.getData() + h.getData()
     t = epm.EPMTower()
     t["NumberOfFloors"] = 5
-    t["Floors"] = i.getData() + d.getData() + p.getData() + port_floor.getData() + h.getData()
+    t["Floors"] = i.getData() + d.getData() + p.getData() + top
     return t.getData()
+
+
+def floor(protocol, rhs):
+    """One tower floor with a one-byte lhs (the protocol id)."""
+    return struct.pack("<HBH", 1, protocol, len(rhs)) + rhs
 
 
 def rewritten(spec):
@@ -87,7 +102,6 @@ def lookup_answer(entries, ndr64):
     return r.getData()
 
 
-TCP, HTTP = 0x07, 0x1F
 MAP_TOWERS = [
     (NSPI, 49154, BACKEND, TCP),   # pinned: rewritten
     (RFR, 49155, BACKEND, TCP),    # not pinned: untouched
@@ -100,6 +114,12 @@ LOOKUP_ENTRIES = [
     ((EMSMDB, 49160, BACKEND, TCP), b"x\x00"),
     ((NSPI, 6002, BACKEND, HTTP), b"abc\x00"),
     ((EMSMDB, 49161, "0.0.0.0", TCP), b"Exchange store\x00"),
+]
+# The pinned NSPI over three protocols: only the ncacn_ip_tcp tower may reach a client.
+MIXED_TOWERS = [
+    (NSPI, 6002, BACKEND, HTTP),
+    (NSPI, 49154, BACKEND, TCP),
+    (NSPI, "\\PIPE\\nspi", "EXCH01", NP),
 ]
 
 
@@ -130,6 +150,12 @@ for ndr64, suffix in ((False, "ndr"), (True, "ndr64")):
         build(lookup_answer, [(tower(*t), a) for t, a in LOOKUP_ENTRIES], ndr64),
         build(lookup_answer, [(rewritten(t), a) for t, a in LOOKUP_ENTRIES], ndr64),
         3,
+    )
+    write(
+        f"map-mixed-{suffix}",
+        build(map_answer, [tower(*t) for t in MIXED_TOWERS], ndr64),
+        build(map_answer, [rewritten(t) for t in MIXED_TOWERS if t[3] == TCP], ndr64),
+        1,
     )
     empty = build(map_answer, [], ndr64, 0x16C9A0D6)
     write(f"map-not-registered-{suffix}", empty, empty, 0)
