@@ -150,6 +150,59 @@ async fn every_refusal_is_an_audit_event() {
     assert_eq!(hidden["span"]["pin"], "epm");
 }
 
+/// Exchange's ept_lookup answer holds NSPI's ncacn_http tower: hidden by default, named in a
+/// `refused` event with its protocol and counted; left alone with `other_towers = "keep"`.
+#[tokio::test(flavor = "current_thread")]
+async fn hidden_towers_of_a_pinned_interface_are_audit_events() {
+    let (captured, _guard) = Captured::start();
+    for keep in [false, true] {
+        let server = include_bytes!("data/mapi-epm-lookup.server.bin");
+        let backend = Replay::start(|_| pdus(server).iter().map(|p| p.to_vec()).collect()).await;
+        let mut config = TestConfig::new(backend.addr).pin("p", ["nspi", "emsmdb"]);
+        if keep {
+            config = config.set("epm.other_towers", "keep");
+        }
+        let rpcpin = Running::start(&config).await;
+        let mut s = Conn::connect(rpcpin.epm).await;
+        send(&mut s, include_bytes!("data/mapi-epm-lookup.client.bin")).await;
+        read_pdu(&mut s).await.unwrap();
+        let answer = read_pdu(&mut s).await.unwrap();
+        // 192.168.0.2, the server's inside address, is only in the ncacn_http tower.
+        let inside = answer.windows(4).any(|w| w == [192, 168, 0, 2]);
+        assert_eq!(inside, keep, "keep={keep}");
+        rpcpin.stop().await;
+    }
+    let (events, text) = captured.events();
+    let hidden: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "refused" && e["policy"] == "other_towers")
+        .collect();
+    assert_eq!(hidden.len(), 1, "{text}");
+    let e = hidden[0];
+    assert_eq!(
+        (
+            e["level"].as_str(),
+            e["alias"].as_str(),
+            e["version"].as_str(),
+            e["protocol"].as_str(),
+            e["entries"].as_u64(),
+            e["opnum"].as_u64(),
+        ),
+        (
+            Some("WARN"),
+            Some("nspi"),
+            Some("56.0"),
+            Some("ncacn_http"),
+            Some(1),
+            Some(2)
+        ),
+        "{e}"
+    );
+    assert_eq!(e["interface"], "f5cc5a18-4264-101a-8c59-08002b2f8426");
+    assert_eq!(e["span"]["pin"], "epm");
+    assert_eq!(refusals_counted("other_towers"), 1);
+}
+
 /// `rpcpin_refusals_total` for `policy`, as /metrics shows it (this process's only refusals
 /// of that policy are this test's).
 fn refusals_counted(policy: &str) -> u64 {
