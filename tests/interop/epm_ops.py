@@ -32,7 +32,8 @@ Each operation is written OP=EXPECT, EXPECT being one of
 With --expect-ip, every ncacn_ip_tcp tower in a map or lookup answer must carry that
 address; with --expect-port IFACE=PORT, every such tower for IFACE that port. With
 --only, every entry of a lookup answer (whatever its protocol) must be for one of those
-interfaces; with --includes, each of those must have an entry.
+interfaces; with --includes, each of those must have an entry; with --tcp-only, every entry
+must be an ncacn_ip_tcp tower (rpcpin hides a pinned interface's other towers).
 
 Exit 0 when every answer matches, 1 when one does not, 2 on errors.
 """
@@ -296,6 +297,10 @@ def judge(op, expect, ptype, fault, stub, resp_cls, args):
         if args.includes and set(args.includes.split(",")) - names:
             print("  MISMATCH: no entry for %s" % sorted(set(args.includes.split(",")) - names))
             ok = False
+        if args.tcp_only and len(towers) != len(entries):
+            print("  MISMATCH: %d of %d entries are not ncacn_ip_tcp towers" % (
+                len(entries) - len(towers), len(entries)))
+            ok = False
     for uuid, major, minor, ip, port in towers:
         print("  TOWER %s %s v%d.%d ip=%s port=%d" % (by_uuid.get(uuid, "?"), uuid, major,
                                                      minor, ip, port))
@@ -334,6 +339,8 @@ def main():
                     help="lookup: entries only for these interfaces (comma separated)")
     ap.add_argument("--includes", default="", metavar="IFACES",
                     help="lookup: an entry for each of these interfaces (comma separated)")
+    ap.add_argument("--tcp-only", action="store_true",
+                    help="lookup: every entry is an ncacn_ip_tcp tower")
     ap.add_argument("--timeout", type=float, default=10)
     args = ap.parse_args()
     args.ports = {k: int(v) for k, v in (i.split("=", 1) for i in args.expect_port)}

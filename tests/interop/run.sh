@@ -547,8 +547,8 @@ main() {
     # --- g. port 135: the endpoint mapper's lookups only, pinned interfaces only ---
     check "ept_map via rpcpin for winreg and netdfs (served by Samba, carried by no pin) answers ept_s_not_registered with no tower" \
         unpinned_invisible
-    check "ept_lookup via rpcpin lists only the pinned interfaces, every ncacn_ip_tcp tower rewritten" \
-        client "$NS_CLI" "$PY" "$script_dir/epm_ops.py" "$DMZ_OUT_IP" lookup=entries \
+    check "ept_lookup via rpcpin lists only the pinned interfaces, only their ncacn_ip_tcp towers (Samba's ncacn_np and ncalrpc ones hidden), every one rewritten" \
+        client "$NS_CLI" "$PY" "$script_dir/epm_ops.py" "$DMZ_OUT_IP" lookup=entries --tcp-only \
         --only samr,lsarpc,dssetup,srvsvc,wkssvc --includes samr,lsarpc,dssetup,srvsvc,wkssvc \
         --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" --expect-port "lsarpc=$PIN_LSAD" \
         --expect-port "dssetup=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC" --expect-port "wkssvc=$PIN_CLASSIC"
