@@ -464,7 +464,13 @@ async fn pipelined_calls_answered_out_of_order_in_fragments() {
 
 /// Exchange's NSPI answer with an 8-byte sec_trailer at `level` and a 16-byte verifier.
 fn signed_answer(level: u8) -> Vec<Vec<u8>> {
-    let mut answers: Vec<Vec<u8>> = pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect();
+    signed(NSPI_EPM_SERVER, level)
+}
+
+/// The bind_ack and answer of `server`, the answer with an 8-byte sec_trailer at `level` and
+/// a 16-byte verifier.
+fn signed(server: &[u8], level: u8) -> Vec<Vec<u8>> {
+    let mut answers: Vec<Vec<u8>> = pdus(server).iter().map(|p| p.to_vec()).collect();
     let a = &mut answers[1];
     a.extend_from_slice(&[10, level, 0, 0, 0, 0, 0, 0]); // NTLM, level, no padding
     a.extend_from_slice(&[0x5a; 16]);
@@ -510,6 +516,37 @@ async fn integrity_protected_answer_needing_a_rewrite_becomes_a_fault() {
                 &answers[1][..],
                 "nothing to rewrite: passed untouched"
             );
+        }
+        rpcpin.stop().await;
+    }
+}
+
+/// Exchange's ept_lookup answer with a connect-level verifier (which does not cover the
+/// stub): hiding NSPI's ncacn_http tower would re-encode it and drop the verifier, so the
+/// call gets a fault, as for a hidden unpinned entry; with `other_towers = "keep"` nothing
+/// needs a rewrite and the answer passes untouched.
+#[tokio::test]
+async fn a_protected_answer_losing_other_towers_becomes_a_fault() {
+    for keep in [false, true] {
+        let answers = signed(include_bytes!("data/mapi-epm-lookup.server.bin"), 2);
+        let sent = answers.clone();
+        let backend = Replay::start(move |_| sent.clone()).await;
+        let mut config = TestConfig::new(backend.addr)
+            .pin("p", ["nspi", "emsmdb"])
+            .set("epm.hide_unpinned", false);
+        if keep {
+            config = config.set("epm.other_towers", "keep");
+        }
+        let rpcpin = Running::start(&config).await;
+        let mut s = Conn::connect(rpcpin.epm).await;
+        send(&mut s, include_bytes!("data/mapi-epm-lookup.client.bin")).await;
+        read_pdu(&mut s).await.unwrap();
+        let answer = read_pdu(&mut s).await.unwrap();
+        if keep {
+            assert_eq!(answer, answers[1], "nothing to rewrite: passed untouched");
+        } else {
+            assert_eq!(answer[2], 3, "a fault: {answer:02x?}");
+            assert_eq!(&answer[24..28], &5u32.to_le_bytes(), "access denied");
         }
         rpcpin.stop().await;
     }
