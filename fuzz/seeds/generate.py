@@ -13,7 +13,7 @@ Selector bytes (see the targets' docs):
                 chunk sizes, stream
   bind:         n, n bytes of secondary address, PDU
   epm_rewrite:  sel (bit 0 lookup, bit 1 NDR64, bit 2 big endian, bit 3 auth, bit 4 hide
-                unpinned, bit 5 ept_map_auth), chunk-1, stub
+                unpinned, bit 5 ept_map_auth, bit 6 keep other towers), chunk-1, stub
   proxy_protocol: no selector: a PROXY protocol v1/v2 header (HAProxy's proxy-protocol.txt),
                 then the first bytes of a bind PDU
 """
