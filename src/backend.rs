@@ -90,7 +90,8 @@ impl Resolver {
         *lock(&self.answered)
     }
 
-    /// Forgets the cached port of `interface` (after a connect to it failed).
+    /// Forgets the cached port of `interface` (after a connect to it failed, or its server
+    /// refused the interface).
     pub fn forget(&self, interface: &SyntaxId) {
         self.cache().remove(interface);
     }
