@@ -96,6 +96,12 @@ impl Resolver {
         self.cache().remove(interface);
     }
 
+    /// Records `port` as the backend port of `interface`, fresh from now: what the backend's
+    /// endpoint mapper just told a client (an ept_map answer relayed on port 135).
+    pub fn learned(&self, interface: SyntaxId, port: u16) {
+        self.cache().insert(interface, (port, Instant::now()));
+    }
+
     fn cache(&self) -> MutexGuard<'_, HashMap<SyntaxId, (u16, Instant)>> {
         lock(&self.cache)
     }

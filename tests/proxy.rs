@@ -380,6 +380,36 @@ async fn a_cached_port_whose_server_answers_bind_nak_is_resolved_again() {
 }
 
 #[tokio::test]
+async fn an_ept_map_answer_relayed_on_135_refreshes_the_pins_cache() {
+    let old = nspi_service().await;
+    let new = nspi_service().await;
+    let (a, b) = (old.addr.port(), new.addr.port());
+    // rpcpin's own resolution finds the old port; the client's ept_map, later, the new one.
+    let epm = epm_pointing_at(move |n| if n == 0 { a } else { b }).await;
+    let rpcpin = Running::start(&TestConfig::new(epm.addr).pin("directory", ["nspi"])).await;
+    let bind = pdus(NSPI_NTLM_CLIENT)[0];
+
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
+    s.write_all(bind).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap()[2], 12);
+    assert_eq!((old.connections(), epm.connections()), (1, 1));
+
+    outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
+    assert_eq!(epm.connections(), 2);
+
+    // The pin goes where the relayed answer said, without asking the endpoint mapper.
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
+    s.write_all(bind).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap()[2], 12);
+    assert_eq!((old.connections(), new.connections()), (1, 1));
+    assert_eq!(epm.connections(), 2);
+    let resolved = logs::about(&s, "backend_resolved").await;
+    assert_eq!(resolved["backend_port"], b);
+    assert_eq!(resolved["cached"], true);
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
 async fn backend_down_gets_the_client_a_bind_nak() {
     let dead = closed_port().await;
     let config = TestConfig::new(closed_addr().await)

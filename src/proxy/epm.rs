@@ -17,8 +17,9 @@ use super::gate::{
 use super::generation::Generation;
 use super::relay::{Outbox, Policy};
 use super::small_map::SmallMap;
+use crate::backend::Resolver;
 use crate::config::ProtectedAnswers;
-use crate::epm_rewrite::{carries_towers, rewrite_call, Rules};
+use crate::epm_rewrite::{carries_towers, rewrite_call, Rewritten, Rules};
 use crate::interfaces::alias_of;
 use crate::metrics::metrics;
 use crate::pdu_stream::PduReader;
@@ -376,6 +377,7 @@ impl EpmPolicy {
                 Some(reason)
             }
             Ok(done) => {
+                refresh_pins(&self.generation.resolver, op, &done.rewritten);
                 metrics()
                     .towers_rewritten
                     .inc_by(done.rewritten.len() as u64);
@@ -458,5 +460,21 @@ fn log_hidden(hidden: &[Option<SyntaxId>], call_id: u32, op: u16) {
             reason = HIDDEN,
         );
         metrics().refused("hide_unpinned", HIDDEN);
+    }
+}
+
+/// Refreshes the pins' port cache from an ept_map answer about to be relayed: the backend's
+/// endpoint mapper just named each interface's port (the first ncacn_ip_tcp tower of each,
+/// as the backend had it), so the next pin connection for it goes there without resolving.
+/// ept_lookup answers are left out: they list registrations, not the endpoint a client is
+/// sent to.
+fn refresh_pins(resolver: &Resolver, op: u16, rewritten: &[Rewritten]) {
+    if !matches!(op, opnum::MAP | opnum::MAP_AUTH) {
+        return;
+    }
+    for (i, r) in rewritten.iter().enumerate() {
+        if !rewritten[..i].iter().any(|e| e.interface == r.interface) {
+            resolver.learned(r.interface, r.backend_port);
+        }
     }
 }
