@@ -382,7 +382,60 @@ fn public_secondary_addr(backend: &[u8], public_port: u16) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::public_secondary_addr;
+    use super::{public_secondary_addr, refuses_interface};
+    use crate::wire::bind::{encode_bind_ack, encode_bind_nak, reason, BindAckFields};
+    use crate::wire::bind::{ContextResult, ResultEntry};
+    use crate::wire::{Endian, PacketType, SyntaxId};
+
+    /// A bind_ack with `results`, read back as the reader hands it over.
+    fn ack(results: &[ResultEntry]) -> crate::wire::Pdu<bytes::BytesMut> {
+        let mut out = Vec::new();
+        let fields = BindAckFields {
+            ptype: PacketType::BindAck,
+            endian: Endian::Little,
+            call_id: 1,
+            max_xmit_frag: 5840,
+            max_recv_frag: 5840,
+            assoc_group_id: 1,
+            secondary_addr: b"49152\0",
+            results,
+        };
+        encode_bind_ack(&mut out, &fields).unwrap();
+        let mut buf = bytes::BytesMut::from(&out[..]);
+        crate::wire::frame::next_pdu(&mut buf, 5840)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_refused_interface_is_a_nak_or_no_context_accepted_and_one_unsupported() {
+        let unsupported = ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED);
+        let other = ResultEntry::rejected(reason::PROPOSED_TRANSFER_SYNTAXES_NOT_SUPPORTED);
+        let btfn = ResultEntry {
+            result: ContextResult::NegotiateAck,
+            reason: 3,
+            transfer_syntax: SyntaxId::NDR,
+        };
+        let accepted = ResultEntry {
+            result: ContextResult::Acceptance,
+            reason: 0,
+            transfer_syntax: SyntaxId::NDR,
+        };
+        assert!(refuses_interface(&ack(&[unsupported])));
+        assert!(refuses_interface(&ack(&[unsupported, btfn])));
+        assert!(!refuses_interface(&ack(&[unsupported, accepted])));
+        assert!(!refuses_interface(&ack(&[other])));
+        assert!(!refuses_interface(&ack(&[unsupported, other])));
+        assert!(!refuses_interface(&ack(&[btfn])));
+        assert!(!refuses_interface(&ack(&[])));
+        let mut nak = Vec::new();
+        encode_bind_nak(&mut nak, Endian::Little, 1, 0).unwrap();
+        let mut buf = bytes::BytesMut::from(&nak[..]);
+        let nak = crate::wire::frame::next_pdu(&mut buf, 5840)
+            .unwrap()
+            .unwrap();
+        assert!(refuses_interface(&nak));
+    }
 
     #[test]
     fn secondary_address_keeps_its_nul_convention() {
