@@ -90,9 +90,16 @@ impl Resolver {
         *lock(&self.answered)
     }
 
-    /// Forgets the cached port of `interface` (after a connect to it failed).
+    /// Forgets the cached port of `interface` (after a connect to it failed, or its server
+    /// refused the interface).
     pub fn forget(&self, interface: &SyntaxId) {
         self.cache().remove(interface);
+    }
+
+    /// Records `port` as the backend port of `interface`, fresh from now: what the backend's
+    /// endpoint mapper just told a client (an ept_map answer relayed on port 135).
+    pub fn learned(&self, interface: SyntaxId, port: u16) {
+        self.cache().insert(interface, (port, Instant::now()));
     }
 
     fn cache(&self) -> MutexGuard<'_, HashMap<SyntaxId, (u16, Instant)>> {

@@ -94,6 +94,14 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         within(limit, self.next()).await
     }
 
+    /// Puts `pdu`, taken by [`PduReader::next`], back in front of what is buffered: it is
+    /// the next PDU read again.
+    pub fn unread(&mut self, pdu: Pdu<BytesMut>) {
+        let mut front = pdu.into_inner();
+        front.unsplit(std::mem::take(&mut self.buf));
+        self.buf = front;
+    }
+
     /// The stream, to write to it.
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner

@@ -276,6 +276,139 @@ async fn resolves_again_when_the_cached_port_is_gone() {
     rpcpin.stop().await;
 }
 
+/// What a server that does not offer the interface answers a bind with `call_id` (the
+/// port now belongs to another interface): a bind_ack rejecting each of `contexts` as
+/// abstract_syntax_not_supported, or a bind_nak.
+fn refusing_answer(nak: bool, call_id: u32, contexts: usize) -> Vec<u8> {
+    use rpcpin::wire::bind::{
+        encode_bind_ack, encode_bind_nak, nak_reason, reason, BindAckFields, ResultEntry,
+    };
+    use rpcpin::wire::{Endian, PacketType};
+    let mut out = Vec::new();
+    if nak {
+        encode_bind_nak(&mut out, Endian::Little, call_id, nak_reason::NOT_SPECIFIED).unwrap();
+        return out;
+    }
+    let results = vec![ResultEntry::rejected(reason::ABSTRACT_SYNTAX_NOT_SUPPORTED); contexts];
+    let fields = BindAckFields {
+        ptype: PacketType::BindAck,
+        endian: Endian::Little,
+        call_id,
+        max_xmit_frag: 5840,
+        max_recv_frag: 5840,
+        assoc_group_id: 0x1234,
+        secondary_addr: b"49999\0",
+        results: &results,
+    };
+    encode_bind_ack(&mut out, &fields).unwrap();
+    out
+}
+
+/// The stale-port case: the backend's endpoint mapper first named `stale` (a server that
+/// now refuses the interface), then the NSPI service. Returns (stale server, service, EPM,
+/// rpcpin).
+async fn moved_interface(nak: bool) -> (Replay, Replay, Replay, Running) {
+    let bind = pdus(NSPI_NTLM_CLIENT)[0];
+    let call_id = u32::from_le_bytes(bind[12..16].try_into().unwrap());
+    let contexts = rpcpin::wire::bind::BindRequest::parse(bind)
+        .unwrap()
+        .contexts()
+        .count();
+    let stale = Replay::start(move |_| vec![refusing_answer(nak, call_id, contexts)]).await;
+    let service = nspi_service().await;
+    let (old, new) = (stale.addr.port(), service.addr.port());
+    let epm = epm_pointing_at(move |n| if n == 0 { old } else { new }).await;
+    let rpcpin = Running::start(&TestConfig::new(epm.addr).pin("directory", ["nspi"])).await;
+    (stale, service, epm, rpcpin)
+}
+
+async fn cached_stale_port_is_resolved_again(nak: bool) {
+    let (stale, service, epm, rpcpin) = moved_interface(nak).await;
+    let bind = pdus(NSPI_NTLM_CLIENT)[0];
+
+    // A fresh resolution is not retried: the client gets the server's refusal.
+    let mut first = Conn::connect(rpcpin.pins[0]).await;
+    first.write_all(bind).await.unwrap();
+    let answer = read_pdu(&mut first).await.unwrap();
+    assert_eq!(answer[2], if nak { 13 } else { 12 }, "{answer:02x?}");
+    assert_eq!((stale.connections(), epm.connections()), (1, 1));
+
+    // The cached port now refuses the interface: rpcpin resolves again and binds to the
+    // service, and the client sees only the service's bind_ack.
+    let mut second = Conn::connect(rpcpin.pins[0]).await;
+    second.write_all(bind).await.unwrap();
+    let ack = read_pdu(&mut second).await.unwrap();
+    let server = pdus(NSPI_NTLM_SERVER);
+    assert_eq!(ack[2], 12, "a bind_ack");
+    let tail = server[0].len() - 32;
+    assert_eq!(
+        ack[ack.len() - tail..],
+        server[0][32..],
+        "the service's results"
+    );
+    let public = format!("{}\0", rpcpin.pins[0].port());
+    assert_eq!(
+        &ack[26..26 + public.len()],
+        public.as_bytes(),
+        "the pin's port"
+    );
+    assert_eq!(
+        (
+            stale.connections(),
+            epm.connections(),
+            service.connections()
+        ),
+        (2, 2, 1)
+    );
+    assert_eq!(service.received(), bind, "the bind, sent once more");
+    let event = logs::about(&second, "backend_port_stale").await;
+    assert_eq!(event["old_port"], stale.addr.port());
+    assert_eq!(event["new_port"], service.addr.port());
+    assert_eq!(logs::logged_about(&second, "backend_port_stale").len(), 1);
+    assert_eq!(logs::logged_about(&first, "backend_port_stale").len(), 0);
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn a_cached_port_whose_server_rejects_every_context_is_resolved_again() {
+    cached_stale_port_is_resolved_again(false).await;
+}
+
+#[tokio::test]
+async fn a_cached_port_whose_server_answers_bind_nak_is_resolved_again() {
+    cached_stale_port_is_resolved_again(true).await;
+}
+
+#[tokio::test]
+async fn an_ept_map_answer_relayed_on_135_refreshes_the_pins_cache() {
+    let old = nspi_service().await;
+    let new = nspi_service().await;
+    let (a, b) = (old.addr.port(), new.addr.port());
+    // rpcpin's own resolution finds the old port; the client's ept_map, later, the new one.
+    let epm = epm_pointing_at(move |n| if n == 0 { a } else { b }).await;
+    let rpcpin = Running::start(&TestConfig::new(epm.addr).pin("directory", ["nspi"])).await;
+    let bind = pdus(NSPI_NTLM_CLIENT)[0];
+
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
+    s.write_all(bind).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap()[2], 12);
+    assert_eq!((old.connections(), epm.connections()), (1, 1));
+
+    outlook_ept_map(rpcpin.epm, NSPI_EPM_CLIENT).await;
+    assert_eq!(epm.connections(), 2);
+
+    // The pin goes where the relayed answer said, without asking the endpoint mapper.
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
+    s.write_all(bind).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.unwrap()[2], 12);
+    assert_eq!((old.connections(), new.connections()), (1, 1));
+    assert_eq!(epm.connections(), 2);
+    let resolved = logs::about(&s, "backend_resolved").await;
+    assert_eq!(resolved["backend_port"], b);
+    assert_eq!(resolved["cached"], true);
+    rpcpin.stop().await;
+}
+
 #[tokio::test]
 async fn backend_down_gets_the_client_a_bind_nak() {
     let dead = closed_port().await;

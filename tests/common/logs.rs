@@ -87,3 +87,19 @@ pub async fn closed_because(c: &Conn) -> String {
     let e = about(c, "connection_closed").await;
     e["reason"].as_str().expect("a reason").to_string()
 }
+
+/// The `event`s already logged about the client connection `c` (as [`about`] finds them),
+/// without waiting: to count them once the connection is done with.
+pub fn logged_about(c: &Conn, event: &str) -> Vec<Value> {
+    let peer = c.local_addr().to_string();
+    EVENTS
+        .borrow()
+        .iter()
+        .skip(c.logged_before)
+        .filter(|e| {
+            e["event"] == event
+                && (e["span"]["peer"] == peer.as_str() || e["peer"] == peer.as_str())
+        })
+        .cloned()
+        .collect()
+}

@@ -182,6 +182,16 @@ srvinfo_via_rpcpin() {
     rpcclient_ok "$NS_CLI" "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" srvinfo RIGSRV platform_id 'os version'
 }
 
+srvinfo_and_enumdomains_via_rpcpin() {
+    srvinfo_via_rpcpin && enumdomains_via_rpcpin
+}
+
+# A plain bind to srvsvc via pin classic and to samr via pin lsad, each accepted.
+binds_via_pins() {
+    client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --expect accept &&
+        client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_LSAD" samr --expect accept
+}
+
 # A TCP port must be unreachable from the client although something listens
 # there (so it is the firewall that says no, not an empty port). The firewall drops the
 # SYN, so the attempt can only time out; across two veths an open port answers within
@@ -647,6 +657,39 @@ main() {
         --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC"
     check "the client still cannot reach Samba's new samr port on the DMZ address ($DMZ_OUT_IP:$samr2)" \
         blocked_from_client "$DMZ_OUT_IP" "$samr2"
+
+    # --- d. Samba moves its services onto each other's old ports -------------------
+    # Restarted on a range made of exactly the N ports its helpers hold now, Samba hands
+    # the same ports out again in another order (the helpers race for them): once srvsvc
+    # lands elsewhere, rpcpin's cached srvsvc port answers for another interface. The
+    # connect to it works and Samba refuses the srvsvc bind there; rpcpin must resolve
+    # again at once rather than fail every client until limits.resolve_cache (30 s) ends.
+    local start3=${RANGE2%-*} n3 range3 warmed samr3 srvsvc3 tries=0
+    n3=$(ip netns exec "$NS_LAN" ss -ltnH |
+        awk -v lo="$start3" '{ n = split($4, a, ":"); p = a[n] + 0 } p >= lo && p < lo + 256 { print p }' |
+        sort -u | wc -l)
+    range3="$start3-$((start3 + n3 - 1))"
+    check "srvsvc and samr bind via the pins (rpcpin's cache holds $srvsvc2 and $samr2)" \
+        binds_via_pins
+    warmed=$SECONDS
+    srvsvc3=$srvsvc2
+    while [[ "$srvsvc3" == "$srvsvc2" ]] && ((tries++ < 5)); do
+        stop_samba
+        start_samba "$range3" "3-$tries"
+        samr3=$(samba_port samr) || true
+        srvsvc3=$(samba_port srvsvc) || true
+    done
+    check "after a restart on $range3 (the $n3 ports Samba held), srvsvc moved to another interface's old port ($srvsvc2 -> $srvsvc3, samr $samr2 -> $samr3; $tries restart(s))" \
+        test -n "$srvsvc3" -a "$srvsvc3" != "$srvsvc2" -a "$n3" -gt 1
+    mark=$(log_mark)
+    check "at once (no ept_map by the client), a srvsvc bind via pin classic :$PIN_CLASSIC is accepted: rpcpin's cached $srvsvc2 now refuses srvsvc" \
+        client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --expect accept
+    check "rpcpin logged backend_port_stale for srvsvc, $srvsvc2 -> $srvsvc3" \
+        rpcpin_logged "$mark" 1 'event="backend_port_stale"' "old_port=$srvsvc2 " "new_port=$srvsvc3 "
+    check "all of it within limits.resolve_cache of the last binds ($((SECONDS - warmed)) s < 30 s)" \
+        test $((SECONDS - warmed)) -lt 30
+    check "rpcclient srvinfo and enumdomains via rpcpin work after Samba moved again" \
+        srvinfo_and_enumdomains_via_rpcpin
 
     check "the same rpcpin process (pid $rpcpin_main) still runs as $RPCPIN_USER after all of the above" \
         runs_unprivileged "$rpcpin_main"
