@@ -13,8 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
-use super::accepted::{Client, Opened, Summary};
 use super::generation::{Bound, Generation, Listening, Role};
+use super::handshake::{Client, Opened, Summary};
 use super::limits::{Admission, Admitted};
 use super::relay::Policy;
 use super::{epm, pin};

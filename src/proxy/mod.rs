@@ -10,11 +10,11 @@
 //! `generation` is what one configuration builds and how a reload swaps it; `socket` sets
 //! socket options.
 
-mod accepted;
 mod connection;
 mod epm;
 mod gate;
 mod generation;
+mod handshake;
 mod limits;
 mod pin;
 mod relay;

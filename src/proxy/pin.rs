@@ -9,11 +9,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use super::accepted::{Client, Opened, Summary};
 use super::gate::{
     unknown_context_fault, CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed,
 };
 use super::generation::{Generation, PinRuntime};
+use super::handshake::{Client, Opened, Summary};
 use super::relay::{Outbox, Policy};
 use crate::backend::Resolver;
 use crate::interfaces::alias_of;

@@ -13,11 +13,11 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tracing::warn;
 
-use super::accepted::{Client, Opened, Summary};
 use super::gate::{
     unknown_context_fault, CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed,
 };
 use super::generation::Generation;
+use super::handshake::{Client, Opened, Summary};
 use super::relay::{Outbox, Policy};
 use super::small_map::SmallMap;
 use crate::epm_rewrite::carries_towers;
