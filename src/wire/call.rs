@@ -157,15 +157,17 @@ pub fn encode_fault(
     context_id: u16,
     status: u32,
 ) -> Result<(), EncodeError> {
-    let start = out.len();
+    let mut body = [0; 8]; // status, reserved
+    body[..4].copy_from_slice(&endian.u32_bytes(status));
     let f = flags::FIRST_FRAG | flags::LAST_FRAG | flags::DID_NOT_EXECUTE;
-    write_header(out, PacketType::Fault, f, endian, call_id);
-    put_u32(out, 0, endian); // alloc_hint
-    put_u16(out, context_id, endian);
-    out.extend_from_slice(&[0, 0]); // cancel_count, reserved
-    put_u32(out, status, endian);
-    out.extend_from_slice(&[0; 4]); // reserved
-    finish_pdu(&mut out[start..], endian)
+    let call = Call {
+        ptype: PacketType::Fault,
+        flags: f,
+        endian,
+        call_id,
+        context_id,
+    };
+    call.encode(out, 0, 0, &body)
 }
 
 /// Appends a single-fragment request carrying `stub`.
@@ -177,20 +179,16 @@ pub fn encode_request(
     opnum: u16,
     stub: &[u8],
 ) -> Result<(), EncodeError> {
-    let start = out.len();
-    write_header(
-        out,
-        PacketType::Request,
-        flags::FIRST_FRAG | flags::LAST_FRAG,
+    let f = flags::FIRST_FRAG | flags::LAST_FRAG;
+    let call = Call {
+        ptype: PacketType::Request,
+        flags: f,
         endian,
         call_id,
-    );
+        context_id,
+    };
     let hint = EncodeError::fit("stub", stub.len(), u32::MAX)?;
-    put_u32(out, hint, endian);
-    put_u16(out, context_id, endian);
-    put_u16(out, opnum, endian);
-    out.extend_from_slice(stub);
-    finish_pdu(&mut out[start..], endian)
+    call.encode(out, hint, opnum, stub)
 }
 
 /// The most stub one response fragment without auth verifier carries.
@@ -231,20 +229,46 @@ pub fn encode_response(
     context_id: u16,
     stub: &[u8],
 ) -> Result<(), EncodeError> {
-    let start = out.len();
-    write_header(
-        out,
-        PacketType::Response,
-        flags::FIRST_FRAG | flags::LAST_FRAG,
+    let f = flags::FIRST_FRAG | flags::LAST_FRAG;
+    let call = Call {
+        ptype: PacketType::Response,
+        flags: f,
         endian,
         call_id,
-    );
+        context_id,
+    };
     let hint = EncodeError::fit("stub", stub.len(), u32::MAX)?;
-    put_u32(out, hint, endian);
-    put_u16(out, context_id, endian);
-    out.extend_from_slice(&[0, 0]); // cancel_count, reserved
-    out.extend_from_slice(stub);
-    finish_pdu(&mut out[start..], endian)
+    // After the context id: cancel_count and a reserved byte, both 0.
+    call.encode(out, hint, 0, stub)
+}
+
+/// The header fields of a call PDU rpcpin writes itself.
+struct Call {
+    ptype: PacketType,
+    flags: u8,
+    endian: Endian,
+    call_id: u32,
+    context_id: u16,
+}
+
+impl Call {
+    /// Appends the PDU: header, `alloc_hint`, `p_cont_id`, the u16 after it (a request's
+    /// opnum; a response's or fault's cancel_count and reserved byte), then `body`.
+    fn encode(
+        &self,
+        out: &mut Vec<u8>,
+        alloc_hint: u32,
+        after_context: u16,
+        body: &[u8],
+    ) -> Result<(), EncodeError> {
+        let (start, e) = (out.len(), self.endian);
+        write_header(out, self.ptype, self.flags, e, self.call_id);
+        put_u32(out, alloc_hint, e);
+        put_u16(out, self.context_id, e);
+        put_u16(out, after_context, e);
+        out.extend_from_slice(body);
+        finish_pdu(&mut out[start..], e)
+    }
 }
 
 /// Well-known `nca_status` codes for faults (C706 appendix E, MS-RPCE 2.2.2.11).
