@@ -429,6 +429,39 @@ async fn pin_refuses_a_call_on_a_context_it_refused_and_drops_its_later_fragment
 }
 
 #[tokio::test]
+async fn pin_answers_pipelined_calls_in_call_order() {
+    let service = nspi_service().await;
+    let config = TestConfig::new(closed_addr().await)
+        .pin("d", ["nspi"])
+        .set("pin[0].backend_port", u32::from(service.addr.port()));
+    let rpcpin = Running::start(&config).await;
+    let client = pdus(NSPI_NTLM_CLIENT);
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
+    // In one write: the bind (forwarded), winreg's alter_context (refused by rpcpin) and a
+    // call on context 0, which the backend has not accepted yet (refused by rpcpin).
+    let mut call = client[2].to_vec();
+    call[12] = 9;
+    let pipelined = [
+        client[0],
+        &alter_context(7, 1, WINREG_LE, [1, 0, 0, 0]),
+        &call,
+    ];
+    s.write_all(&pipelined.concat()).await.unwrap();
+    // rpcpin's two answers wait behind the backend's bind_ack.
+    let ack = read_pdu(&mut s).await.unwrap();
+    assert_eq!((ack[2], ack[12]), (12, client[0][12]), "the bind_ack first");
+    let resp = read_pdu(&mut s).await.unwrap();
+    assert_eq!((resp[2], resp[12]), (15, 7), "then the alter_context_resp");
+    assert_unknown_context_fault(&read_pdu(&mut s).await.unwrap(), 9);
+    assert_eq!(
+        service.received(),
+        client[0],
+        "only the bind reached the backend"
+    );
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
 async fn pin_refuses_an_alter_context_that_redefines_a_context() {
     let service = nspi_service().await;
     let config = TestConfig::new(closed_addr().await)
@@ -475,14 +508,9 @@ async fn port_135_refuses_calls_on_contexts_not_accepted_by_the_backend() {
     // ept_map pipelined behind its bind: its context is not accepted yet.
     let (bind, map) = (pdus(NSPI_EPM_CLIENT)[0], pdus(NSPI_EPM_CLIENT)[1]);
     s.write_all(&[bind, map].concat()).await.unwrap();
-    // rpcpin's fault and the backend's bind_ack, in whichever order they come.
-    let mut answers = [
-        read_pdu(&mut s).await.unwrap(),
-        read_pdu(&mut s).await.unwrap(),
-    ];
-    answers.sort_by_key(|a| a[2]);
-    assert_unknown_context_fault(&answers[0], 1);
-    assert_eq!(answers[1][2], 12, "a bind_ack");
+    // The backend's bind_ack, then rpcpin's fault: answers in call order.
+    assert_eq!(read_pdu(&mut s).await.unwrap()[2], 12, "a bind_ack first");
+    assert_unknown_context_fault(&read_pdu(&mut s).await.unwrap(), 1);
     // winreg on context 1, refused by the gate; a call on it, whole or in fragments.
     s.write_all(&alter_context(7, 1, WINREG_LE, [1, 0, 0, 0]))
         .await

@@ -16,8 +16,12 @@ mod gate;
 mod generation;
 mod handshake;
 mod limits;
+mod order;
 mod pin;
 mod relay;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod sequence;
 mod small_map;
 mod socket;
 

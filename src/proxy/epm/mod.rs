@@ -18,6 +18,7 @@ use super::gate::{
 };
 use super::generation::Generation;
 use super::handshake::{Client, Opened, Summary};
+use super::order::CallOrder;
 use super::relay::{Outbox, Policy};
 use super::small_map::SmallMap;
 use crate::epm_rewrite::carries_towers;
@@ -83,18 +84,8 @@ pub(super) async fn open(
     generation: Arc<Generation>,
 ) -> anyhow::Result<Opened<EpmPolicy>> {
     let limits = &generation.config.limits;
-    let mut policy = EpmPolicy {
-        advertise: advertise_for(&client, generation.config.epm.advertise),
-        generation: generation.clone(),
-        gate: Gate::new(
-            WhenNoneAllowed::Nak,
-            "port 135 serves the endpoint mapper only",
-        ),
-        assoc: Association::default(),
-        refused: RefusedCalls::default(),
-        pending: SmallMap::default(),
-        pending_len: 0,
-    };
+    let advertise = advertise_for(&client, generation.config.epm.advertise);
+    let mut policy = EpmPolicy::new(generation.clone(), advertise);
     let mut client = PduReader::with_buffered(client.stream, client.buffered, limits.max_fragment);
     // A client that says nothing never costs a backend connection.
     let first = client
@@ -165,6 +156,7 @@ pub(super) struct EpmPolicy {
     gate: Gate,
     assoc: Association,
     refused: RefusedCalls,
+    order: CallOrder,
     /// Fragments of tower-carrying answers, by call id, held until their last fragment.
     pending: SmallMap<u32, Vec<Pdu<BytesMut>>>,
     /// Their total size, bounded by `limits.max_reassembly`.
@@ -179,8 +171,7 @@ impl Policy for EpmPolicy {
                 let bind = BindRequest::from_pdu(pdu.view())?;
                 let verdict = self.gate.judge(&bind, is_epm)?;
                 if let Verdict::Answer(answer) = verdict {
-                    out.reply.push(answer);
-                    return Ok(());
+                    return self.order.reply(answer, out);
                 }
                 // The contexts forwarded: those the gate let through.
                 let ids = bind
@@ -193,6 +184,7 @@ impl Policy for EpmPolicy {
                     bail!("more than {MAX_OUTSTANDING} unanswered binds");
                 }
                 a.proposed.insert(call_id, ids);
+                self.order.forwarded(&pdu)?;
                 match verdict {
                     Verdict::Filtered(copy) => out.forward(copy),
                     _ => out.forward(pdu.into_inner()),
@@ -207,8 +199,7 @@ impl Policy for EpmPolicy {
                 {
                     CallVerdict::Forward => {}
                     CallVerdict::Refuse if !usable => {
-                        out.reply.push(unknown_context_fault(&req)?);
-                        return Ok(());
+                        return self.order.reply(unknown_context_fault(&req)?, out);
                     }
                     CallVerdict::Refuse => return self.refuse(&req, out),
                     CallVerdict::Drop => return Ok(()),
@@ -223,14 +214,46 @@ impl Policy for EpmPolicy {
                     opnum: req.opnum(),
                     answering: false,
                 });
+                self.order.forwarded(&pdu)?;
                 out.forward(pdu.into_inner());
             }
-            _ => out.forward(pdu.into_inner()),
+            _ => {
+                self.order.forwarded(&pdu)?;
+                out.forward(pdu.into_inner());
+            }
         }
         Ok(())
     }
 
     fn answer(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()> {
+        self.order.passing(&pdu);
+        self.pass(pdu, out)?;
+        self.order.release(out);
+        Ok(())
+    }
+}
+
+impl EpmPolicy {
+    /// The policy of a new association, writing `advertise` into towers.
+    pub(super) fn new(generation: Arc<Generation>, advertise: Ipv4Addr) -> EpmPolicy {
+        EpmPolicy {
+            generation,
+            advertise,
+            gate: Gate::new(
+                WhenNoneAllowed::Nak,
+                "port 135 serves the endpoint mapper only",
+            ),
+            assoc: Association::default(),
+            refused: RefusedCalls::default(),
+            order: CallOrder::default(),
+            pending: SmallMap::default(),
+            pending_len: 0,
+        }
+    }
+
+    /// Passes a backend PDU on to the client: rewritten, once whole, when it answers a
+    /// lookup.
+    fn pass(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()> {
         let (ptype, call_id) = (pdu.ptype(), pdu.call_id());
         let a = &mut self.assoc;
         match ptype {
@@ -287,10 +310,8 @@ impl Policy for EpmPolicy {
         out.forward(pdu.into_inner());
         Ok(())
     }
-}
 
-impl EpmPolicy {
-    fn refuse(&self, req: &Request<'_>, out: &mut Outbox) -> anyhow::Result<()> {
+    fn refuse(&mut self, req: &Request<'_>, out: &mut Outbox) -> anyhow::Result<()> {
         let Some((fault, reason)) = opnum_refusal(req.opnum()) else {
             return Ok(());
         };
@@ -313,7 +334,6 @@ impl EpmPolicy {
             req.context_id(),
             fault,
         )?;
-        out.reply.push(BytesMut::from(&answer[..]));
-        Ok(())
+        self.order.reply(BytesMut::from(&answer[..]), out)
     }
 }
