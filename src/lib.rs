@@ -20,6 +20,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod epm_cache;
 pub mod epm_rewrite;
 pub mod interfaces;
 pub mod metrics;
