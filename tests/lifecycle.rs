@@ -81,10 +81,11 @@ async fn metrics_health_and_readiness() {
         ),
         "rpcpin_binds_total{alias=\"winreg\",result=\"refused\"}".to_string(),
         "rpcpin_binds_total{alias=\"nspi\",result=\"accepted\"}".to_string(),
-        "rpcpin_backend_resolutions_total{result=\"ok\",cached=\"false\"}".to_string(),
+        "rpcpin_backend_resolutions_total{result=\"ok\",cached=\"false\",backend=\"default\"}"
+            .to_string(),
         "rpcpin_refusals_total{policy=\"interface\",reason=\"interface not carried by this pin\"}"
             .to_string(),
-        "rpcpin_backend_resolution_seconds_count".to_string(),
+        "rpcpin_backend_resolution_seconds_count{backend=\"default\"}".to_string(),
     ] {
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     }
