@@ -88,6 +88,34 @@ async fn the_relay_refreshes_the_cache_of_the_pins_own_server() {
 }
 
 #[tokio::test]
+async fn a_port_another_server_named_does_not_reach_the_pins_cache() {
+    let service = nspi_service().await;
+    let port = service.addr.port();
+    let default = epm_pointing_at(|_| 1).await;
+    let b = epm_pointing_at(move |_| port).await;
+    let config = with_b(TestConfig::new(default.addr), b.addr, "answer")
+        .pin("directory", ["nspi"])
+        .set("pin[0].backend", "b");
+    let rpcpin = Running::start(&config).await;
+
+    // The listener on 135 still relays to [backend], whose answer names port 1.
+    let mut c = Conn::connect(rpcpin.epm).await;
+    send(&mut c, NSPI_EPM_CLIENT).await;
+    for _ in 0..2 {
+        read_pdu(&mut c).await.expect("an answer");
+    }
+    assert_eq!(default.connections(), 1);
+
+    let s = bound(rpcpin.pins[0]).await;
+    let resolved = logs::about(&s, "backend_resolved").await;
+    assert_eq!(resolved["backend"], "b");
+    assert_eq!(resolved["cached"], false);
+    assert_eq!(resolved["backend_port"], port);
+    assert_eq!((b.connections(), service.connections()), (1, 1));
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
 async fn readiness_names_each_server() {
     let default = epm_pointing_at(|_| 1).await;
     let down = closed_addr().await;

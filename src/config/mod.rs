@@ -292,7 +292,8 @@ impl Config {
 
     /// The servers in use, each once with its name: `[backend]` first (the endpoint-mapper
     /// listener's, always in use), then each `[backends.NAME]` a pin names, in the order the
-    /// pins first name them. A named backend no pin names is not in use.
+    /// pins first name them. A named backend no pin names is not in use; one that is the
+    /// same server as `[backend]` is still a server of its own (its name, its cache).
     pub fn servers(&self) -> Vec<(&str, &Backend)> {
         let mut servers = vec![(DEFAULT_BACKEND, &self.backend)];
         for pin in &self.pins {

@@ -205,18 +205,21 @@ fn tally<T: PartialEq + Copy>(items: &[T]) -> Vec<(T, usize)> {
 /// Refreshes the pins' port cache from an ept_map answer about to be relayed: the backend's
 /// endpoint mapper just named each interface's port (the first ncacn_ip_tcp tower of each,
 /// as the backend had it), so the next pin connection for it goes there without resolving.
-/// Each port goes into the cache of its pin's own server (in relay mode every pin's server
-/// is the one relayed to). ept_lookup answers are left out: they list registrations, not
-/// the endpoint a client is sent to.
+/// Each port goes into the cache of its pin's own server, and only when that server is the
+/// one relayed to (`[backend]`'s: in relay mode every pin's is); a port another server
+/// named says nothing of the pin's. ept_lookup answers are left out: they list
+/// registrations, not the endpoint a client is sent to.
 fn refresh_pins(generation: &Generation, op: u16, rewritten: &[Rewritten]) {
     if !matches!(op, opnum::MAP | opnum::MAP_AUTH) {
         return;
     }
+    let relayed = generation.resolver().backend();
     for (i, r) in rewritten.iter().enumerate() {
-        if !rewritten[..i].iter().any(|e| e.interface == r.interface) {
-            generation
-                .resolver_of_pin_named(&r.pin)
-                .learned(r.interface, r.backend_port);
+        let server = generation.resolver_of_pin_named(&r.pin);
+        if server.backend().same_server(relayed)
+            && !rewritten[..i].iter().any(|e| e.interface == r.interface)
+        {
+            server.learned(r.interface, r.backend_port);
         }
     }
 }
