@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, warn};
 
-use crate::backend::Resolver;
+use crate::backend::{Backends, Resolver};
 use crate::metrics::metrics;
 use crate::wire::epm::EPM;
 
@@ -24,14 +24,14 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Admin connections served at once; more wait in the accept queue.
 const MAX_CONCURRENT: usize = 64;
 
-/// What `/readyz` judges, kept current by the proxy: whether it drains, and the backend of
+/// What `/readyz` judges, kept current by the proxy: whether it drains, and the servers of
 /// the configuration in force.
 #[derive(Debug, Clone)]
 pub struct Readiness {
     /// Set once rpcpin stops accepting (SIGTERM): load balancers must send no new clients.
     pub draining: bool,
-    /// The backend's endpoint-mapper client of the configuration in force.
-    pub backend: Arc<Resolver>,
+    /// The servers' endpoint-mapper clients of the configuration in force.
+    pub backends: Backends,
     /// `admin.ready_window`.
     pub window: Duration,
 }
@@ -75,8 +75,8 @@ async fn answer(mut stream: TcpStream, ready: &Readiness, probe: &Mutex<()>) -> 
         ),
         Some(("GET", "/healthz")) => ("200 OK", TEXT, "ok\n".to_string()),
         Some(("GET", "/readyz")) => match readiness(ready, probe).await {
-            Ok(()) => ("200 OK", TEXT, "ready\n".to_string()),
-            Err(why) => ("503 Service Unavailable", TEXT, format!("{why}\n")),
+            Ok(body) => ("200 OK", TEXT, body),
+            Err(body) => ("503 Service Unavailable", TEXT, body),
         },
         Some(("GET", _)) => ("404 Not Found", TEXT, "not found\n".to_string()),
         Some(_) => ("405 Method Not Allowed", TEXT, "only GET\n".to_string()),
@@ -123,33 +123,64 @@ fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
     Some((method, target.split('?').next()?))
 }
 
-/// Ready when not draining and the backend's endpoint mapper answered an ept_map within
-/// `admin.ready_window`; otherwise asks it once (one probe at a time) and answers from
-/// that.
-async fn readiness(ready: &Readiness, probe: &Mutex<()>) -> Result<(), String> {
-    let fresh = || {
-        ready
-            .backend
-            .last_answer()
+/// Ready when not draining and every server's endpoint mapper answered an ept_map within
+/// `admin.ready_window`; the stale ones are asked once (one probe at a time, the servers
+/// together) and judged from that. With one server the answer is one line; with several,
+/// a line per server follows the verdict. Either way the body is returned, ending in a
+/// newline.
+async fn readiness(ready: &Readiness, probe: &Mutex<()>) -> Result<String, String> {
+    if ready.draining {
+        return Err("draining\n".to_string());
+    }
+    let servers = ready.backends.all();
+    let fresh = |r: &Resolver| {
+        r.last_answer()
             .is_some_and(|at| at.elapsed() < ready.window)
     };
-    if ready.draining {
-        return Err("draining".to_string());
+    let mut verdicts: Vec<Result<(), String>> = vec![Ok(()); servers.len()];
+    if servers.iter().any(|r| !fresh(r)) {
+        let _one = probe.lock().await;
+        let mut probes = Vec::new();
+        for (i, r) in servers.iter().enumerate().filter(|(_, r)| !fresh(r)) {
+            probes.push((i, tokio::spawn(ask(r.clone(), ready.window))));
+        }
+        for (i, probe) in probes {
+            verdicts[i] = probe
+                .await
+                .unwrap_or_else(|e| Err(format!("probe failed: {e}")));
+        }
     }
-    if fresh() {
-        return Ok(());
+    let ready = verdicts.iter().all(Result::is_ok);
+    if let [verdict] = &verdicts[..] {
+        return match verdict {
+            Ok(()) => Ok("ready\n".to_string()),
+            Err(why) => Err(format!("not ready: the backend's {why}\n")),
+        };
     }
-    let _one = probe.lock().await;
-    if fresh() {
-        return Ok(());
+    let mut body = if ready { "ready\n" } else { "not ready\n" }.to_string();
+    for (r, verdict) in servers.iter().zip(&verdicts) {
+        let line = match verdict {
+            Ok(()) => "ready".to_string(),
+            Err(why) => format!("not ready: its {why}"),
+        };
+        body.push_str(&format!("backend {} ({}): {line}\n", r.name(), r.backend()));
     }
+    if ready {
+        Ok(body)
+    } else {
+        Err(body)
+    }
+}
+
+/// Asks `server`'s endpoint mapper once: any answer, "not registered" included, shows it
+/// works. The error completes "the backend's …" or "its …".
+async fn ask(server: Arc<Resolver>, window: Duration) -> Result<(), String> {
     let started = Instant::now();
-    match ready.backend.query(EPM).await {
-        // Any answer, "not registered" included, shows the endpoint mapper works.
-        _ if fresh() => Ok(()),
+    match server.query(EPM).await {
+        _ if server.last_answer().is_some_and(|at| at.elapsed() < window) => Ok(()),
         Ok(_) => Ok(()),
         Err(e) => Err(format!(
-            "not ready: the backend's endpoint mapper did not answer ({e:#}, after {} ms)",
+            "endpoint mapper did not answer ({e:#}, after {} ms)",
             started.elapsed().as_millis()
         )),
     }

@@ -1,17 +1,18 @@
-//! The backend: connecting to it, and asking its endpoint mapper where an interface lives
-//! (rpcpin's only RPC of its own). The pins, `/readyz` and `rpcpin resolve` use it.
+//! The backends: connecting to one, and asking its endpoint mapper where an interface lives
+//! (rpcpin's only RPC of its own); and the servers a configuration uses, one [`Resolver`]
+//! each (`Backends`). The pins, `/readyz` and `rpcpin resolve` use them.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::config::{Backend, Limits};
-use crate::metrics::metrics;
+use crate::config::{Backend, Config, Limits, Pin};
+use crate::metrics::{metrics, BackendLabels};
 use crate::pdu_stream::PduReader;
 use crate::wire::bind::{encode_bind, BindAck, ContextProposal, ContextResult};
 use crate::wire::call::{encode_request, Response};
@@ -36,10 +37,12 @@ pub struct Endpoint {
     pub addr: Ipv4Addr,
 }
 
-/// Resolves interfaces to backend ports through the backend's endpoint mapper, and keeps
+/// Resolves interfaces to backend ports through one server's endpoint mapper, and keeps
 /// each answer for a short while.
 #[derive(Debug)]
 pub struct Resolver {
+    /// `default` (`[backend]`) or the NAME of `[backends.NAME]`, for logs and metrics.
+    name: String,
     backend: Backend,
     timeout: Duration,
     ttl: Duration,
@@ -49,9 +52,16 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// A resolver for `backend`.
-    pub fn new(backend: Backend, limits: &Limits) -> Resolver {
+    /// A resolver for `backend`, which logs and metrics call `name`. Its per-server series
+    /// are exported from now on, at zero, so that a rate over them sees the first failure.
+    pub fn new(name: &str, backend: Backend, limits: &Limits) -> Resolver {
+        let labels = BackendLabels {
+            backend: name.to_string(),
+        };
+        let _ = metrics().backend_resolution_seconds.get_or_create(&labels);
+        let _ = metrics().backend_connect_failures.get_or_create(&labels);
         Resolver {
+            name: name.to_string(),
             backend,
             timeout: limits.resolve_timeout,
             ttl: limits.resolve_cache,
@@ -63,6 +73,22 @@ impl Resolver {
     /// The backend's RPC host name or address, as configured.
     pub fn host(&self) -> &str {
         &self.backend.host
+    }
+
+    /// The server's name: `default` (`[backend]`) or the NAME of `[backends.NAME]`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server as configured: its host and endpoint-mapper port.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    fn labels(&self) -> BackendLabels {
+        BackendLabels {
+            backend: self.name.clone(),
+        }
     }
 
     /// The backend port of `interface`, from the cache when fresh. Returns whether it came
@@ -77,6 +103,7 @@ impl Resolver {
         let endpoints = self.query(interface).await;
         metrics()
             .backend_resolution_seconds
+            .get_or_create(&self.labels())
             .observe(started.elapsed().as_secs_f64());
         let port = endpoints?.first().map(|e| e.port).ok_or_else(|| {
             anyhow!("the backend's endpoint mapper returned no ncacn_ip_tcp tower")
@@ -141,7 +168,10 @@ impl Resolver {
         .map_err(|_| anyhow!("connecting to backend {host}:{port} took longer than {timeout:?}"))
         .and_then(|r| r);
         if connected.is_err() {
-            metrics().backend_connect_failures.inc();
+            metrics()
+                .backend_connect_failures
+                .get_or_create(&self.labels())
+                .inc();
         }
         connected
     }
@@ -199,6 +229,46 @@ impl Resolver {
             }
         }
         bail!("the backend's ept_map answer has too many fragments")
+    }
+}
+
+/// The servers a configuration uses, each with its own [`Resolver`] and so its own cache:
+/// `[backend]`'s, named `default`, and one per `[backends.NAME]` a pin names
+/// ([`Config::servers`]).
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// `[backend]`'s first.
+    servers: Vec<Arc<Resolver>>,
+}
+
+impl Backends {
+    /// A resolver for each server `config` uses.
+    pub fn new(config: &Config) -> Backends {
+        let servers = config
+            .servers()
+            .into_iter()
+            .map(|(name, b)| Arc::new(Resolver::new(name, b.clone(), &config.limits)))
+            .collect();
+        Backends { servers }
+    }
+
+    /// `[backend]`'s: the endpoint-mapper listener relays to it, and pins without
+    /// `pin.backend` use it.
+    pub fn default_server(&self) -> &Arc<Resolver> {
+        &self.servers[0]
+    }
+
+    /// The server `pin` resolves and connects at: `pin.backend`'s, or `[backend]`'s.
+    pub fn of(&self, pin: &Pin) -> &Arc<Resolver> {
+        pin.backend
+            .as_deref()
+            .and_then(|name| self.servers.iter().find(|s| s.name == name))
+            .unwrap_or(self.default_server())
+    }
+
+    /// Every server in use, `[backend]`'s first.
+    pub fn all(&self) -> &[Arc<Resolver>] {
+        &self.servers
     }
 }
 

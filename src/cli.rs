@@ -12,7 +12,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::backend::Resolver;
+use crate::backend::Backends;
 use crate::config::{Config, LogFormat};
 use crate::daemon::{Control, Daemon};
 use crate::interfaces::KNOWN;
@@ -40,7 +40,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Ask the backend's endpoint mapper where each pinned interface lives; print a table.
+    /// Ask each pin's server's endpoint mapper where its interfaces live; print a table.
     Resolve {
         /// The configuration file.
         #[arg(long, short)]
@@ -93,19 +93,22 @@ fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}: valid", path.display())?;
-    writeln!(
-        out,
-        "backend  {}:{}",
-        config.backend.host, config.backend.epm_port
-    )?;
+    writeln!(out, "backend  {}", config.backend)?;
+    for (name, b) in &config.backends {
+        let used = config.pins.iter().any(|p| p.backend.as_ref() == Some(name));
+        let unused = if used { "" } else { "  (no pin uses it)" };
+        writeln!(out, "backends.{name}  {b}{unused}")?;
+    }
     let advertise = config.epm.advertise.map_or_else(
         || "the address each client connected to".to_string(),
         |a| a.to_string(),
     );
     writeln!(
         out,
-        "epm      listen {}  advertise {}",
-        config.epm.listen, advertise
+        "epm      listen {}  advertise {}  mode {}",
+        config.epm.listen,
+        advertise,
+        config.epm.mode.as_str()
     )?;
     if let Some(admin) = config.admin.listen {
         writeln!(
@@ -122,9 +125,10 @@ fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
             || "resolved through the backend's endpoint mapper".to_string(),
             |p| format!("fixed {p}"),
         );
+        let (server, at) = config.backend_of(pin);
         writeln!(
             out,
-            "pin {:?}  listen {}  public port {public}  backend port {backend}",
+            "pin {:?}  listen {}  public port {public}  backend port {backend}  server {server} ({at})",
             pin.name, pin.listen
         )?;
         for i in &pin.interfaces {
@@ -150,17 +154,19 @@ fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
 
 fn resolve(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
-    let resolver = Resolver::new(config.backend.clone(), &config.limits);
+    let backends = Backends::new(&config);
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<12} {:<14} {:<36} {:<7} {:<12} {:<15} PUBLIC PORT",
-        "PIN", "INTERFACE", "UUID", "VERSION", "BACKEND PORT", "TOWER ADDRESS"
+        "{:<12} {:<14} {:<36} {:<7} {:<12} {:<15} {:<11} SERVER",
+        "PIN", "INTERFACE", "UUID", "VERSION", "BACKEND PORT", "TOWER ADDRESS", "PUBLIC PORT"
     )?;
     let rt = runtime()?;
     for pin in &config.pins {
         let public = pin.advertise_port.unwrap_or(pin.listen.port());
+        let resolver = backends.of(pin);
+        let server = format!("{} ({})", resolver.name(), resolver.backend());
         for i in &pin.interfaces {
             let q = i.query_syntax();
             let alias = i.alias.unwrap_or("-");
@@ -170,7 +176,7 @@ fn resolve(path: PathBuf) -> anyhow::Result<ExitCode> {
                     for e in endpoints {
                         writeln!(
                             out,
-                            "{:<12} {alias:<14} {:<36} {version:<7} {:<12} {:<15} {public}",
+                            "{:<12} {alias:<14} {:<36} {version:<7} {:<12} {:<15} {public:<11} {server}",
                             pin.name, i.uuid, e.port, e.addr
                         )?;
                     }
@@ -179,7 +185,7 @@ fn resolve(path: PathBuf) -> anyhow::Result<ExitCode> {
                     failed = true;
                     writeln!(
                         out,
-                        "{:<12} {alias:<14} {:<36} {version:<7} no ncacn_ip_tcp endpoint",
+                        "{:<12} {alias:<14} {:<36} {version:<7} no ncacn_ip_tcp endpoint at {server}",
                         pin.name, i.uuid
                     )?;
                 }
@@ -187,7 +193,7 @@ fn resolve(path: PathBuf) -> anyhow::Result<ExitCode> {
                     failed = true;
                     writeln!(
                         out,
-                        "{:<12} {alias:<14} {:<36} {version:<7} error: {e:#}",
+                        "{:<12} {alias:<14} {:<36} {version:<7} error at {server}: {e:#}",
                         pin.name, i.uuid
                     )?;
                 }

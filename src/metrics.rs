@@ -37,6 +37,23 @@ pub struct ResolutionLabels {
     pub result: &'static str,
     /// `true` when the port came from the cache.
     pub cached: &'static str,
+    /// The server: `default` (`[backend]`) or the NAME of `[backends.NAME]`.
+    pub backend: String,
+}
+
+/// One server: `default` (`[backend]`) or the NAME of `[backends.NAME]`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// The server's name.
+    pub backend: String,
+}
+
+/// A histogram per server.
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The buckets of `backend_resolution_seconds`: 0.5 ms to 1 s.
+fn resolution_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 12))
 }
 
 /// Bytes one way on one listener's connections.
@@ -92,10 +109,10 @@ pub struct Metrics {
     pub towers_rewritten: Counter,
     /// Backend port resolutions.
     pub backend_resolutions: Family<ResolutionLabels, Counter>,
-    /// How long the backend's endpoint mapper took to answer an (uncached) resolution.
-    pub backend_resolution_seconds: Histogram,
-    /// Connections to the backend that failed.
-    pub backend_connect_failures: Counter,
+    /// How long a server's endpoint mapper took to answer an (uncached) resolution.
+    pub backend_resolution_seconds: HistogramFamily<BackendLabels>,
+    /// Connections to a server that failed.
+    pub backend_connect_failures: Family<BackendLabels, Counter>,
     /// Bytes relayed.
     pub bytes: Family<BytesLabels, Counter>,
     /// Refusals by policy and reason.
@@ -113,9 +130,8 @@ impl Metrics {
             binds: Family::default(),
             towers_rewritten: Counter::default(),
             backend_resolutions: Family::default(),
-            // 0.5 ms to 1 s.
-            backend_resolution_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 12)),
-            backend_connect_failures: Counter::default(),
+            backend_resolution_seconds: Family::new_with_constructor(resolution_buckets),
+            backend_connect_failures: Family::default(),
             bytes: Family::default(),
             refusals: Family::default(),
             reloads: Family::default(),
@@ -144,17 +160,17 @@ impl Metrics {
         );
         r.register(
             "backend_resolutions",
-            "Backend port resolutions for pin connections",
+            "Backend port resolutions for pin connections, by result, cache and server",
             m.backend_resolutions.clone(),
         );
         r.register(
             "backend_resolution_seconds",
-            "Time for the backend's endpoint mapper to answer an uncached resolution",
+            "Time for a server's endpoint mapper to answer an uncached resolution, by server",
             m.backend_resolution_seconds.clone(),
         );
         r.register(
             "backend_connect_failures",
-            "Connections to the backend that failed",
+            "Connections to a server that failed, by server",
             m.backend_connect_failures.clone(),
         );
         r.register(
@@ -229,12 +245,18 @@ mod tests {
         let m = Metrics::new();
         m.refused("opnum", "operation not in this pin's opnums list");
         m.towers_rewritten.inc_by(2);
+        let default = BackendLabels {
+            backend: "default".to_string(),
+        };
+        let _ = m.backend_resolution_seconds.get_or_create(&default);
+        let _ = m.backend_connect_failures.get_or_create(&default);
         let text = m.encode();
         for name in [
             "rpcpin_connections_open",
             "rpcpin_towers_rewritten_total 2",
             "rpcpin_refusals_total{policy=\"opnum\",reason=\"operation not in this pin's opnums list\"} 1",
-            "rpcpin_backend_resolution_seconds_bucket",
+            "rpcpin_backend_resolution_seconds_bucket{le=\"0.0005\",backend=\"default\"} 0",
+            "rpcpin_backend_connect_failures_total{backend=\"default\"} 0",
             "# EOF",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

@@ -251,3 +251,56 @@ fn signals_reload_and_stop_the_process() {
 fn test_configurations_refuse_a_key_outside_their_sections() {
     minimal().set("limits.idle_timeout", "1s");
 }
+
+/// `minimal()` with a second pin on `[backends.b]` (10.0.0.6:1135), in `mode`.
+fn two_servers(mode: &str) -> TestConfig {
+    let mut b = toml::Table::new();
+    b.insert("host".into(), "10.0.0.6".into());
+    b.insert("epm_port".into(), 1135.into());
+    minimal()
+        .set("epm.mode", mode)
+        .section("backends")
+        .set("backends.b", b)
+        .pin("q", ["rfr"])
+        .set("pin[1].backend", "b")
+}
+
+/// Writes `config` to a file of its own and runs `rpcpin check` on it.
+fn check(config: &TestConfig, name: &str) -> Output {
+    let path = std::env::temp_dir().join(format!("rpcpin-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, config.text()).unwrap();
+    let out = rpcpin(&["check", "--config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    out
+}
+
+#[test]
+fn check_prints_each_pins_server() {
+    let out = check(&two_servers("answer"), "servers");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for want in [
+        "backend  127.0.0.1:1\n",
+        "backends.b  10.0.0.6:1135\n",
+        "  mode answer\n",
+        "  server default (127.0.0.1:1)\n",
+        "  server b (10.0.0.6:1135)\n",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+    let pin_q = stdout.lines().find(|l| l.starts_with("pin \"q\"")).unwrap();
+    assert!(pin_q.ends_with("server b (10.0.0.6:1135)"), "{pin_q}");
+}
+
+#[test]
+fn check_refuses_a_second_server_in_relay_mode() {
+    let out = check(&two_servers("relay"), "relay");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    for want in [
+        "pin[1].backend: relay mode allows one server only",
+        "epm.mode = \"answer\"",
+    ] {
+        assert!(err.contains(want), "{want} missing from: {err}");
+    }
+}

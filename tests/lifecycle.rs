@@ -5,26 +5,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// `GET path` on the admin listener: the status code and the body.
-async fn get(rpcpin: &Running, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(rpcpin.admin.expect("an admin listener"))
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: rpcpin\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut response))
-        .await
-        .expect("an answer")
-        .unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
-}
+use tokio::io::AsyncWriteExt;
 
 /// `config` with an admin listener.
 fn with_admin(config: TestConfig) -> TestConfig {
@@ -81,10 +62,11 @@ async fn metrics_health_and_readiness() {
         ),
         "rpcpin_binds_total{alias=\"winreg\",result=\"refused\"}".to_string(),
         "rpcpin_binds_total{alias=\"nspi\",result=\"accepted\"}".to_string(),
-        "rpcpin_backend_resolutions_total{result=\"ok\",cached=\"false\"}".to_string(),
+        "rpcpin_backend_resolutions_total{result=\"ok\",cached=\"false\",backend=\"default\"}"
+            .to_string(),
         "rpcpin_refusals_total{policy=\"interface\",reason=\"interface not carried by this pin\"}"
             .to_string(),
-        "rpcpin_backend_resolution_seconds_count".to_string(),
+        "rpcpin_backend_resolution_seconds_count{backend=\"default\"}".to_string(),
     ] {
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     }

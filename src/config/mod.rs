@@ -4,7 +4,7 @@
 //! This file holds the validated types; `raw` is the file as TOML has it (unknown keys
 //! refused) and `validate` turns that into them, one section at a time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::interfaces::Interface;
 
+mod backends;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -21,8 +22,11 @@ mod validate;
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The RPC server behind rpcpin.
+    /// The RPC server behind rpcpin: the one the endpoint-mapper listener relays to, and
+    /// every pin's unless the pin names another (`pin.backend`).
     pub backend: Backend,
+    /// Other RPC servers, `[backends.NAME]`, by name; a pin names one with `pin.backend`.
+    pub backends: BTreeMap<String, Backend>,
     /// The endpoint-mapper listener.
     pub epm: Epm,
     /// The pinned ports.
@@ -54,8 +58,8 @@ pub struct Process {
     pub user: Option<String>,
 }
 
-/// `[backend]`.
-#[derive(Debug, Clone)]
+/// `[backend]`, or one `[backends.NAME]`: both take the same keys, `host` and `epm_port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     /// IP address or DNS name of the RPC server.
     pub host: String,
@@ -63,9 +67,29 @@ pub struct Backend {
     pub epm_port: u16,
 }
 
+/// The name `[backend]` goes by in logs, metrics, `/readyz` and `rpcpin check`; no
+/// `[backends.NAME]` may take it.
+pub const DEFAULT_BACKEND: &str = "default";
+
+impl Backend {
+    /// Whether `other` is the same server: the same host (DNS names compared without case)
+    /// and the same endpoint-mapper port.
+    pub fn same_server(&self, other: &Backend) -> bool {
+        self.host.eq_ignore_ascii_case(&other.host) && self.epm_port == other.epm_port
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.epm_port)
+    }
+}
+
 /// `[epm]`.
 #[derive(Debug, Clone)]
 pub struct Epm {
+    /// Whether the endpoint mapper is the backend's, relayed, or rpcpin's own.
+    pub mode: EpmMode,
     /// Where clients reach rpcpin's endpoint mapper.
     pub listen: SocketAddr,
     /// The IPv4 address written into returned towers; default: the local address of the
@@ -79,6 +103,27 @@ pub struct Epm {
     pub other_towers: OtherTowers,
     /// Whether each connection starts with a PROXY protocol (v1 or v2) header.
     pub proxy_protocol: bool,
+}
+
+/// `epm.mode`: who answers the clients of the endpoint-mapper listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpmMode {
+    /// The backend's endpoint mapper, relayed and its answers rewritten (the default). One
+    /// server only: the one every client of port 135 is relayed to.
+    Relay,
+    /// rpcpin itself, from its pins; interfaces no pin carries answer
+    /// `ept_s_not_registered`. Pins may then use several servers.
+    Answer,
+}
+
+impl EpmMode {
+    /// The value as the configuration writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpmMode::Relay => "relay",
+            EpmMode::Answer => "answer",
+        }
+    }
 }
 
 /// `epm.protected_answers`: an ept_map or ept_lookup answer signed or sealed by the backend
@@ -118,6 +163,8 @@ pub struct Pin {
     pub advertise_port: Option<u16>,
     /// A fixed backend port, skipping endpoint-mapper resolution.
     pub backend_port: Option<u16>,
+    /// The `[backends.NAME]` this pin's interfaces live on; `None`: `[backend]`.
+    pub backend: Option<String>,
     /// Per-interface opnum allow-lists; an interface without one allows every opnum.
     pub opnums: HashMap<crate::wire::Uuid, Vec<u16>>,
     /// Whether each connection starts with a PROXY protocol (v1 or v2) header.
@@ -232,5 +279,29 @@ impl Config {
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         validate::validate(raw::parse(text)?)
+    }
+
+    /// The server `pin` resolves and connects at, with its name: `pin.backend`'s, or
+    /// `[backend]` as [`DEFAULT_BACKEND`].
+    pub fn backend_of(&self, pin: &Pin) -> (&str, &Backend) {
+        pin.backend
+            .as_deref()
+            .and_then(|name| self.backends.get_key_value(name))
+            .map_or((DEFAULT_BACKEND, &self.backend), |(n, b)| (n.as_str(), b))
+    }
+
+    /// The servers in use, each once with its name: `[backend]` first (the endpoint-mapper
+    /// listener's, always in use), then each `[backends.NAME]` a pin names, in the order the
+    /// pins first name them. A named backend no pin names is not in use; one that is the
+    /// same server as `[backend]` is still a server of its own (its name, its cache).
+    pub fn servers(&self) -> Vec<(&str, &Backend)> {
+        let mut servers = vec![(DEFAULT_BACKEND, &self.backend)];
+        for pin in &self.pins {
+            let server = self.backend_of(pin);
+            if !servers.iter().any(|(name, _)| *name == server.0) {
+                servers.push(server);
+            }
+        }
+        servers
     }
 }

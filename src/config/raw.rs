@@ -30,6 +30,8 @@ fn key_at(text: &str, offset: usize) -> String {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     pub(super) backend: RawBackend,
+    #[serde(default)]
+    pub(super) backends: BTreeMap<String, RawBackend>,
     pub(super) epm: RawEpm,
     #[serde(default)]
     pub(super) pin: Vec<RawPin>,
@@ -72,6 +74,8 @@ fn default_epm_port() -> u16 {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEpm {
     pub(super) listen: String,
+    /// Read as text, so that a wrong value is an error naming `epm.mode`.
+    pub(super) mode: Option<String>,
     pub(super) advertise: Option<String>,
     pub(super) protected_answers: Option<ProtectedAnswers>,
     pub(super) hide_unpinned: Option<bool>,
@@ -88,6 +92,7 @@ pub(super) struct RawPin {
     pub(super) interfaces: Vec<String>,
     pub(super) advertise_port: Option<u16>,
     pub(super) backend_port: Option<u16>,
+    pub(super) backend: Option<String>,
     #[serde(default)]
     pub(super) opnums: BTreeMap<String, Vec<u16>>,
     #[serde(default)]

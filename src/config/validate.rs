@@ -2,10 +2,11 @@
 //! (ranges, addresses, interface names, listeners that collide) with the key it is about.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::raw::{RawAdmin, RawBackend, RawConfig, RawEpm, RawLimits, RawLog, RawPin, RawProcess};
+use super::backends::{self, check_mode, check_none_looped};
+use super::raw::{RawAdmin, RawConfig, RawEpm, RawLimits, RawLog, RawPin, RawProcess};
 use super::{
     err, Admin, Backend, Config, ConfigError, Epm, Limits, Log, LogFormat, OtherTowers, Pin,
     Process, ProtectedAnswers,
@@ -16,39 +17,22 @@ use crate::wire::Uuid;
 /// Checks `raw`. The sections go in a fixed order and each stops at its first error, so a
 /// file with several mistakes always reports the same one first.
 pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let backend = backend(raw.backend)?;
+    let backend = backends::server("backend", raw.backend)?;
+    let named = backends::named(raw.backends)?;
     let epm = epm(raw.epm)?;
-    let pins = pins(raw.pin, &epm)?;
-    check_not_looped(&backend, &epm)?;
+    let pins = pins(raw.pin, &epm, &named)?;
+    check_none_looped(&backend, &named, &epm)?;
+    check_mode(&epm, &backend, &named, &pins)?;
     let admin = admin(raw.admin, &epm, &pins)?;
     Ok(Config {
         admin,
         backend,
+        backends: named,
         epm,
         pins,
         log: log(raw.log),
         limits: limits(raw.limits)?,
         process: process(raw.process)?,
-    })
-}
-
-fn backend(raw: RawBackend) -> Result<Backend, ConfigError> {
-    let host = raw.host.trim();
-    if host.is_empty() {
-        return Err(err(
-            "backend.host",
-            "must name the RPC server (IP address or DNS name)",
-        ));
-    }
-    if raw.epm_port == 0 {
-        return Err(err(
-            "backend.epm_port",
-            "must be a port number from 1 to 65535",
-        ));
-    }
-    Ok(Backend {
-        host: host.to_string(),
-        epm_port: raw.epm_port,
     })
 }
 
@@ -63,6 +47,7 @@ fn epm(raw: RawEpm) -> Result<Epm, ConfigError> {
         })
         .transpose()?;
     Ok(Epm {
+        mode: backends::mode(raw.mode.as_deref())?,
         listen,
         advertise,
         protected_answers: raw.protected_answers.unwrap_or(ProtectedAnswers::Fault),
@@ -75,24 +60,30 @@ fn epm(raw: RawEpm) -> Result<Epm, ConfigError> {
 /// Which pin carries each interface version so far: a tower can point at one port only.
 type Carried = HashMap<(Uuid, Option<(u16, u16)>), String>;
 
-fn pins(raw: Vec<RawPin>, epm: &Epm) -> Result<Vec<Pin>, ConfigError> {
+fn pins(
+    raw: Vec<RawPin>,
+    epm: &Epm,
+    named: &BTreeMap<String, Backend>,
+) -> Result<Vec<Pin>, ConfigError> {
     if raw.is_empty() {
         return Err(err("pin", "at least one [[pin]] is needed"));
     }
     let mut pins = Vec::with_capacity(raw.len());
     let mut carried = Carried::new();
     for (i, p) in raw.into_iter().enumerate() {
-        let pin = pin(i, p, epm, &pins, &mut carried)?;
+        let pin = pin(i, p, epm, named, &pins, &mut carried)?;
         pins.push(pin);
     }
     Ok(pins)
 }
 
-/// `pin[i]`, checked on its own and against `epm.listen` and the pins before it.
+/// `pin[i]`, checked on its own and against `epm.listen`, the named backends and the pins
+/// before it.
 fn pin(
     i: usize,
     raw: RawPin,
     epm: &Epm,
+    named: &BTreeMap<String, Backend>,
     earlier: &[Pin],
     carried: &mut Carried,
 ) -> Result<Pin, ConfigError> {
@@ -109,7 +100,9 @@ fn pin(
         }
     }
     let opnums = pin_opnums(i, &raw.opnums, &interfaces)?;
+    let backend = backends::pin_backend(i, raw.backend, named)?;
     Ok(Pin {
+        backend,
         name,
         listen,
         interfaces,
@@ -206,26 +199,6 @@ fn parse_listen(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
             format!("{text:?} is not an address:port such as \"0.0.0.0:135\""),
         )
     })
-}
-
-/// Refuses a backend that is rpcpin's own endpoint-mapper listener: every connection
-/// would loop back into rpcpin.
-fn check_not_looped(backend: &Backend, epm: &Epm) -> Result<(), ConfigError> {
-    let Ok(host) = backend.host.parse::<IpAddr>() else {
-        return Ok(());
-    };
-    let same_ip =
-        host == epm.listen.ip() || (epm.listen.ip().is_unspecified() && host.is_loopback());
-    if same_ip && backend.epm_port == epm.listen.port() {
-        return Err(err(
-            "backend.host",
-            format!(
-                "{host}:{} is rpcpin's own epm.listen: connections would loop",
-                backend.epm_port
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn admin(raw: RawAdmin, epm: &Epm, pins: &[Pin]) -> Result<Admin, ConfigError> {

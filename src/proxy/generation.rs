@@ -1,5 +1,5 @@
 //! Configuration generations: what one configuration needs at run time (its listeners,
-//! the rewrite table, the backend), and how a reload replaces it for new connections.
+//! the rewrite table, the backends), and how a reload replaces it for new connections.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::socket::listen;
-use crate::backend::Resolver;
+use crate::backend::{Backends, Resolver};
 use crate::config::{Config, Pin};
 use crate::epm_rewrite::Table;
 use crate::metrics::{metrics, ReloadLabels};
@@ -23,8 +23,45 @@ pub(super) struct Generation {
     pub(super) config: Config,
     /// Where the towers of pinned interfaces point.
     pub(super) table: Table,
-    /// The backend and its endpoint mapper.
-    pub(super) resolver: Arc<Resolver>,
+    /// The servers in use, each with its endpoint-mapper client and cache.
+    backends: Backends,
+}
+
+impl Generation {
+    /// The generation of `config`, its rewrite table built: a resolver (and cache) per
+    /// server in use. A reload makes new ones, so a changed server starts with no cache.
+    pub(super) fn new(config: Config, table: Table) -> Generation {
+        Generation {
+            backends: Backends::new(&config),
+            table,
+            config,
+        }
+    }
+
+    /// `[backend]`'s resolver: the endpoint-mapper listener relays to it.
+    pub(super) fn resolver(&self) -> &Arc<Resolver> {
+        self.backends.default_server()
+    }
+
+    /// The resolver of the server `pin` resolves and connects at (`pin.backend`, or
+    /// `[backend]`).
+    pub(super) fn resolver_of(&self, pin: &Pin) -> &Arc<Resolver> {
+        self.backends.of(pin)
+    }
+
+    /// The resolver of the server of the pin named `pin`; `[backend]`'s when no pin has
+    /// that name.
+    pub(super) fn resolver_of_pin_named(&self, pin: &str) -> &Arc<Resolver> {
+        match self.config.pins.iter().find(|p| p.name == pin) {
+            Some(p) => self.resolver_of(p),
+            None => self.resolver(),
+        }
+    }
+
+    /// Every server in use, `[backend]`'s first.
+    pub(super) fn backends(&self) -> &Backends {
+        &self.backends
+    }
 }
 
 /// A pin as it runs: its configuration and the port clients are sent to.
@@ -118,12 +155,7 @@ pub(super) fn build(
         Role::Pin(p) => Some((&p.config, p.public_port)),
         Role::Epm => None,
     }));
-    let generation = Generation {
-        resolver: Arc::new(Resolver::new(config.backend.clone(), &config.limits)),
-        table,
-        config,
-    };
-    Ok((generation, bound))
+    Ok((Generation::new(config, table), bound))
 }
 
 /// Applies `config` to new connections: listeners it no longer names stop (their

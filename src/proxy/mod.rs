@@ -189,7 +189,7 @@ async fn drain(control: &mut mpsc::Receiver<Control>, admission: &Admission, tim
 fn readiness_of(generation: &Generation, draining: bool) -> Readiness {
     Readiness {
         draining,
-        backend: generation.resolver.clone(),
+        backends: generation.backends().clone(),
         window: generation.config.admin.ready_window,
     }
 }

@@ -429,6 +429,24 @@ impl Running {
     }
 }
 
+/// `GET path` on the admin listener: the status code and the body.
+pub async fn get(rpcpin: &Running, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(rpcpin.admin.expect("an admin listener"))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: rpcpin\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut response))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
 /// A port nothing listens on.
 pub async fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

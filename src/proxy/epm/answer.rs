@@ -7,11 +7,11 @@ use bytes::BytesMut;
 use tracing::{info, warn};
 
 use super::EpmPolicy;
-use crate::backend::Resolver;
 use crate::config::{OtherTowers, ProtectedAnswers};
 use crate::epm_rewrite::{rewrite_call, OtherTower, Rewritten, Rules};
 use crate::interfaces::alias_of;
 use crate::metrics::metrics;
+use crate::proxy::generation::Generation;
 use crate::proxy::relay::Outbox;
 use crate::wire::call::{encode_fault, status};
 use crate::wire::epm::opnum;
@@ -85,7 +85,7 @@ impl EpmPolicy {
                 Some(reason)
             }
             Ok(done) => {
-                refresh_pins(&self.generation.resolver, op, &done.rewritten);
+                refresh_pins(&self.generation, op, &done.rewritten);
                 metrics()
                     .towers_rewritten
                     .inc_by(done.rewritten.len() as u64);
@@ -205,15 +205,21 @@ fn tally<T: PartialEq + Copy>(items: &[T]) -> Vec<(T, usize)> {
 /// Refreshes the pins' port cache from an ept_map answer about to be relayed: the backend's
 /// endpoint mapper just named each interface's port (the first ncacn_ip_tcp tower of each,
 /// as the backend had it), so the next pin connection for it goes there without resolving.
-/// ept_lookup answers are left out: they list registrations, not the endpoint a client is
-/// sent to.
-fn refresh_pins(resolver: &Resolver, op: u16, rewritten: &[Rewritten]) {
+/// Each port goes into the cache of its pin's own server, and only when that server is the
+/// one relayed to (`[backend]`'s: in relay mode every pin's is); a port another server
+/// named says nothing of the pin's. ept_lookup answers are left out: they list
+/// registrations, not the endpoint a client is sent to.
+fn refresh_pins(generation: &Generation, op: u16, rewritten: &[Rewritten]) {
     if !matches!(op, opnum::MAP | opnum::MAP_AUTH) {
         return;
     }
+    let relayed = generation.resolver().backend();
     for (i, r) in rewritten.iter().enumerate() {
-        if !rewritten[..i].iter().any(|e| e.interface == r.interface) {
-            resolver.learned(r.interface, r.backend_port);
+        let server = generation.resolver_of_pin_named(&r.pin);
+        if server.backend().same_server(relayed)
+            && !rewritten[..i].iter().any(|e| e.interface == r.interface)
+        {
+            server.learned(r.interface, r.backend_port);
         }
     }
 }

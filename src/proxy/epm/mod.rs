@@ -114,9 +114,10 @@ pub(super) async fn open(
         )));
     }
 
-    let backend = generation
-        .resolver
-        .connect(generation.config.backend.epm_port, limits.connect_timeout)
+    // The relay's server is always `[backend]` (relay mode allows no other).
+    let server = generation.resolver();
+    let backend = server
+        .connect(server.backend().epm_port, limits.connect_timeout)
         .await?;
     super::socket::tune(&backend, limits);
     let mut backend = PduReader::new(backend, limits.max_fragment);

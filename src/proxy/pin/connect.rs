@@ -1,6 +1,7 @@
-//! Reaching the backend for a pin: the interface's current port (the pin's fixed one, or
-//! the backend's endpoint mapper's answer, cached), and the bind forwarded there, sent once
-//! more to a new port when the server moved the interface since the cache learned it.
+//! Reaching the backend for a pin, at the pin's own server (`pin.backend`, or `[backend]`):
+//! the interface's current port (the pin's fixed one, or that server's endpoint mapper's
+//! answer, cached per server), and the bind forwarded there, sent once more to a new port
+//! when the server moved the interface since the cache learned it.
 
 use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
@@ -16,16 +17,16 @@ use crate::proxy::generation::{Generation, PinRuntime};
 use crate::wire::bind::{reason, BindAck, ContextResult};
 use crate::wire::{PacketType, Pdu, SyntaxId};
 
-/// Connects to the backend port of `interface`: the pin's fixed port, or the one the
-/// backend's endpoint mapper gives, resolved again once if the cached one fails. Returns the
-/// port too when it came from the cache.
+/// Connects to the backend port of `interface` on the pin's server: the pin's fixed port, or
+/// the one that server's endpoint mapper gives, resolved again once if the cached one fails.
+/// Returns the port too when it came from the cache.
 pub(super) async fn connect(
     generation: &Generation,
     pin: &PinRuntime,
     interface: SyntaxId,
 ) -> anyhow::Result<(TcpStream, Option<u16>)> {
     let timeout = generation.config.limits.connect_timeout;
-    let resolver = &generation.resolver;
+    let resolver = generation.resolver_of(&pin.config);
     if let Some(port) = pin.config.backend_port {
         return Ok((resolver.connect(port, timeout).await?, None));
     }
@@ -34,7 +35,7 @@ pub(super) async fn connect(
         match resolver.connect(port, timeout).await {
             Ok(s) => return Ok((s, cached.then_some(port))),
             Err(e) if attempt == 0 => {
-                warn!(event = "backend_connect_failed", backend_port = port, error = %format!("{e:#}"), retry = true);
+                warn!(event = "backend_connect_failed", backend = resolver.name(), backend_port = port, error = %format!("{e:#}"), retry = true);
                 resolver.forget(&interface);
             }
             Err(e) => return Err(e),
@@ -52,14 +53,25 @@ async fn resolve(resolver: &Resolver, interface: SyntaxId) -> anyhow::Result<(u1
         Ok((_, false)) => ("ok", "false"),
         Err(_) => ("error", "false"),
     };
+    let backend = resolver.name().to_string();
     metrics()
         .backend_resolutions
-        .get_or_create(&ResolutionLabels { result, cached })
+        .get_or_create(&ResolutionLabels {
+            result,
+            cached,
+            backend,
+        })
         .inc();
-    let (port, cached) =
-        resolved.with_context(|| format!("resolving {interface} at the backend"))?;
+    let (port, cached) = resolved.with_context(|| {
+        format!(
+            "resolving {interface} at the backend {} ({})",
+            resolver.name(),
+            resolver.backend()
+        )
+    })?;
     info!(
         event = "backend_resolved",
+        backend = resolver.name(),
         interface = %interface.uuid,
         alias = alias_of(&interface.uuid).unwrap_or("-"),
         backend_port = port,
@@ -75,9 +87,10 @@ async fn resolve(resolver: &Resolver, interface: SyntaxId) -> anyhow::Result<(u1
 /// abstract_syntax_not_supported), the cached port is stale — the server moved the
 /// interface, and another took its port — so the interface is resolved again and the bind
 /// sent once more to the new port. The answer read, or the new connection's, goes to the
-/// relay and its policy as any other.
+/// relay and its policy as any other. `resolver` is the pin's server's.
 pub(super) async fn forward_bind(
     generation: &Generation,
+    resolver: &Resolver,
     interface: SyntaxId,
     backend: TcpStream,
     cached: Option<u16>,
@@ -102,7 +115,6 @@ pub(super) async fn forward_bind(
         backend.unread(answer);
         return Ok(backend);
     }
-    let resolver = &generation.resolver;
     resolver.forget(&interface);
     let moved = async {
         let (port, _) = resolve(resolver, interface).await?;
@@ -116,6 +128,7 @@ pub(super) async fn forward_bind(
         Err(e) => {
             warn!(
                 event = "backend_port_stale",
+                backend = resolver.name(),
                 interface = %interface.uuid,
                 alias = alias_of(&interface.uuid).unwrap_or("-"),
                 old_port,
@@ -129,6 +142,7 @@ pub(super) async fn forward_bind(
     };
     warn!(
         event = "backend_port_stale",
+        backend = resolver.name(),
         interface = %interface.uuid,
         alias = alias_of(&interface.uuid).unwrap_or("-"),
         old_port,

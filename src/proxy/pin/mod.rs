@@ -81,7 +81,8 @@ pub(super) async fn open(
         }
     };
     super::socket::tune(&backend, limits);
-    let backend = forward_bind(generation, interface, backend, cached, &bind).await?;
+    let resolver = generation.resolver_of(&policy.pin.config);
+    let backend = forward_bind(generation, resolver, interface, backend, cached, &bind).await?;
     Ok(Opened::relay(client, backend, *policy, limits, from_client))
 }
 

@@ -30,7 +30,6 @@ use super::epm::EpmPolicy;
 use super::generation::{Generation, PinRuntime};
 use super::pin::{first_bind, FirstBind};
 use super::relay::{Outbox, Policy};
-use crate::backend::Resolver;
 use crate::config::Config;
 use crate::epm_rewrite::Table;
 use crate::wire::bind::{encode_bind, ContextProposal};
@@ -160,11 +159,8 @@ impl Run {
                 }
             }
             Listener::Epm => {
-                let generation = Generation {
-                    resolver: Arc::new(Resolver::new(config.backend.clone(), &config.limits)),
-                    table: Table::from_pins(config.pins.iter().map(|p| (p, 6004))),
-                    config,
-                };
+                let table = Table::from_pins(config.pins.iter().map(|p| (p, 6004)));
+                let generation = Generation::new(config, table);
                 let policy = EpmPolicy::new(Arc::new(generation), Ipv4Addr::new(192, 0, 2, 1));
                 Some(Box::new(policy))
             }

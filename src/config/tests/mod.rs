@@ -4,6 +4,8 @@ use super::*;
 use crate::wire::SyntaxId;
 use toml::{Table, Value};
 
+mod backends;
+
 const MINIMAL: &str = r#"
 [backend]
 host = "10.0.0.5"
