@@ -442,3 +442,42 @@ fn explained(walk: &Walk, lookup: bool, syntax: Syntax, out: &[u8]) -> (Vec<usiz
         .collect();
     (referents, padding)
 }
+
+#[test]
+fn reads_the_python_built_ndr64_and_big_endian_requests() {
+    // fuzz/seeds/generate.py writes these with its own NDR writer: a selector byte, then the
+    // stub. No capture holds an NDR64 or big-endian request.
+    const SEEDS: [(&[u8], Syntax, Endian); 3] = [
+        (
+            include_bytes!("../../../fuzz/seeds/epm_server/map-auth-ndr64-le"),
+            Syntax::Ndr64,
+            Endian::Little,
+        ),
+        (
+            include_bytes!("../../../fuzz/seeds/epm_server/map-auth-ndr-be"),
+            Syntax::Ndr,
+            Endian::Big,
+        ),
+        (
+            include_bytes!("../../../fuzz/seeds/epm_server/map-auth-ndr64-be"),
+            Syntax::Ndr64,
+            Endian::Big,
+        ),
+    ];
+    for (seed, syntax, endian) in SEEDS {
+        let req = MapRequest::parse(&seed[1..], endian, syntax, opnum::MAP_AUTH).unwrap();
+        assert_eq!(req.object(), Some(Uuid::nil()));
+        assert_eq!(TowerKey::of(req.tower()).unwrap().interface, NSPI);
+        let sid = req.sid().unwrap();
+        assert_eq!(&sid[..8], &[1, 5, 0, 0, 0, 0, 0, 5]);
+        assert_eq!(sid.len(), 8 + 4 * 5);
+        assert_eq!(req.max_towers(), 4);
+    }
+    let seed = include_bytes!("../../../fuzz/seeds/epm_server/lookup-ndr64-be");
+    let req = LookupRequest::parse(&seed[1..], Endian::Big, Syntax::Ndr64).unwrap();
+    assert_eq!(
+        (req.object(), req.interface()),
+        (Some(EPM.uuid), Some(NSPI))
+    );
+    assert_eq!(req.max_ents(), 500);
+}
