@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the wire layer, the tower rewriter and the PROXY protocol parser with cargo-fuzz
-# (libFuzzer).
+# Fuzzes the wire layer (the endpoint mapper's server side too), the tower rewriter and the
+# PROXY protocol parser with cargo-fuzz (libFuzzer).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]      (default 60)
 #
@@ -16,7 +16,7 @@
 # version. Either failing stops the script with a message saying what to do.
 # Environment:
 #   FUZZ_TARGETS     targets to run (default: every one: framing bind epm_rewrite
-#                    proxy_protocol policy_sequence)
+#                    epm_server proxy_protocol policy_sequence)
 #   FUZZ_TOOLCHAIN   rustup toolchain to build with (default: nightly; it must be a nightly)
 #   FUZZ_SANITIZER   address, none, ... (default none: rpcpin forbids unsafe code, and the
 #                    targets' assertions and overflow checks are what find bugs)
@@ -30,7 +30,7 @@ if ! [[ $secs =~ ^[0-9]+$ ]] || ((secs == 0)); then
     echo "usage: scripts/fuzz.sh [SECONDS_PER_TARGET]" >&2
     exit 2
 fi
-read -r -a targets <<<"${FUZZ_TARGETS:-framing bind epm_rewrite proxy_protocol policy_sequence}"
+read -r -a targets <<<"${FUZZ_TARGETS:-framing bind epm_rewrite epm_server proxy_protocol policy_sequence}"
 
 # The cargo-fuzz release the targets are built and run with; it builds with the Cargo.lock
 # it ships (--locked).

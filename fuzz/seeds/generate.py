@@ -14,6 +14,8 @@ Selector bytes (see the targets' docs):
   bind:         n, n bytes of secondary address, PDU
   epm_rewrite:  sel (bit 0 lookup, bit 1 NDR64, bit 2 big endian, bit 3 auth, bit 4 hide
                 unpinned, bit 5 ept_map_auth, bit 6 keep other towers), chunk-1, stub
+  epm_server:   sel (bits 0-1: 0 ept_map, 1 ept_map_auth, 2 ept_lookup, 3
+                ept_lookup_handle_free; bit 2 NDR64; bit 3 big endian), request stub
   proxy_protocol: no selector: a PROXY protocol v1/v2 header (HAProxy's proxy-protocol.txt),
                 then the first bytes of a bind PDU
 """
@@ -84,6 +86,56 @@ class W:
 
 
 HANDLE = b"\x00" * 4 + bytes(range(1, 17))
+
+
+def uuid_ndr(w, s, big):
+    """A UUID inside NDR: 4-aligned, its first three fields in the stub's byte order."""
+    w.align(4)
+    w.raw(uuid_bytes(s, big))
+
+
+def map_request(octets, obj=None, big=False, ndr64=False, auth=False, sid=None, max_towers=4):
+    """ept_map (opnum 3) or ept_map_auth (opnum 7: object and map_tower [ref], then a
+    [unique] SID: (revision, sub-authorities))."""
+    w = W(big, ndr64)
+    if auth:
+        uuid_ndr(w, obj or "00000000-0000-0000-0000-000000000000", big)
+    else:
+        w.ptr(1 if obj else 0)
+        if obj:
+            uuid_ndr(w, obj, big)
+        w.ptr(2)
+    w.deferred_tower(octets)
+    if auth:
+        w.ptr(3 if sid else 0)
+        if sid:
+            rev, subs = sid
+            w.count(len(subs))
+            w.raw(bytes([rev, len(subs)]) + b"\x00" * 5 + b"\x05")
+            for a in subs:
+                w.u32(a)
+    w.align(4)
+    w.raw(HANDLE)
+    w.u32(max_towers)
+    return bytes(w.b)
+
+
+def lookup_request(iface, obj=None, big=False, ndr64=False, inquiry=1, vers=1, max_ents=500):
+    """ept_lookup (opnum 2); iface: (uuid, major, minor) or None."""
+    w = W(big, ndr64)
+    w.u32(inquiry)
+    w.ptr(1 if obj else 0)
+    if obj:
+        uuid_ndr(w, obj, big)
+    w.ptr(2 if iface else 0)
+    if iface:
+        uuid_ndr(w, iface[0], big)
+        w.raw(struct.pack(w.e + "HH", iface[1], iface[2]))
+    w.u32(vers)
+    w.align(4)
+    w.raw(HANDLE)
+    w.u32(max_ents)
+    return bytes(w.b)
 
 
 def map_answer(towers, big=False, ndr64=False, status=0):
@@ -237,6 +289,28 @@ def main():
           bytes([0x30, 0x40]) + map_answer([tower(RFR, 49161, "10.0.0.5"), None]))
     write("epm_rewrite", "map-not-registered-ndr64-be",
           bytes([6, 0xff]) + map_answer([], True, True, status=0x16C9A0D6))
+
+    # epm_server
+    query = tower(NSPI, 135, "0.0.0.0")
+    for ndr64 in (False, True):
+        for big in (False, True):
+            sel = (4 if ndr64 else 0) | (8 if big else 0)
+            kind = ("ndr64" if ndr64 else "ndr") + ("-be" if big else "-le")
+            write("epm_server", f"map-{kind}",
+                  bytes([sel]) + map_request(query, EPM[0], big, ndr64))
+            write("epm_server", f"map-null-object-{kind}",
+                  bytes([sel]) + map_request(tower(SAMR, 0, "0.0.0.0"), None, big, ndr64))
+            write("epm_server", f"map-auth-{kind}", bytes([sel | 1]) + map_request(
+                query, None, big, ndr64, auth=True, sid=(1, [21, 1, 2, 3, 500])))
+            write("epm_server", f"map-auth-no-sid-{kind}",
+                  bytes([sel | 1]) + map_request(query, None, big, ndr64, auth=True))
+            write("epm_server", f"lookup-{kind}",
+                  bytes([sel | 2]) + lookup_request(NSPI, EPM[0], big, ndr64))
+            write("epm_server", f"lookup-all-{kind}",
+                  bytes([sel | 2]) + lookup_request(None, None, big, ndr64, inquiry=0))
+    write("epm_server", "map-http-ndr-le", b"\x00" + map_request(tower(NSPI, 0, "0.0.0.0", HTTP)))
+    write("epm_server", "map-3-floors-ndr-le", b"\x00" + map_request(tower(SAMR, 0, "0.0.0.0", floors=3)))
+    write("epm_server", "handle-free", b"\x03" + HANDLE)
 
     # bind
     ndr_ack = [(0, 0, NDR)]

@@ -112,6 +112,11 @@ impl<T: AsRef<[u8]>> Tower<T> {
         })
     }
 
+    /// The tower's octets.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
     /// The number of floors.
     pub fn floor_count(&self) -> usize {
         le16(self.buffer.as_ref(), field::FLOOR_COUNT).unwrap_or(0) as usize

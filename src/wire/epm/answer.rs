@@ -1,6 +1,5 @@
-//! The endpoint mapper's calls (C706 appendix O, `ept_*`): walkers that
-//! find the towers inside ept_map and ept_lookup responses, and the one request rpcpin
-//! sends itself.
+//! The ept_map and ept_lookup answers (C706 appendix O): walkers that find the towers inside
+//! a response stub, and the encoder of an answer.
 //!
 //! ```text
 //! ept_map response                          ept_lookup response
@@ -15,45 +14,13 @@
 //!   status          u32                       status u32
 //! ```
 //!
-//! `count` and `pointer` are 4 bytes in NDR and 8 (8-aligned) in NDR64; see [`super::ndr`].
+//! `count` and `pointer` are 4 bytes in NDR and 8 (8-aligned) in NDR64; see [`crate::wire::ndr`].
 
 use core::ops::Range;
 
-use ::uuid::uuid;
-
-use super::ndr::{Cursor, Syntax};
-use super::{put_u32, Endian, Error, Result, SyntaxId};
-
-/// The endpoint mapper interface, `ept` v3.0.
-pub const EPM: SyntaxId = SyntaxId::new(uuid!("e1af8308-5d1f-11c9-91a4-08002b14a0fa"), 3, 0);
-
-/// Operation numbers of the `ept` interface.
-pub mod opnum {
-    /// Registers endpoints (management).
-    pub const INSERT: u16 = 0;
-    /// Removes endpoints (management).
-    pub const DELETE: u16 = 1;
-    /// Enumerates the map.
-    pub const LOOKUP: u16 = 2;
-    /// Finds the towers of an interface.
-    pub const MAP: u16 = 3;
-    /// Frees an enumeration handle.
-    pub const LOOKUP_HANDLE_FREE: u16 = 4;
-    /// Asks for the object of an endpoint.
-    pub const INQ_OBJECT: u16 = 5;
-    /// Removes an endpoint by tower (management).
-    pub const MGMT_DELETE: u16 = 6;
-    /// ept_map with an authorisation check.
-    pub const MAP_AUTH: u16 = 7;
-}
-
-/// `ept_s_not_registered`: no endpoint for the interface (C706 appendix N).
-pub const EPT_S_NOT_REGISTERED: u32 = 0x16c9_a0d6;
-
-/// Length of a context handle (`ept_lookup_handle_t`).
-const HANDLE_LEN: usize = 20;
-/// The largest annotation an `ept_entry_t` holds (`ept_max_annotation_size`).
-const MAX_ANNOTATION: usize = 64;
+use super::{HANDLE_LEN, MAX_ANNOTATION};
+use crate::wire::ndr::{Cursor, Syntax};
+use crate::wire::{Endian, Error, Result};
 
 /// Where the parts of an ept_map or ept_lookup response lie in its stub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,7 +192,7 @@ pub fn encode_answer(out: &mut Vec<u8>, endian: Endian, syntax: Syntax, answer: 
         entries,
         status,
     } = *answer;
-    let mut w = super::ndr::Writer::new(out, endian, syntax);
+    let mut w = crate::wire::ndr::Writer::new(out, endian, syntax);
     w.bytes(handle);
     w.u32(entries.len() as u32);
     w.count(max_count.max(entries.len()));
@@ -258,31 +225,17 @@ pub fn encode_answer(out: &mut Vec<u8>, endian: Endian, syntax: Syntax, answer: 
     w.u32(status);
 }
 
-/// Appends an NDR ept_map request stub asking for the towers of `query` (a tower as built
-/// by [`super::tower::encode_tcp_tower`]), with a nil object UUID as Windows sends.
-pub fn encode_map_request(out: &mut Vec<u8>, endian: Endian, query: &[u8], max_towers: u32) {
-    let start = out.len();
-    put_u32(out, 1, endian); // object: referent id
-    out.extend_from_slice(&[0; 16]); // nil UUID
-    put_u32(out, 2, endian); // map_tower: referent id
-    put_u32(out, query.len() as u32, endian); // conformance
-    put_u32(out, query.len() as u32, endian); // tower_length
-    out.extend_from_slice(query);
-    out.resize(start + ((out.len() - start + 3) & !3), 0);
-    out.extend_from_slice(&[0; HANDLE_LEN]); // entry_handle: none yet
-    put_u32(out, max_towers, endian);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::call::{response_stub_range, Request};
-    use crate::wire::tower::{encode_tcp_tower, Tower};
+    use crate::wire::call::response_stub_range;
+    use crate::wire::tower::Tower;
+    use crate::wire::SyntaxId;
+    use ::uuid::uuid;
     use core::net::Ipv4Addr;
 
-    const NSPI_CLIENT: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.client.bin");
-    const NSPI_SERVER: &[u8] = include_bytes!("../../tests/data/mapi-epm-map-nspi.server.bin");
-    const LOOKUP_SERVER: &[u8] = include_bytes!("../../tests/data/mapi-epm-lookup.server.bin");
+    const NSPI_SERVER: &[u8] = include_bytes!("../../../tests/data/mapi-epm-map-nspi.server.bin");
+    const LOOKUP_SERVER: &[u8] = include_bytes!("../../../tests/data/mapi-epm-lookup.server.bin");
     const NSPI: SyntaxId = SyntaxId::new(uuid!("f5cc5a18-4264-101a-8c59-08002b2f8426"), 56, 0);
 
     fn stub(pdu: &[u8]) -> &[u8] {
@@ -311,17 +264,6 @@ mod tests {
         // Exchange's NSPI over ncacn_http on port 5000: not a TCP tower.
         assert_eq!(t.interface(), Some(NSPI));
         assert!(!t.is_ncacn_ip_tcp());
-    }
-
-    #[test]
-    fn encodes_outlooks_ept_map_request() {
-        let req = Request::parse(&NSPI_CLIENT[72..]).unwrap();
-        let original = &NSPI_CLIENT[72..][req.stub_range()];
-        let mut query = Vec::new();
-        encode_tcp_tower(&mut query, NSPI, 135, Ipv4Addr::UNSPECIFIED);
-        let mut out = Vec::new();
-        encode_map_request(&mut out, Endian::Little, &query, 4);
-        assert_eq!(out, original);
     }
 
     #[test]
