@@ -14,6 +14,40 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use crate::backend::{Endpoint, LookupEntry};
+use crate::config::Limits;
+use crate::wire::epm::TowerKey;
+use crate::wire::Uuid;
+
+/// What an ept_map asks: its object UUID and its tower's key.
+pub type MapKey = (Option<Uuid>, TowerKey);
+
+/// The answers of one configuration's servers, shared by its endpoint-mapper connections.
+#[derive(Debug)]
+pub struct EpmAnswers {
+    /// Each ept_map question's endpoints at the pin's server.
+    pub maps: Arc<Cache<MapKey, Vec<Endpoint>>>,
+    /// Each server's entries, by server name, for ept_lookup.
+    pub lookups: Arc<Cache<String, Vec<LookupEntry>>>,
+}
+
+impl EpmAnswers {
+    /// Caches keeping answers for `limits.resolve_cache`, refreshed during its last fifth.
+    pub fn new(limits: &Limits) -> EpmAnswers {
+        let ttl = limits.resolve_cache;
+        EpmAnswers {
+            maps: Arc::new(Cache::new(ttl, ttl / 5, MAX_MAP_KEYS)),
+            lookups: Arc::new(Cache::new(ttl, ttl / 5, MAX_SERVERS)),
+        }
+    }
+}
+
+/// The most ept_map questions kept: the pinned interfaces in their versions, transfer
+/// syntaxes and object UUIDs.
+const MAX_MAP_KEYS: usize = 1024;
+/// The most servers whose entries are kept.
+const MAX_SERVERS: usize = 64;
+
 /// The outcome of one lookup at the server: what it answered, or why there is no answer
 /// (shared by every client that waited for it).
 pub type Outcome<V> = Result<Arc<V>, Arc<anyhow::Error>>;

@@ -48,6 +48,13 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+/// Where an endpoint-mapper answer came from, in answer mode.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `cache`, or `server` (this client's lookup at the server, or one it waited for).
+    pub source: &'static str,
+}
+
 /// A histogram per server.
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -113,6 +120,10 @@ pub struct Metrics {
     pub backend_resolution_seconds: HistogramFamily<BackendLabels>,
     /// Connections to a server that failed.
     pub backend_connect_failures: Family<BackendLabels, Counter>,
+    /// Endpoint-mapper answers rpcpin gave itself (answer mode), by source.
+    pub epm_answers: Family<SourceLabels, Counter>,
+    /// Lookups rpcpin made at a server's endpoint mapper to answer clients, by server.
+    pub epm_server_lookups: Family<BackendLabels, Counter>,
     /// Bytes relayed.
     pub bytes: Family<BytesLabels, Counter>,
     /// Refusals by policy and reason.
@@ -132,6 +143,8 @@ impl Metrics {
             backend_resolutions: Family::default(),
             backend_resolution_seconds: Family::new_with_constructor(resolution_buckets),
             backend_connect_failures: Family::default(),
+            epm_answers: Family::default(),
+            epm_server_lookups: Family::default(),
             bytes: Family::default(),
             refusals: Family::default(),
             reloads: Family::default(),
@@ -172,6 +185,16 @@ impl Metrics {
             "backend_connect_failures",
             "Connections to a server that failed, by server",
             m.backend_connect_failures.clone(),
+        );
+        r.register(
+            "epm_answers",
+            "Endpoint-mapper answers rpcpin gave itself (epm.mode = answer), by source: cache or server",
+            m.epm_answers.clone(),
+        );
+        r.register(
+            "epm_server_lookups",
+            "Lookups rpcpin made at a server's endpoint mapper to answer clients (answer mode), by server",
+            m.epm_server_lookups.clone(),
         );
         r.register(
             "bytes",

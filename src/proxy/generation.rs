@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::socket::listen;
 use crate::backend::{Backends, Resolver};
 use crate::config::{Config, Pin};
+use crate::epm_cache::EpmAnswers;
 use crate::epm_rewrite::Table;
 use crate::metrics::{metrics, ReloadLabels};
 
@@ -25,6 +26,8 @@ pub(super) struct Generation {
     pub(super) table: Table,
     /// The servers in use, each with its endpoint-mapper client and cache.
     backends: Backends,
+    /// The servers' endpoint-mapper answers, for answer mode.
+    epm_answers: EpmAnswers,
 }
 
 impl Generation {
@@ -33,6 +36,7 @@ impl Generation {
     pub(super) fn new(config: Config, table: Table) -> Generation {
         Generation {
             backends: Backends::new(&config),
+            epm_answers: EpmAnswers::new(&config.limits),
             table,
             config,
         }
@@ -61,6 +65,11 @@ impl Generation {
     /// Every server in use, `[backend]`'s first.
     pub(super) fn backends(&self) -> &Backends {
         &self.backends
+    }
+
+    /// The servers' endpoint-mapper answers kept for answer mode.
+    pub(super) fn epm_answers(&self) -> &EpmAnswers {
+        &self.epm_answers
     }
 }
 

@@ -4,6 +4,7 @@
 //! and what it logs).
 
 mod answer;
+mod serve;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::gate::{
     unknown_context_fault, CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed,
@@ -21,6 +22,7 @@ use super::handshake::{Client, Opened, Summary};
 use super::order::CallOrder;
 use super::relay::{Outbox, Policy};
 use super::small_map::SmallMap;
+use crate::config::EpmMode;
 use crate::epm_rewrite::carries_towers;
 use crate::metrics::metrics;
 use crate::pdu_stream::PduReader;
@@ -85,13 +87,24 @@ pub(super) async fn open(
 ) -> anyhow::Result<Opened<EpmPolicy>> {
     let limits = &generation.config.limits;
     let advertise = advertise_for(&client, generation.config.epm.advertise);
-    let mut policy = EpmPolicy::new(generation.clone(), advertise);
+    let local_port = client.local.port();
     let mut client = PduReader::with_buffered(client.stream, client.buffered, limits.max_fragment);
     // A client that says nothing never costs a backend connection.
     let first = client
         .next_within(limits.handshake_timeout)
         .await
         .context("waiting for the client's first PDU")?;
+    if generation.config.epm.mode == EpmMode::Answer {
+        // rpcpin cannot answer an authenticated bind (it holds no credentials): that
+        // association alone is relayed.
+        if first.ptype() == PacketType::Bind && first.auth_len() > 0 {
+            info!(event = "epm_relayed", reason = "authenticated bind");
+        } else {
+            let association = serve::Association::new(generation.clone(), advertise, local_port);
+            return Ok(Opened::Done(association.serve(client, first).await));
+        }
+    }
+    let mut policy = EpmPolicy::new(generation.clone(), advertise);
     let from_client = first.frag_len() as u64;
     let mut out = Outbox::default();
     policy.request(first, &mut out)?;
@@ -313,28 +326,35 @@ impl EpmPolicy {
     }
 
     fn refuse(&mut self, req: &Request<'_>, out: &mut Outbox) -> anyhow::Result<()> {
-        let Some((fault, reason)) = opnum_refusal(req.opnum()) else {
-            return Ok(());
-        };
-        warn!(
-            event = "refused",
-            policy = "opnum",
-            interface = %EPM.uuid,
-            alias = "epm",
-            opnum = req.opnum(),
-            call_id = req.pdu().call_id(),
-            reason,
-        );
-        metrics().refused("opnum", reason);
-        let p = req.pdu();
-        let mut answer = Vec::with_capacity(32);
-        encode_fault(
-            &mut answer,
-            p.endian(),
-            p.call_id(),
-            req.context_id(),
-            fault,
-        )?;
-        self.order.reply(BytesMut::from(&answer[..]), out)
+        self.order.reply(refusal_fault(req)?, out)
     }
+}
+
+/// The fault answering a call to an endpoint-mapper operation that `opnum_refusal` refuses,
+/// logged and counted as an `opnum` refusal.
+fn refusal_fault(req: &Request<'_>) -> anyhow::Result<BytesMut> {
+    let (fault, reason) = opnum_refusal(req.opnum()).unwrap_or((
+        status::NCA_S_OP_RNG_ERROR,
+        "unknown endpoint-mapper operation",
+    ));
+    warn!(
+        event = "refused",
+        policy = "opnum",
+        interface = %EPM.uuid,
+        alias = "epm",
+        opnum = req.opnum(),
+        call_id = req.pdu().call_id(),
+        reason,
+    );
+    metrics().refused("opnum", reason);
+    let p = req.pdu();
+    let mut answer = Vec::with_capacity(32);
+    encode_fault(
+        &mut answer,
+        p.endian(),
+        p.call_id(),
+        req.context_id(),
+        fault,
+    )?;
+    Ok(BytesMut::from(&answer[..]))
 }

@@ -8,23 +8,23 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::{Backend, Config, Limits, Pin};
 use crate::metrics::{metrics, BackendLabels};
-use crate::pdu_stream::PduReader;
-use crate::wire::bind::{encode_bind, BindAck, ContextProposal, ContextResult};
-use crate::wire::call::{encode_request, Response};
-use crate::wire::epm::{encode_map_request, opnum, walk_map_response, EPM};
+use crate::wire::epm::{walk_lookup_response, walk_map_response, HANDLE_LEN};
 use crate::wire::ndr::Syntax;
 use crate::wire::tower::{encode_tcp_tower, Tower};
-use crate::wire::{Endian, PacketType, SyntaxId};
+use crate::wire::{uuid, Endian, SyntaxId, Uuid};
+use epm_client::EpmClient;
 
-/// How many towers rpcpin asks for: Windows asks for 4.
-const MAX_TOWERS: u32 = 4;
-/// rpcpin's own fragments are small; this bounds what it accepts back.
-const MAX_FRAG: u16 = 5840;
+mod epm_client;
+
+/// How many entries rpcpin asks for per ept_lookup page: small, as Samba pages normally
+/// only below the size of its table.
+const LOOKUP_PAGE: u32 = 16;
+/// The most entries rpcpin gathers from one server's endpoint mapper.
+const MAX_LOOKUP_ENTRIES: usize = 1024;
 
 /// One ncacn_ip_tcp endpoint the backend's endpoint mapper returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,14 +135,7 @@ impl Resolver {
 
     /// Every ncacn_ip_tcp endpoint the backend's endpoint mapper has for `interface`.
     pub async fn query(&self, interface: SyntaxId) -> anyhow::Result<Vec<Endpoint>> {
-        tokio::time::timeout(self.timeout, self.query_unbounded(interface))
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "the backend's endpoint mapper did not answer within {:?}",
-                    self.timeout
-                )
-            })?
+        self.bounded(self.query_unbounded(interface)).await
     }
 
     /// Connects to the backend at `port`, trying each address its name resolves to.
@@ -176,60 +169,117 @@ impl Resolver {
         connected
     }
 
+    /// Every ncacn_ip_tcp endpoint the server's endpoint mapper has for what the map tower
+    /// `tower` asks (its interface `interface`), registered with `object`: the question a
+    /// client asked rpcpin's endpoint mapper, put to the server.
+    pub async fn map(
+        &self,
+        object: Option<Uuid>,
+        tower: &[u8],
+        interface: SyntaxId,
+    ) -> anyhow::Result<Vec<Endpoint>> {
+        let started = Instant::now();
+        let endpoints = self
+            .bounded(async {
+                let mut client = self.epm_client().await?;
+                let answer = client.map(object, tower).await?;
+                *lock(&self.answered) = Some(Instant::now());
+                client.close().await;
+                endpoints(&answer.stub, answer.endian, interface)
+            })
+            .await;
+        metrics()
+            .backend_resolution_seconds
+            .get_or_create(&self.labels())
+            .observe(started.elapsed().as_secs_f64());
+        endpoints
+    }
+
+    /// Every entry of the server's endpoint mapper, paged through with ept_lookup (at most
+    /// `MAX_LOOKUP_ENTRIES`).
+    pub async fn lookup_all(&self) -> anyhow::Result<Vec<LookupEntry>> {
+        self.bounded(async {
+            let mut client = self.epm_client().await?;
+            let mut entries = Vec::new();
+            let mut handle = [0; HANDLE_LEN];
+            loop {
+                let answer = client.lookup(&handle, LOOKUP_PAGE).await?;
+                let walk = walk_lookup_response(&answer.stub, answer.endian, Syntax::Ndr)?;
+                let stub = &answer.stub;
+                for e in &walk.entries {
+                    let (Some(object), Some(annotation), Some(tower)) =
+                        (&e.object, &e.annotation, e.tower)
+                    else {
+                        continue;
+                    };
+                    let Ok(bytes) = <&[u8; 16]>::try_from(&stub[object.clone()]) else {
+                        continue;
+                    };
+                    let object = uuid::read(bytes, answer.endian);
+                    entries.push(LookupEntry {
+                        object,
+                        annotation: stub[annotation.clone()].to_vec(),
+                        tower: stub[walk.towers[tower].clone()].to_vec(),
+                    });
+                }
+                handle.copy_from_slice(&stub[walk.handle.clone()]);
+                let more = walk.status == 0 && handle != [0; HANDLE_LEN];
+                if !more || entries.len() >= MAX_LOOKUP_ENTRIES {
+                    break;
+                }
+            }
+            if handle != [0; HANDLE_LEN] {
+                let _ = client.free(&handle).await;
+            }
+            *lock(&self.answered) = Some(Instant::now());
+            client.close().await;
+            entries.truncate(MAX_LOOKUP_ENTRIES);
+            Ok(entries)
+        })
+        .await
+    }
+
     async fn query_unbounded(&self, interface: SyntaxId) -> anyhow::Result<Vec<Endpoint>> {
-        let stream = self.connect(self.backend.epm_port, self.timeout).await?;
-        let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
-        let mut rd = PduReader::new(rd, usize::from(MAX_FRAG));
-        let endian = Endian::Little;
-
-        let mut out = Vec::with_capacity(256);
-        let ctx = [ContextProposal {
-            id: 0,
-            abstract_syntax: EPM,
-            transfer_syntaxes: &[SyntaxId::NDR],
-        }];
-        encode_bind(&mut out, endian, 1, MAX_FRAG, &ctx)?;
-        wr.write_all(&out).await?;
-        let ack = rd.next().await.context("reading the backend's bind_ack")?;
-        match BindAck::from_pdu(ack.view()) {
-            Ok(a) if a.results().next().map(|r| r.result) == Some(ContextResult::Acceptance) => {}
-            Ok(_) => bail!("the backend's endpoint mapper refused rpcpin's bind"),
-            Err(_) => bail!("the backend answered rpcpin's bind with a {}", ack.ptype()),
-        }
-
         let mut query = Vec::with_capacity(80);
         encode_tcp_tower(&mut query, interface, 0, Ipv4Addr::UNSPECIFIED);
-        let mut stub = Vec::with_capacity(160);
-        encode_map_request(&mut stub, endian, &query, MAX_TOWERS);
-        out.clear();
-        encode_request(&mut out, endian, 2, 0, opnum::MAP, &stub)?;
-        wr.write_all(&out).await?;
-
-        // The answer may come in several fragments: gather its stub (bounded by MAX_FRAG
-        // per fragment and a few fragments, far more than 4 towers need).
-        let mut answer = Vec::new();
-        for fragment in 0..16 {
-            let pdu = rd
-                .next()
-                .await
-                .context("reading the backend's ept_map answer")?;
-            match pdu.ptype() {
-                PacketType::Response => {}
-                PacketType::Fault => {
-                    bail!("the backend's endpoint mapper answered ept_map with a fault")
-                }
-                other => bail!("the backend answered ept_map with a {other}"),
-            }
-            answer.extend_from_slice(Response::from_pdu(pdu.view())?.stub());
-            if pdu.ends_call(fragment > 0) {
-                *lock(&self.answered) = Some(Instant::now());
-                let _ = wr.shutdown().await;
-                return endpoints(&answer, pdu.endian(), interface);
-            }
-        }
-        bail!("the backend's ept_map answer has too many fragments")
+        let mut client = self.epm_client().await?;
+        let answer = client.map(Some(Uuid::nil()), &query).await?;
+        *lock(&self.answered) = Some(Instant::now());
+        client.close().await;
+        endpoints(&answer.stub, answer.endian, interface)
     }
+
+    /// A bound association with the server's endpoint mapper.
+    async fn epm_client(&self) -> anyhow::Result<EpmClient> {
+        let stream = self.connect(self.backend.epm_port, self.timeout).await?;
+        EpmClient::bind(stream).await
+    }
+
+    /// `work`, given at most `limits.resolve_timeout`.
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the backend's endpoint mapper did not answer within {:?}",
+                    self.timeout
+                )
+            })?
+    }
+}
+
+/// One entry of a server's endpoint mapper, as ept_lookup gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupEntry {
+    /// The object UUID it is registered with (nil for most).
+    pub object: Uuid,
+    /// The annotation's characters, NUL included when the server sent it.
+    pub annotation: Vec<u8>,
+    /// The tower's octets.
+    pub tower: Vec<u8>,
 }
 
 /// The servers a configuration uses, each with its own [`Resolver`] and so its own cache:
