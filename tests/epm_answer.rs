@@ -329,3 +329,67 @@ async fn ept_lookup_pages_through_the_pinned_entries_with_rpcpins_handles() {
     assert_eq!(backend.connections(), 1, "one gathering at the server");
     rpcpin.stop().await;
 }
+
+#[tokio::test]
+async fn an_authenticated_association_is_relayed_to_the_server() {
+    let backend = exchange_epm().await;
+    let rpcpin = Running::start(&answer_mode(&backend, &[("directory", &["nspi"])])).await;
+    // Outlook's bind with an NTLM negotiate at connect level (auth_level 2), as Windows
+    // binds when the endpoint mapper requires authentication.
+    let mut bind = pdus(NSPI_EPM_CLIENT)[0].to_vec();
+    let token = b"NTLMSSP\0\x01\0\0\0\x07\x82\x08\xa2";
+    bind.extend_from_slice(&[10, 2, 0, 0, 0, 0, 0, 0]);
+    bind.extend_from_slice(token);
+    let frag_len = bind.len() as u16;
+    bind[8..10].copy_from_slice(&frag_len.to_le_bytes());
+    bind[10..12].copy_from_slice(&(token.len() as u16).to_le_bytes());
+    let client = [&bind[..], pdus(NSPI_EPM_CLIENT)[1]].concat();
+    let mut s = Conn::connect(rpcpin.epm).await;
+    send(&mut s, &client).await;
+    // The server's own bind_ack, and its answer rewritten as in relay mode.
+    assert_eq!(read_pdu(&mut s).await.unwrap(), pdus(NSPI_EPM_SERVER)[0]);
+    let answer = read_pdu(&mut s).await.expect("an ept_map answer");
+    let mut expected = pdus(NSPI_EPM_SERVER)[1].to_vec();
+    let pin_port = rpcpin.pins[0].port().to_be_bytes();
+    assert_eq!(replace(&mut expected, &EXCHANGE_NSPI_PORT, &pin_port), 1);
+    assert_eq!(replace(&mut expected, &EXCHANGE_ADDR, &[127, 0, 0, 1]), 1);
+    assert_eq!(answer, expected);
+    assert_eq!(
+        backend.received(),
+        client,
+        "the client's own bytes reached the server"
+    );
+    let relayed = logs::about(&s, "epm_relayed").await;
+    assert_eq!(relayed["reason"], "authenticated bind", "{relayed}");
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn each_pin_is_answered_from_its_own_server() {
+    // Server 1 has NSPI at 4997 (Exchange's answer); server 2 answers the same bytes, so
+    // which one was asked is told by who received a request.
+    let one = exchange_epm().await;
+    let two = exchange_epm().await;
+    let mut server = toml::Table::new();
+    server.insert("host".into(), two.addr.ip().to_string().into());
+    server.insert("epm_port".into(), i64::from(two.addr.port()).into());
+    let config = answer_mode(&one, &[("directory", &["nspi"]), ("store", &["emsmdb"])])
+        .section("backends")
+        .set("backends.two", server)
+        .set("pin[0].backend", "two");
+    let rpcpin = Running::start(&config).await;
+    let mut s = Conn::connect(rpcpin.epm).await;
+    send(&mut s, NSPI_EPM_CLIENT).await;
+    read_pdu(&mut s).await.expect("a bind_ack");
+    let answer = read_pdu(&mut s).await.expect("an ept_map answer");
+    let stub = Response::parse(&answer).unwrap().stub().to_vec();
+    let walk = walk_map_response(&stub, Endian::Little, Syntax::Ndr).unwrap();
+    let t = Tower::new_checked(&stub[walk.towers[0].clone()]).unwrap();
+    assert_eq!(t.tcp_port(), Some(rpcpin.pins[0].port()));
+    assert_eq!(
+        (one.connections(), two.connections()),
+        (0, 1),
+        "NSPI's pin names server two"
+    );
+    rpcpin.stop().await;
+}
