@@ -88,7 +88,7 @@ async fn the_relay_refreshes_the_cache_of_the_pins_own_server() {
 }
 
 #[tokio::test]
-async fn a_port_another_server_named_does_not_reach_the_pins_cache() {
+async fn in_answer_mode_135_asks_the_pins_own_server_and_teaches_the_pin_its_port() {
     let service = nspi_service().await;
     let port = service.addr.port();
     let default = epm_pointing_at(|_| 1).await;
@@ -98,18 +98,20 @@ async fn a_port_another_server_named_does_not_reach_the_pins_cache() {
         .set("pin[0].backend", "b");
     let rpcpin = Running::start(&config).await;
 
-    // The listener on 135 still relays to [backend], whose answer names port 1.
+    // rpcpin answers 135 itself, from its lookup at b, NSPI's server; [backend] (whose
+    // endpoint mapper would say port 1) is not asked.
     let mut c = Conn::connect(rpcpin.epm).await;
     send(&mut c, NSPI_EPM_CLIENT).await;
     for _ in 0..2 {
         read_pdu(&mut c).await.expect("an answer");
     }
-    assert_eq!(default.connections(), 1);
+    assert_eq!((default.connections(), b.connections()), (0, 1));
 
+    // The pin connects to the port that lookup found, from the cache.
     let s = bound(rpcpin.pins[0]).await;
     let resolved = logs::about(&s, "backend_resolved").await;
     assert_eq!(resolved["backend"], "b");
-    assert_eq!(resolved["cached"], false);
+    assert_eq!(resolved["cached"], true);
     assert_eq!(resolved["backend_port"], port);
     assert_eq!((b.connections(), service.connections()), (1, 1));
     rpcpin.stop().await;
