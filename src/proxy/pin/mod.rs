@@ -43,7 +43,7 @@ pub(super) async fn open(
         .await
         .context("waiting for the client's bind")?;
     let from_client = first.frag_len() as u64;
-    let (bind, interface, policy) = match first_bind(pin, &first)? {
+    let (bind, interface, contexts, policy) = match first_bind(pin, &first)? {
         FirstBind::Refused(answer) => {
             let client = client.get_mut();
             client
@@ -61,8 +61,9 @@ pub(super) async fn open(
         FirstBind::Forward {
             bind,
             interface,
+            contexts,
             policy,
-        } => (bind, interface, policy),
+        } => (bind, interface, contexts, policy),
     };
     let (backend, cached) = match connect(generation, &policy.pin, interface).await {
         Ok(b) => b,
@@ -81,6 +82,13 @@ pub(super) async fn open(
         }
     };
     super::socket::tune(&backend, limits);
+    info!(
+        event = "bind_accepted",
+        interface = %interface.uuid,
+        alias = alias_of(&interface.uuid).unwrap_or("-"),
+        version = %format_args!("{}.{}", interface.major, interface.minor),
+        contexts,
+    );
     let resolver = generation.resolver_of(&policy.pin.config);
     let backend = forward_bind(generation, resolver, interface, backend, cached, &bind).await?;
     Ok(Opened::relay(client, backend, *policy, limits, from_client))
@@ -90,11 +98,13 @@ pub(super) async fn open(
 pub(super) enum FirstBind {
     /// The bind is refused: send this answer and end the connection.
     Refused(BytesMut),
-    /// Forward `bind` (the client's, or a copy without the refused contexts); `interface`,
-    /// the first context forwarded, chooses the backend port; `policy` takes the relay on.
+    /// Forward `bind` (the client's, or a copy without the refused contexts, `contexts` of
+    /// them); `interface`, the first context forwarded, chooses the backend port; `policy`
+    /// takes the relay on.
     Forward {
         bind: BytesMut,
         interface: SyntaxId,
+        contexts: usize,
         policy: Box<PinPolicy>,
     },
 }
@@ -121,13 +131,7 @@ pub(super) fn first_bind(pin: Arc<PinRuntime>, first: &Pdu<BytesMut>) -> anyhow:
     let Some(interface) = forwarded.next() else {
         bail!("the client's bind proposes no presentation context");
     };
-    info!(
-        event = "bind_accepted",
-        interface = %interface.uuid,
-        alias = alias_of(&interface.uuid).unwrap_or("-"),
-        version = %format_args!("{}.{}", interface.major, interface.minor),
-        contexts = 1 + forwarded.count(),
-    );
+    let contexts = 1 + forwarded.count();
     let mut order = CallOrder::default();
     order.forwarded(first)?;
     let bind = filtered.unwrap_or_else(|| BytesMut::from(first.as_bytes()));
@@ -140,6 +144,7 @@ pub(super) fn first_bind(pin: Arc<PinRuntime>, first: &Pdu<BytesMut>) -> anyhow:
     Ok(FirstBind::Forward {
         bind,
         interface,
+        contexts,
         policy,
     })
 }
