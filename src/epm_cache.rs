@@ -19,8 +19,8 @@ use crate::config::Limits;
 use crate::wire::epm::TowerKey;
 use crate::wire::Uuid;
 
-/// What an ept_map asks: its object UUID and its tower's key.
-pub type MapKey = (Option<Uuid>, TowerKey);
+/// What an ept_map asks: its object UUID (nil for a null pointer) and its tower's key.
+pub type MapKey = (Uuid, TowerKey);
 
 /// The answers of one configuration's servers, shared by its endpoint-mapper connections.
 #[derive(Debug)]

@@ -233,6 +233,18 @@ fn uuid_floor(buf: &[u8], (lhs, rhs): &(Range<usize>, Range<usize>)) -> Option<S
 /// Appends an ncacn_ip_tcp tower for `interface` over NDR, with the given port and address
 /// (zeros in a query: "any").
 pub fn encode_tcp_tower(out: &mut Vec<u8>, interface: SyntaxId, port: u16, addr: Ipv4Addr) {
+    encode_tcp_tower_over(out, interface, SyntaxId::NDR, port, addr);
+}
+
+/// Appends an ncacn_ip_tcp tower for `interface` over `transfer_syntax`, with the given port
+/// and address.
+pub fn encode_tcp_tower_over(
+    out: &mut Vec<u8>,
+    interface: SyntaxId,
+    transfer_syntax: SyntaxId,
+    port: u16,
+    addr: Ipv4Addr,
+) {
     let floor_uuid = |out: &mut Vec<u8>, s: SyntaxId| {
         put_u16(out, field::uuid_floor::LHS_LEN as u16, Endian::Little);
         out.push(protocol::UUID);
@@ -243,7 +255,7 @@ pub fn encode_tcp_tower(out: &mut Vec<u8>, interface: SyntaxId, port: u16, addr:
     };
     put_u16(out, 5, Endian::Little);
     floor_uuid(out, interface);
-    floor_uuid(out, SyntaxId::NDR);
+    floor_uuid(out, transfer_syntax);
     out.extend_from_slice(&[1, 0, protocol::NCACN, 2, 0, 0, 0]);
     out.extend_from_slice(&[1, 0, protocol::TCP, 2, 0]);
     put_u16(out, port, Endian::Big);

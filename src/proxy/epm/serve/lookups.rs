@@ -2,6 +2,7 @@
 //! answers (a miss asks the pin's server), ept_lookup from the entries of the pinned
 //! interfaces gathered from each server, paged with entry handles of rpcpin's own.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use tracing::warn;
@@ -17,7 +18,7 @@ use crate::wire::epm::{
     LookupRequest, MapRequest, TowerKey, EPT_S_NOT_REGISTERED, HANDLE_LEN,
 };
 use crate::wire::ndr::Syntax;
-use crate::wire::tower::Tower;
+use crate::wire::tower::{encode_tcp_tower_over, Tower};
 use crate::wire::{uuid, Endian, SyntaxId, Uuid};
 
 /// Why an interface no pin carries is answered `ept_s_not_registered`.
@@ -118,12 +119,16 @@ impl Association {
             return None;
         };
         let resolver = self.generation.resolver_of_pin_named(&pin).clone();
-        let (object, query) = (req.object(), req.tower().as_bytes().to_vec());
+        // The server gets rpcpin's own question, written from what the client asked.
+        let object = req.object().unwrap_or_default();
+        let mut query = Vec::with_capacity(75);
+        let any = Ipv4Addr::UNSPECIFIED;
+        encode_tcp_tower_over(&mut query, interface, key.transfer_syntax, 0, any);
         let lookup = {
             let resolver = resolver.clone();
             move || async move {
                 count_lookup(resolver.name());
-                resolver.map(object, &query, interface).await
+                resolver.map(Some(object), &query, interface).await
             }
         };
         let cache = self.generation.epm_answers().maps.clone();
