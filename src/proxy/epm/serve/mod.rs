@@ -239,8 +239,9 @@ impl Association {
             CallVerdict::Drop => return Ok(None),
         }
         let in_progress = self.gathering.as_ref().is_some_and(|g| g.0 == call_id);
-        if !in_progress && p.flags() & flags::FIRST_FRAG == 0 && !p.ends_call(false) {
-            bail!("a fragment of call {call_id}, whose first fragment never came");
+        let fragment = p.flags() & (flags::FIRST_FRAG | flags::LAST_FRAG);
+        if !in_progress && fragment == flags::LAST_FRAG {
+            bail!("the last fragment of call {call_id}, whose first fragment never came");
         }
         let max = self.generation.config.limits.max_reassembly;
         let gathering = match self.gathering.take() {
