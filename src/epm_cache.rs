@@ -219,6 +219,13 @@ where
         }
     }
 
+    /// Drops the entries whose key `stale` says no longer holds (their next client looks
+    /// them up again); lookups under way are left to finish.
+    pub fn forget(&self, stale: impl Fn(&K) -> bool) {
+        self.slots()
+            .retain(|k, s| s.cell.get().is_none() || !stale(k));
+    }
+
     /// How many keys are kept.
     pub fn len(&self) -> usize {
         self.slots().len()

@@ -398,3 +398,30 @@ async fn each_pin_is_answered_from_its_own_server() {
     );
     rpcpin.stop().await;
 }
+
+#[tokio::test]
+async fn a_port_that_fails_the_pin_is_looked_up_again_for_the_next_client() {
+    // The server's endpoint mapper first names a port where nothing listens (the server
+    // restarted), then the directory's real one.
+    let service = nspi_service().await;
+    let (dead, live) = (closed_port().await, service.addr.port());
+    let backend = epm_pointing_at(move |n| if n == 0 { dead } else { live }).await;
+    let rpcpin = Running::start(&answer_mode(&backend, &[("directory", &["nspi"])])).await;
+    let lookup = || async {
+        let mut s = Conn::connect(rpcpin.epm).await;
+        send(&mut s, NSPI_EPM_CLIENT).await;
+        read_pdu(&mut s).await.expect("a bind_ack");
+        read_pdu(&mut s).await.expect("an ept_map answer");
+    };
+    lookup().await;
+    assert_eq!(backend.connections(), 1);
+    // The pin tries the dead port it learned, forgets it, and resolves again.
+    let mut s = Conn::connect(rpcpin.pins[0]).await;
+    s.write_all(pdus(NSPI_NTLM_CLIENT)[0]).await.unwrap();
+    assert_eq!(read_pdu(&mut s).await.expect("a bind_ack")[2], 12);
+    assert_eq!(backend.connections(), 2);
+    // What 135 kept for NSPI went with it: the next client's answer is looked up anew.
+    lookup().await;
+    assert_eq!(backend.connections(), 3);
+    rpcpin.stop().await;
+}

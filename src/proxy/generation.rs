@@ -16,6 +16,7 @@ use crate::config::{Config, Pin};
 use crate::epm_cache::EpmAnswers;
 use crate::epm_rewrite::Table;
 use crate::metrics::{metrics, ReloadLabels};
+use crate::wire::SyntaxId;
 
 /// One generation of the configuration, and what is built from it. A connection keeps the
 /// generation it was accepted under; a reload makes a new one for the connections after it.
@@ -65,6 +66,17 @@ impl Generation {
     /// Every server in use, `[backend]`'s first.
     pub(super) fn backends(&self) -> &Backends {
         &self.backends
+    }
+
+    /// Forgets what `resolver`'s server was known to serve `interface` on, after a connect
+    /// to it failed or the server refused the interface there: the pins' cached port and
+    /// answer mode's kept answers for the interface.
+    pub(super) fn forget(&self, resolver: &Resolver, interface: &SyntaxId) {
+        resolver.forget(interface);
+        let uuid = interface.uuid;
+        self.epm_answers
+            .maps
+            .forget(|(_, key)| key.interface.uuid == uuid);
     }
 
     /// The servers' endpoint-mapper answers kept for answer mode.

@@ -36,7 +36,7 @@ pub(super) async fn connect(
             Ok(s) => return Ok((s, cached.then_some(port))),
             Err(e) if attempt == 0 => {
                 warn!(event = "backend_connect_failed", backend = resolver.name(), backend_port = port, error = %format!("{e:#}"), retry = true);
-                resolver.forget(&interface);
+                generation.forget(resolver, &interface);
             }
             Err(e) => return Err(e),
         }
@@ -115,7 +115,7 @@ pub(super) async fn forward_bind(
         backend.unread(answer);
         return Ok(backend);
     }
-    resolver.forget(&interface);
+    generation.forget(resolver, &interface);
     let moved = async {
         let (port, _) = resolve(resolver, interface).await?;
         if port == old_port {
