@@ -107,7 +107,16 @@ fn parse_v1(buf: &[u8]) -> Result<Option<Header>, Error> {
                     _ => Err(Error::Malformed("v1 address family")),
                 }
             };
-            let port = |s: &str| s.parse::<u16>().map_err(|_| Error::Malformed("v1 port"));
+            // Digits only, without leading zeros, as the specification writes them (Rust's
+            // parser would also take "+80" and "0080").
+            let port = |s: &str| {
+                let canonical =
+                    s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+                s.parse::<u16>()
+                    .ok()
+                    .filter(|_| canonical)
+                    .ok_or(Error::Malformed("v1 port"))
+            };
             Ok(Some(Header {
                 len,
                 addrs: Some((
@@ -205,6 +214,11 @@ mod tests {
         assert_eq!(parse(b"\x05\x00\x0b\x03"), Err(Error::Missing));
         assert!(parse(b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n").is_err());
         assert!(parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n").is_err());
+        for port in ["+80", "080", "00", "8a", ""] {
+            let line = format!("PROXY TCP4 1.2.3.4 5.6.7.8 {port} 135\r\n");
+            assert!(parse(line.as_bytes()).is_err(), "{port:?}");
+        }
+        assert!(parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 0 135\r\n").is_ok());
         assert!(parse(&[b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat()).is_err());
     }
 
