@@ -74,7 +74,9 @@ pub struct Cache<K, V> {
 
 #[derive(Debug)]
 struct Slot<V> {
-    /// Filled once by the lookup; every client asking meanwhile waits on it.
+    /// Filled once by the lookup, with the moment the entry's `ttl` starts (when it was
+    /// looked up, or when the entry a refresh replaces expires); every client asking
+    /// meanwhile waits on it.
     cell: Arc<OnceCell<(Outcome<V>, Instant)>>,
     /// A refresh of this entry is under way.
     refreshing: bool,
@@ -122,7 +124,7 @@ where
                     Some((Ok(value), at)) if now < *at + self.ttl => {
                         if now + self.refresh_ahead >= *at + self.ttl && !slot.refreshing {
                             slot.refreshing = true;
-                            self.refresh(key.clone(), lookup);
+                            self.refresh(key.clone(), lookup, *at + self.ttl);
                         }
                         return (Ok(value.clone()), Source::Cache);
                     }
@@ -150,8 +152,10 @@ where
     }
 
     /// Looks `key` up again in a task of its own, and replaces its entry when the server
-    /// answers; on a failure the entry stays until it expires.
-    fn refresh<F, Fut>(self: &Arc<Self>, key: K, lookup: F)
+    /// answers, the new one living for `ttl` from `expires`, when the old one expires: an
+    /// entry in use is then looked up once per `ttl`, however early in its last stretch the
+    /// refresh began. On a failure the entry stays until it expires.
+    fn refresh<F, Fut>(self: &Arc<Self>, key: K, lookup: F, expires: Instant)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<V>> + Send + 'static,
@@ -162,7 +166,7 @@ where
             let mut slots = cache.slots();
             match outcome {
                 Ok(value) => {
-                    let cell = OnceCell::new_with(Some((Ok(Arc::new(value)), Instant::now())));
+                    let cell = OnceCell::new_with(Some((Ok(Arc::new(value)), expires)));
                     slots.insert(
                         key,
                         Slot {
@@ -324,6 +328,23 @@ mod tests {
             (*o.unwrap(), s, count.load(Ordering::SeqCst)),
             (2, Source::Cache, 2)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_load_costs_one_lookup_per_ttl() {
+        let cache = Arc::new(Cache::<u8, u32>::new(TTL, AHEAD, 16));
+        let count = Arc::new(AtomicUsize::new(0));
+        // A client every second for ten TTLs: the first lookup, then one refresh per TTL
+        // (at 25 s, 55 s, ... 295 s), none of them waited for.
+        for second in 0..300 {
+            let (o, s) = cache
+                .get(&1, lookup(&count, Duration::from_millis(100), Ok(1)))
+                .await;
+            assert!(o.is_ok());
+            assert_eq!(s == Source::Server, second == 0, "second {second}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 11);
     }
 
     #[tokio::test(start_paused = true)]
