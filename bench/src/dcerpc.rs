@@ -19,16 +19,20 @@ use rpcpin::wire::bind::{
     encode_bind, encode_bind_ack, reason, BindAck, BindAckFields, BindRequest, ContextProposal,
     ContextResult, ResultEntry,
 };
+use rpcpin::wire::call::{encode_request, encode_response, response_stub_range, Request};
 use rpcpin::wire::epm::{encode_answer, encode_map_request, walk_map_response, Answer, EntryRef};
 use rpcpin::wire::frame::{next_pdu_len, MAX_FRAG_LEN};
 use rpcpin::wire::ndr::Syntax;
-use rpcpin::wire::call::{encode_request, encode_response, response_stub_range, Request};
 use rpcpin::wire::tower::{encode_tcp_tower, Tower};
 use rpcpin::wire::{Endian, PacketType, Pdu, SyntaxId, HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The interface the backend serves and rpcpin pins.
-pub const BENCH: SyntaxId = SyntaxId::new(rpcpin::wire::uuid!("5d2f6b1c-9a3e-4c7b-8e21-70b1e4c0a5d9"), 1, 0);
+pub const BENCH: SyntaxId = SyntaxId::new(
+    rpcpin::wire::uuid!("5d2f6b1c-9a3e-4c7b-8e21-70b1e4c0a5d9"),
+    1,
+    0,
+);
 /// Its UUID as rpcpin's configuration takes it.
 pub const BENCH_UUID: &str = "5d2f6b1c-9a3e-4c7b-8e21-70b1e4c0a5d9";
 
@@ -130,10 +134,14 @@ fn batch(frag_len: usize, count: usize, one: impl Fn(&mut Vec<u8>, u32, &[u8])) 
     out
 }
 
-/// Request PDUs (opnum sink) for a bulk upload, enough for one large write.
+/// Request PDUs (opnum sink) for a bulk upload, enough for one large write. The backend
+/// never answers them, so each is a `maybe` call (PFC_MAYBE): a proxy that bounds the calls
+/// awaiting an answer (rpcpin does) must not count them.
 pub fn sink_batch(frag_len: usize) -> Vec<u8> {
     batch(frag_len, pdus_per_write(frag_len), |out, id, stub| {
+        let at = out.len();
         encode_request(out, LE, id, 0, op::SINK, stub).expect("fits");
+        out[at + 3] |= rpcpin::wire::pdu::flags::MAYBE;
     })
 }
 

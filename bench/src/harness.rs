@@ -15,20 +15,32 @@ use anyhow::{bail, ensure, Context};
 
 use crate::dcerpc::BENCH_UUID;
 
-/// The three ways a client reaches the backend.
+/// The ways a client reaches the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Path {
     /// Straight to the backend.
     Direct,
     /// Through HAProxy in TCP mode with forced splice.
     Haproxy,
-    /// Through rpcpin.
+    /// Through rpcpin (its endpoint mapper in relay mode, the default).
     Rpcpin,
+    /// Through a second rpcpin whose endpoint mapper answers itself (`epm.mode = "answer"`):
+    /// only the endpoint-mapper load runs it, since the mode changes port 135 alone.
+    RpcpinAnswer,
 }
 
 impl Path {
-    /// Every path, in table order.
+    /// The paths of every load, in table order.
     pub const ALL: [Path; 3] = [Path::Direct, Path::Haproxy, Path::Rpcpin];
+    /// The paths of the endpoint-mapper load: every load's, and rpcpin in answer mode.
+    pub const EPTMAP: [Path; 4] = [
+        Path::Direct,
+        Path::Haproxy,
+        Path::Rpcpin,
+        Path::RpcpinAnswer,
+    ];
+    /// How many paths there are (table columns).
+    pub const COUNT: usize = 4;
     /// The proxies.
     pub const PROXIES: [Path; 2] = [Path::Haproxy, Path::Rpcpin];
 
@@ -51,6 +63,7 @@ impl fmt::Display for Path {
             Path::Direct => "direct",
             Path::Haproxy => "haproxy",
             Path::Rpcpin => "rpcpin",
+            Path::RpcpinAnswer => "rpcpin-answer",
         })
     }
 }
@@ -64,10 +77,14 @@ pub struct Ports {
     pub haproxy_epm: u16,
     pub rpcpin_svc: u16,
     pub rpcpin_epm: u16,
+    /// rpcpin in answer mode: its pin, its endpoint mapper and its admin listener.
+    pub answer_svc: u16,
+    pub answer_epm: u16,
+    pub answer_admin: u16,
 }
 
 impl Ports {
-    /// Six free ports from `base` up (below the ephemeral range, so that the thousands of
+    /// Nine free ports from `base` up (below the ephemeral range, so that the thousands of
     /// client connections of a run never take one).
     pub fn pick(base: u16) -> anyhow::Result<Ports> {
         let mut free = (base..base.saturating_add(200))
@@ -80,6 +97,9 @@ impl Ports {
             haproxy_epm: next()?,
             rpcpin_svc: next()?,
             rpcpin_epm: next()?,
+            answer_svc: next()?,
+            answer_epm: next()?,
+            answer_admin: next()?,
         })
     }
 
@@ -89,6 +109,7 @@ impl Ports {
             Path::Direct => self.backend_svc,
             Path::Haproxy => self.haproxy_svc,
             Path::Rpcpin => self.rpcpin_svc,
+            Path::RpcpinAnswer => self.answer_svc,
         };
         format!("127.0.0.1:{port}")
     }
@@ -99,6 +120,7 @@ impl Ports {
             Path::Direct => self.backend_epm,
             Path::Haproxy => self.haproxy_epm,
             Path::Rpcpin => self.rpcpin_epm,
+            Path::RpcpinAnswer => self.answer_epm,
         };
         format!("127.0.0.1:{port}")
     }
@@ -108,6 +130,7 @@ impl Ports {
         match path {
             Path::Direct | Path::Haproxy => self.backend_svc,
             Path::Rpcpin => self.rpcpin_svc,
+            Path::RpcpinAnswer => self.answer_svc,
         }
     }
 }
@@ -237,6 +260,8 @@ struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    /// Logs at level info (rpcpin's default): its info lines are counted by event, not kept.
+    info: bool,
 }
 
 impl Proc {
@@ -248,7 +273,12 @@ impl Proc {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        Ok(Proc { name, child, log })
+        Ok(Proc {
+            name,
+            child,
+            log,
+            info: false,
+        })
     }
 
     fn pid(&self) -> u32 {
@@ -303,6 +333,9 @@ pub struct Stack {
     backend: Proc,
     haproxy: Option<Proc>,
     rpcpin: Option<Proc>,
+    rpcpin_answer: Option<Proc>,
+    /// When every port listened.
+    started: Instant,
 }
 
 impl Stack {
@@ -343,12 +376,32 @@ impl Stack {
         } else {
             None
         };
+        let rpcpin_answer = if paths.contains(&Path::RpcpinAnswer) {
+            let cfg = env.dir.join("rpcpin-answer.toml");
+            fs::write(&cfg, rpcpin_answer_config(&p))?;
+            let mut cmd = layout.proxy.command(&env.rpcpin);
+            cmd.arg("run")
+                .arg("--config")
+                .arg(&cfg)
+                .env("TOKIO_WORKER_THREADS", threads.to_string())
+                .env_remove("RUST_LOG");
+            listening.extend([p.answer_svc, p.answer_epm, p.answer_admin]);
+            let log = env.dir.join("rpcpin-answer.log");
+            let mut proc = Proc::spawn("rpcpin-answer", cmd, log)?;
+            proc.info = true;
+            Some(proc)
+        } else {
+            None
+        };
         let mut stack = Stack {
             backend,
             haproxy,
             rpcpin,
+            rpcpin_answer,
+            started: Instant::now(),
         };
         stack.wait_listening(&listening)?;
+        stack.started = Instant::now();
         Ok(stack)
     }
 
@@ -376,13 +429,22 @@ impl Stack {
             Path::Direct => None,
             Path::Haproxy => self.haproxy.as_ref().map(Proc::pid),
             Path::Rpcpin => self.rpcpin.as_ref().map(Proc::pid),
+            Path::RpcpinAnswer => self.rpcpin_answer.as_ref().map(Proc::pid),
         }
+    }
+
+    /// How long the stack has been listening.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Fails when any process of the stack has died.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         self.backend.check_alive()?;
-        for p in [&mut self.haproxy, &mut self.rpcpin].into_iter().flatten() {
+        for p in [&mut self.haproxy, &mut self.rpcpin, &mut self.rpcpin_answer]
+            .into_iter()
+            .flatten()
+        {
             p.check_alive()?;
         }
         Ok(())
@@ -395,15 +457,36 @@ impl Stack {
             Some(&mut self.backend),
             self.haproxy.as_mut(),
             self.rpcpin.as_mut(),
+            self.rpcpin_answer.as_mut(),
         ]
         .into_iter()
         .flatten()
         {
             p.stop();
             let text = fs::read_to_string(&p.log).unwrap_or_default();
+            let mut info_events: Vec<(String, usize)> = Vec::new();
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                if p.info && line.contains(r#""level":"INFO""#) {
+                    let event = json_string(line, "event").unwrap_or("-").to_string();
+                    match info_events.iter_mut().find(|(e, _)| *e == event) {
+                        Some((_, n)) => *n += 1,
+                        None => info_events.push((event, 1)),
+                    }
+                    continue;
+                }
                 env.messages
                     .push(format!("[{load}] {}: {}", p.name, line.trim()));
+            }
+            if !info_events.is_empty() {
+                let counts: Vec<String> = info_events
+                    .iter()
+                    .map(|(e, n)| format!("{e} × {n}"))
+                    .collect();
+                env.messages.push(format!(
+                    "[{load}] {}: at level info (counted by event): {}",
+                    p.name,
+                    counts.join(", ")
+                ));
             }
         }
         alive
@@ -499,6 +582,94 @@ level = \"warn\"
         rs = p.rpcpin_svc,
         bs = p.backend_svc,
     )
+}
+
+/// rpcpin whose endpoint mapper answers itself, at its default log level (info, as users
+/// run it), with its admin listener for /metrics; the same pin as `rpcpin_config`'s on a
+/// port of its own.
+fn rpcpin_answer_config(p: &Ports) -> String {
+    format!(
+        "\
+[backend]
+host = \"127.0.0.1\"
+epm_port = {be}
+
+[epm]
+listen = \"127.0.0.1:{ae}\"
+mode = \"answer\"
+
+[[pin]]
+name = \"bench\"
+listen = \"127.0.0.1:{as_}\"
+interfaces = [\"{BENCH_UUID}\"]
+backend_port = {bs}
+
+[limits]
+max_connections = 20000
+max_connections_per_ip = 20000
+
+[admin]
+listen = \"127.0.0.1:{aa}\"
+
+[log]
+format = \"json\"
+",
+        be = p.backend_epm,
+        ae = p.answer_epm,
+        as_ = p.answer_svc,
+        bs = p.backend_svc,
+        aa = p.answer_admin,
+    )
+}
+
+/// The string value of `"key":"…"` in a JSON log line (no escapes in the values looked for).
+fn json_string<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+/// The body of `GET /metrics` on an admin listener.
+pub fn fetch_metrics(port: u16) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("no HTTP header in the admin listener's answer")?;
+    ensure!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "GET /metrics: {}",
+        head.lines().next().unwrap_or("")
+    );
+    Ok(body.to_string())
+}
+
+/// The value of a Prometheus sample: `name` with exactly the `labels` given (`k="v"` pairs,
+/// as rendered), or the sum over label sets when `labels` is empty.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, l) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        let have = |k: &str, v: &str| l.split(',').any(|kv| kv == format!("{k}=\"{v}\""));
+        if labels.iter().all(|(k, v)| have(k, v)) {
+            let v: f64 = value.parse().ok()?;
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }
 
 /// Resident set size of a process, in KiB.

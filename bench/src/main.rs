@@ -73,7 +73,7 @@ struct RunArgs {
     /// The haproxy binary.
     #[arg(long, default_value = "haproxy")]
     haproxy: PathBuf,
-    /// The first loopback port to try; six are used.
+    /// The first loopback port to try; nine are used.
     #[arg(long, default_value_t = 17100)]
     base_port: u16,
     /// The command to print as the way to reproduce the run.
@@ -249,7 +249,8 @@ fn mem_gib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0)
 }
 
-/// What the processes logged (rpcpin logs at warn), each distinct line once with a count.
+/// What the processes logged (rpcpin logs at warn; rpcpin in answer mode at info, its info
+/// lines counted by event), each distinct line once with a count.
 fn print_messages(messages: &[String]) {
     let mut seen: Vec<(&str, usize)> = Vec::new();
     for m in messages {
@@ -259,10 +260,12 @@ fn print_messages(messages: &[String]) {
         }
     }
     if seen.is_empty() {
-        println!("Process logs: nothing logged by the backend, HAProxy or rpcpin (rpcpin at level warn).\n");
+        println!("Process logs: nothing logged by the backend, HAProxy or rpcpin (rpcpin at level warn; rpcpin-answer at info).\n");
         return;
     }
-    println!("Process logs (rpcpin at level warn; each distinct line once):\n");
+    println!(
+        "Process logs (rpcpin at level warn; rpcpin-answer at info, its info lines counted by event; each distinct line once):\n"
+    );
     for (m, n) in seen.iter().take(40) {
         let m: String = m.chars().take(400).collect();
         println!("    {n:>4} × {m}");

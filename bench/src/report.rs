@@ -33,7 +33,7 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
 pub struct Row {
     pub case: String,
     /// By round, by path.
-    rounds: Vec<[Option<f64>; 3]>,
+    rounds: Vec<[Option<f64>; Path::COUNT]>,
 }
 
 impl Row {
@@ -46,7 +46,7 @@ impl Row {
 
     pub fn add(&mut self, round: usize, path: Path, value: f64) {
         if self.rounds.len() <= round {
-            self.rounds.resize(round + 1, [None; 3]);
+            self.rounds.resize(round + 1, [None; Path::COUNT]);
         }
         self.rounds[round][path.index()] = Some(value);
     }
@@ -72,7 +72,7 @@ impl Row {
 
     /// The widest spread of any path's rounds, relative to its median (noise indicator).
     pub fn spread(&self) -> Option<f64> {
-        Path::ALL
+        Path::EPTMAP
             .iter()
             .filter_map(|&p| {
                 let v = self.values(p);
@@ -97,6 +97,8 @@ pub enum Cmp {
 #[derive(Debug, Clone)]
 pub struct Goal {
     pub what: String,
+    /// The path judged: rpcpin unless `of` says otherwise.
+    pub num: Path,
     pub den: Path,
     pub cmp: Cmp,
     pub target: f64,
@@ -109,12 +111,19 @@ impl Goal {
     pub fn new(what: impl Into<String>, den: Path, cmp: Cmp, target: f64) -> Goal {
         Goal {
             what: what.into(),
+            num: Path::Rpcpin,
             den,
             cmp,
             target,
             stretch: false,
             ratio: None,
         }
+    }
+
+    /// The goal judges `path` (rpcpin in answer mode) rather than rpcpin.
+    pub fn of(mut self, path: Path) -> Goal {
+        self.num = path;
+        self
     }
 
     pub fn stretch(mut self) -> Goal {
@@ -124,7 +133,7 @@ impl Goal {
 
     /// This goal, judged on `row`.
     pub fn on(mut self, row: &Row) -> Goal {
-        self.ratio = row.ratio(Path::Rpcpin, self.den);
+        self.ratio = row.ratio(self.num, self.den);
         self
     }
 
@@ -151,9 +160,10 @@ impl Goal {
         };
         let ratio = self.ratio.map_or("n/a".into(), |r| format!("{r:.2}"));
         format!(
-            "{:<4} {}: rpcpin/{} = {ratio} (goal {op} {:.2}{})",
+            "{:<4} {}: {}/{} = {ratio} (goal {op} {:.2}{})",
             self.verdict(),
             self.what,
+            self.num,
             self.den,
             self.target,
             if self.stretch { ", stretch" } else { "" }
@@ -198,19 +208,13 @@ impl Section {
         for n in &self.notes {
             let _ = writeln!(s, "- {n}");
         }
-        let has = |p| self.paths.contains(&p);
+        let ratios = self.ratio_columns();
         let mut head = format!("| case ({}) |", self.unit);
         for p in &self.paths {
             let _ = write!(head, " {p} |");
         }
-        if has(Path::Haproxy) {
-            head.push_str(" rpcpin/haproxy |");
-        }
-        if has(Path::Direct) {
-            head.push_str(" rpcpin/direct |");
-            if has(Path::Haproxy) {
-                head.push_str(" haproxy/direct |");
-            }
+        for (num, den) in &ratios {
+            let _ = write!(head, " {num}/{den} |");
         }
         head.push_str(" spread |");
         let cols = head.matches('|').count() - 1;
@@ -223,15 +227,11 @@ impl Section {
                     .map_or("n/a".into(), |v| format!("{v:.*}", self.decimals));
                 let _ = write!(line, " {v} |");
             }
-            let ratio = |a, b| row.ratio(a, b).map_or("n/a".into(), |r| format!("{r:.2}"));
-            if has(Path::Haproxy) {
-                let _ = write!(line, " {} |", ratio(Path::Rpcpin, Path::Haproxy));
-            }
-            if has(Path::Direct) {
-                let _ = write!(line, " {} |", ratio(Path::Rpcpin, Path::Direct));
-                if has(Path::Haproxy) {
-                    let _ = write!(line, " {} |", ratio(Path::Haproxy, Path::Direct));
-                }
+            for &(num, den) in &ratios {
+                let r = row
+                    .ratio(num, den)
+                    .map_or("n/a".into(), |r| format!("{r:.2}"));
+                let _ = write!(line, " {r} |");
             }
             let spread = row
                 .spread()
@@ -249,5 +249,28 @@ impl Section {
             let _ = writeln!(s, "    {:<4} {what}", if *held { "PASS" } else { "MISS" });
         }
         s
+    }
+
+    /// The ratio columns: each rpcpin over HAProxy, then over direct, HAProxy over direct,
+    /// and rpcpin in answer mode over rpcpin relaying.
+    fn ratio_columns(&self) -> Vec<(Path, Path)> {
+        let has = |p| self.paths.contains(&p);
+        let rpcpins: Vec<Path> = [Path::Rpcpin, Path::RpcpinAnswer]
+            .into_iter()
+            .filter(|&p| has(p))
+            .collect();
+        let mut v = Vec::new();
+        for den in [Path::Haproxy, Path::Direct] {
+            if has(den) {
+                v.extend(rpcpins.iter().map(|&num| (num, den)));
+            }
+        }
+        if has(Path::Haproxy) && has(Path::Direct) {
+            v.push((Path::Haproxy, Path::Direct));
+        }
+        if rpcpins.len() == 2 {
+            v.push((Path::RpcpinAnswer, Path::Rpcpin));
+        }
+        v
     }
 }
