@@ -425,3 +425,37 @@ async fn a_port_that_fails_the_pin_is_looked_up_again_for_the_next_client() {
     assert_eq!(backend.connections(), 3);
     rpcpin.stop().await;
 }
+
+#[tokio::test]
+async fn outlooks_emsmdb_ept_map_gets_exchanges_answer_pointing_at_the_pin() {
+    let backend =
+        Replay::start(|_| pdus(EMSMDB_EPM_SERVER).iter().map(|p| p.to_vec()).collect()).await;
+    let rpcpin = Running::start(&answer_mode(&backend, &[("store", &["emsmdb"])])).await;
+    let pin_port = rpcpin.pins[0].port();
+    let mut s = Conn::connect(rpcpin.epm).await;
+    send(&mut s, EMSMDB_EPM_CLIENT).await;
+    read_pdu(&mut s).await.expect("a bind_ack");
+    let got = read_pdu(&mut s).await.expect("an ept_map answer");
+    // Exchange's answer (the store at TCP 1032 on 192.168.0.2), port and address rewritten.
+    let mut expected = pdus(EMSMDB_EPM_SERVER)[1].to_vec();
+    assert_eq!(
+        replace(
+            &mut expected,
+            &1032u16.to_be_bytes(),
+            &pin_port.to_be_bytes()
+        ),
+        1
+    );
+    assert_eq!(replace(&mut expected, &EXCHANGE_ADDR, &[127, 0, 0, 1]), 1);
+    assert_eq!(got.len(), expected.len());
+    // Beyond the referent id (as for NSPI), the padding byte after the 75-byte tower:
+    // Exchange leaves 0x08 there, rpcpin writes zero.
+    let differ: Vec<usize> = (0..got.len()).filter(|&i| got[i] != expected[i]).collect();
+    assert_eq!(
+        differ,
+        [24 + 36, 24 + 38, 24 + 123],
+        "{got:02x?}\n{expected:02x?}"
+    );
+    assert_eq!((expected[24 + 123], got[24 + 123]), (0x08, 0));
+    rpcpin.stop().await;
+}
