@@ -16,6 +16,10 @@ Operations (MS-RPCE 2.2.1.2 / C706 appendix O):
   lookup_handle_free   ept_lookup_handle_free (opnum 4) on a null handle
   inq_object      ept_inq_object (opnum 5)
   mgmt_delete     ept_mgmt_delete (opnum 6) for that same entry's tower
+  lookup_pages:N  ept_lookup with max_ents N, continued with the entry handle each answer
+                  returns until one returns a null handle (at most 100 calls)
+  lookup_free:N   ept_lookup with max_ents N, then ept_lookup_handle_free on the handle it
+                  returned (the walk left half-way), then ept_lookup with that freed handle
 
 Each operation is written OP=EXPECT, EXPECT being one of
 
@@ -24,6 +28,14 @@ Each operation is written OP=EXPECT, EXPECT being one of
   response        a response PDU (whatever status its stub carries)
   towers          (map only) a response with status 0 and at least one ncacn_ip_tcp tower
   not_registered  (map only) a response with status ept_s_not_registered and no tower
+  pages           (lookup_pages only) every answer a response with status 0 and at most N
+                  entries, every one but the last with a non-null handle, the last with a
+                  null one, at least two pages, no entry twice; the entries of all pages
+                  together are judged as a lookup's (--only, --includes, --tcp-only, towers)
+  freed           (lookup_free only) the first answer has N entries and a non-null handle;
+                  ept_lookup_handle_free answers status 0 and a null handle; the lookup
+                  with the freed handle answers no entry, a null handle and
+                  ept_s_not_registered
   entries         (lookup only) a response with at least one entry and status 0 or
                   ept_s_not_registered (Samba sends its whole list in one answer with the
                   latter, its way of saying "no more"; impacket's rpcdump.py takes that
@@ -161,13 +173,12 @@ def build(op, lan_ip):
         req["num_ents"] = 1
         req["entries"] = fake_entries(lan_ip)
     elif op == "lookup":
-        req = epm.ept_lookup()
-        req["inquiry_type"] = epm.RPC_C_EP_ALL_ELTS
-        req["object"] = NULL
-        req["Ifid"] = NULL
-        req["vers_option"] = epm.RPC_C_VERS_ALL
-        req["max_ents"] = 500
-        return 2, req.getData(), epm.ept_lookupResponse
+        return 2, lookup_stub(500), epm.ept_lookupResponse
+    elif op.startswith("lookup_pages:") or op.startswith("lookup_free:"):
+        n = int(op.split(":", 1)[1])
+        if n < 1:
+            raise ValueError("max_ents must be at least 1")
+        return 2, None, epm.ept_lookupResponse
     elif op.startswith("map:"):
         uuid, major, minor = INTERFACES[op[4:]]
         req = epm.ept_map()
@@ -189,6 +200,169 @@ def build(op, lan_ip):
     else:
         raise ValueError("unknown operation %s" % op)
     return req.opnum, req.getData(), None
+
+
+def lookup_stub(max_ents, handle=None):
+    """An ept_lookup for every entry, at most max_ents of them, continuing handle (20
+    bytes) when given."""
+    req = epm.ept_lookup()
+    req["inquiry_type"] = epm.RPC_C_EP_ALL_ELTS
+    req["object"] = NULL
+    req["Ifid"] = NULL
+    req["vers_option"] = epm.RPC_C_VERS_ALL
+    if handle is not None:
+        set_handle(req["entry_handle"], handle)
+    req["max_ents"] = max_ents
+    return req.getData()
+
+
+def set_handle(field, handle):
+    """Sets an ept_lookup_handle_t from its 20 bytes (attributes, then UUID)."""
+    field["context_handle_attributes"] = struct.unpack("<I", handle[:4])[0]
+    field["context_handle_uuid"] = handle[4:]
+
+
+def handle_free_stub(handle):
+    req = ept_lookup_handle_free()
+    set_handle(req["entry_handle"], handle)
+    return req.getData()
+
+
+NULL_HANDLE = b"\0" * 20
+
+
+class Calls:
+    """Call ids on one association."""
+
+    def __init__(self, sock, reader):
+        self.sock, self.reader, self.next_id = sock, reader, 2
+
+    def __call__(self, opnum, stub):
+        self.next_id += 1
+        return call(self.sock, self.reader, self.next_id - 1, opnum, stub)
+
+
+def lookup_page(calls, max_ents, handle):
+    """(status, handle bytes, entries, error) of one ept_lookup call."""
+    ptype, fault, stub = calls(2, lookup_stub(max_ents, handle))
+    if ptype != RESPONSE:
+        return None, None, [], "PDU type %d%s" % (
+            ptype, ", status %s" % status_name(fault) if ptype == FAULT else "")
+    resp = epm.ept_lookupResponse(stub)
+    return resp["status"], resp["entry_handle"].getData(), list(resp["entries"]), None
+
+
+def judge_entries(entries, args):
+    """Judges a lookup's entries (--only, --includes, --tcp-only, towers); prints them."""
+    by_uuid = {v[0]: k for k, v in INTERFACES.items()}
+    raws = [b"".join(e["tower"]["tower_octet_string"]) for e in entries]
+    towers = [d for d in (describe(parse_tower(r)) for r in raws) if d is not None]
+    names = set(by_uuid.get(u, u) for u in (entry_interface(e) for e in entries))
+    ok = True
+    if args.only and names - set(args.only.split(",")):
+        print("  MISMATCH: entries for %s, not in --only" % sorted(
+            names - set(args.only.split(","))))
+        ok = False
+    if args.includes and set(args.includes.split(",")) - names:
+        print("  MISMATCH: no entry for %s" % sorted(set(args.includes.split(",")) - names))
+        ok = False
+    if args.tcp_only and len(towers) != len(entries):
+        print("  MISMATCH: %d of %d entries are not ncacn_ip_tcp towers" % (
+            len(entries) - len(towers), len(entries)))
+        ok = False
+    for uuid, major, minor, ip, port in towers:
+        print("  TOWER %s %s v%d.%d ip=%s port=%d" % (by_uuid.get(uuid, "?"), uuid, major,
+                                                     minor, ip, port))
+        if args.expect_ip and ip != args.expect_ip:
+            print("  MISMATCH: ip %s, expected %s" % (ip, args.expect_ip))
+            ok = False
+        want = args.ports.get(by_uuid.get(uuid))
+        if want is not None and port != want:
+            print("  MISMATCH: port %d, expected %d" % (port, want))
+            ok = False
+    return ok
+
+
+def lookup_pages(calls, max_ents, expect, args):
+    """ept_lookup paged through with max_ents; returns whether it went as `expect` says."""
+    if expect != "pages":
+        print("lookup_pages: unknown expectation %s" % expect)
+        return False
+    handle, seen, keys, pages, ok = None, [], set(), 0, True
+    while pages < 100:
+        status, handle, entries, err = lookup_page(calls, max_ents, handle)
+        pages += 1
+        if err:
+            print("ept_lookup page %d: %s" % (pages, err))
+            return False
+        last = handle == NULL_HANDLE
+        print("ept_lookup page %d (max_ents %d): status %s, %d entries, %s handle%s" % (
+            pages, max_ents, status_name(status), len(entries), "null" if last else "non-null",
+            "" if last else " " + handle[4:].hex()))
+        if status != 0 or not 0 < len(entries) <= max_ents:
+            print("  MISMATCH: expected status 0 and 1 to %d entries" % max_ents)
+            ok = False
+        for e in entries:
+            obj = e["object"]
+            obj = obj.getData() if hasattr(obj, "getData") else bytes(obj)
+            key = (obj, b"".join(e["tower"]["tower_octet_string"]))
+            if key in keys:
+                print("  MISMATCH: an entry came twice")
+                ok = False
+            keys.add(key)
+            seen.append(e)
+        if last or not entries:
+            break
+    else:
+        print("  MISMATCH: still a non-null handle after 100 pages")
+        return False
+    if handle != NULL_HANDLE:
+        print("  MISMATCH: the last page's handle is not null")
+        ok = False
+    if pages < 2:
+        print("  MISMATCH: one page only: max_ents %d did not page" % max_ents)
+        ok = False
+    print("%d page(s), %d entries in all" % (pages, len(seen)))
+    return judge_entries(seen, args) and ok
+
+
+def lookup_free(calls, max_ents, expect, args):
+    """ept_lookup with max_ents, ept_lookup_handle_free on its handle, then the freed handle
+    used again; returns whether it went as `expect` says."""
+    if expect != "freed":
+        print("lookup_free: unknown expectation %s" % expect)
+        return False
+    status, handle, entries, err = lookup_page(calls, max_ents, None)
+    if err:
+        print("ept_lookup: %s" % err)
+        return False
+    print("ept_lookup (max_ents %d): status %s, %d entries, handle %s" % (
+        max_ents, status_name(status), len(entries), handle.hex()))
+    if status != 0 or len(entries) != max_ents or handle == NULL_HANDLE:
+        print("  MISMATCH: expected status 0, %d entries and a non-null handle" % max_ents)
+        return False
+    ptype, fault, stub = calls(4, handle_free_stub(handle))
+    if ptype != RESPONSE:
+        print("ept_lookup_handle_free: PDU type %d" % ptype)
+        return False
+    resp = ept_lookup_handle_freeResponse(stub)
+    freed = resp["entry_handle"].getData()
+    print("ept_lookup_handle_free: status %s, handle %s" % (status_name(resp["status"]),
+                                                          freed.hex()))
+    ok = True
+    if resp["status"] != 0 or freed != NULL_HANDLE:
+        print("  MISMATCH: expected status 0 and a null handle")
+        ok = False
+    status, again, entries, err = lookup_page(calls, max_ents, handle)
+    if err:
+        print("ept_lookup with the freed handle: %s" % err)
+        return False
+    print("ept_lookup with the freed handle: status %s, %d entries, %s handle" % (
+        status_name(status), len(entries), "null" if again == NULL_HANDLE else "non-null"))
+    if status != EPT_S_NOT_REGISTERED or entries or again != NULL_HANDLE:
+        print("  MISMATCH: expected ept_s_not_registered, no entry and a null handle")
+        ok = False
+    return ok
 
 
 def request_pdu(call_id, opnum, stub):
@@ -369,8 +543,15 @@ def main():
                     args.host, args.port, ack[2] if ack else "none (closed)"))
                 return 2
             print("EPM bind at %s:%d accepted" % (args.host, args.port))
-            for call_id, (op, expect, (opnum, stub, resp_cls)) in enumerate(plan, start=2):
-                ptype, fault, resp_stub = call(s, reader, call_id, opnum, stub)
+            calls = Calls(s, reader)
+            for op, expect, (opnum, stub, resp_cls) in plan:
+                if op.startswith("lookup_pages:") or op.startswith("lookup_free:"):
+                    walk = lookup_pages if op.startswith("lookup_pages:") else lookup_free
+                    if not walk(calls, int(op.split(":", 1)[1]), expect, args):
+                        print("  MISMATCH: expected %s" % expect)
+                        ok = False
+                    continue
+                ptype, fault, resp_stub = calls(opnum, stub)
                 if not judge(op, expect, ptype, fault, resp_stub, resp_cls, args):
                     print("  MISMATCH: expected %s" % expect)
                     ok = False

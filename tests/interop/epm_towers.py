@@ -15,6 +15,17 @@ Output, one line per ncacn_ip_tcp tower:
 With --expect-ip/--expect-port/--not-port every tower must satisfy them;
 the script exits 0 when they hold, 1 when a tower breaks them, 2 on any
 error (no connection, no tower, a tower it cannot parse).
+
+--auth USER%PASSWORD binds the endpoint mapper with NTLM at authentication
+level connect (impacket's set_auth_level(2)): the towers are still read by
+hand. --no-sign-flags clears NTLMSSP_NEGOTIATE_SIGN and _SEAL from impacket's
+NTLM negotiate message (impacket always sets them; Samba's own client does
+not at level connect). --ndr64 binds with the NDR64 transfer syntax only, so impacket encodes
+the request and decodes the answer in NDR64. --repeat N asks everything N times, each on a new connection (a
+summary line counts associations and towers). --hept-map asks with impacket's
+own epm.hept_map() instead (one connection per interface; it prints the
+string binding it returns, whose host is the one asked, so only --expect-port
+applies to it).
 """
 
 import argparse
@@ -22,9 +33,10 @@ import socket
 import struct
 import sys
 
+from impacket import ntlm
 from impacket.dcerpc.v5 import epm, transport
-from impacket.dcerpc.v5.rpcrt import DCERPCException
-from impacket.uuid import bin_to_string, string_to_bin
+from impacket.dcerpc.v5.rpcrt import RPC_C_AUTHN_LEVEL_CONNECT, DCERPCException
+from impacket.uuid import bin_to_string, string_to_bin, uuidtup_to_bin
 
 # Interfaces the suite asks about: the lsad and classic groups that are
 # pinned; winreg (its own Samba process) and netdfs (served by the same Samba
@@ -44,6 +56,7 @@ INTERFACES = {
 }
 
 NDR = ("8a885d04-1ceb-11c9-9fe8-08002b104860", 2, 0)
+NDR64 = ("71710533-beba-4937-8319-b5dbef9ccc36", "1.0")
 
 # Floor protocol identifiers (C706 appendix L, MS-RPCE 2.2.1.1.7).
 FLOOR_UUID = 0x0D
@@ -122,6 +135,113 @@ def ept_map(dce, uuid, major, minor):
     return [b"".join(t["Data"]["tower_octet_string"]) for t in resp["ITowers"]]
 
 
+def check_tower(name, uuid, d, args, expect_port, not_port, quiet=False):
+    """Prints one described tower (with quiet, only when it breaks an expectation); returns
+    whether it satisfies the expectations."""
+    problems = []
+    t_uuid, t_major, t_minor, ip, port = d
+    if t_uuid != uuid:
+        problems.append("tower names %s, asked for %s" % (t_uuid, uuid))
+    if args.expect_ip and ip != args.expect_ip:
+        problems.append("ip %s, expected %s" % (ip, args.expect_ip))
+    if name in expect_port and port != expect_port[name]:
+        problems.append("port %d, expected %d" % (port, expect_port[name]))
+    if name in not_port and port == not_port[name]:
+        problems.append("port %d must differ from %d" % (port, not_port[name]))
+    if problems or not quiet:
+        print("TOWER %s %s v%d.%d ip=%s port=%d" % (name, t_uuid, t_major, t_minor, ip, port))
+    for p in problems:
+        print("  MISMATCH: " + p)
+    return not problems
+
+
+def negotiate_without_sign(wrapped):
+    """impacket's getNTLMSSPType1, its message's SIGN and SEAL flags cleared."""
+    def type1(*a, **kw):
+        msg = wrapped(*a, **kw)
+        msg["flags"] &= ~(ntlm.NTLMSSP_NEGOTIATE_SIGN | ntlm.NTLMSSP_NEGOTIATE_SEAL)
+        return msg
+    return type1
+
+
+def connect(args):
+    """A bound endpoint-mapper association (NTLM at level connect with --auth)."""
+    if args.no_sign_flags:
+        ntlm.getNTLMSSPType1 = negotiate_without_sign(ntlm.getNTLMSSPType1)
+    rpc = transport.DCERPCTransportFactory("ncacn_ip_tcp:%s[%d]" % (args.host, args.port))
+    rpc.set_connect_timeout(args.timeout)
+    if args.auth:
+        user, _, password = args.auth.partition("%")
+        rpc.set_credentials(user, password)
+    dce = rpc.get_dce_rpc()
+    if args.auth:
+        dce.set_auth_level(RPC_C_AUTHN_LEVEL_CONNECT)
+    dce.connect()
+    if args.ndr64:
+        dce.bind(epm.MSRPC_UUID_PORTMAP, transfer_syntax=NDR64)
+        if dce.transfer_syntax != uuidtup_to_bin(NDR64):
+            raise DCERPCException("the endpoint mapper did not accept NDR64")
+    else:
+        dce.bind(epm.MSRPC_UUID_PORTMAP)
+    return dce
+
+
+def map_all(args, expect_port, not_port, quiet):
+    """One association, ept_map for every interface asked. Returns (exit code, towers)."""
+    try:
+        dce = connect(args)
+    except Exception as e:  # noqa: BLE001 - any failure to reach the EPM is an error
+        print("ERROR: cannot bind EPM at %s:%d: %s" % (args.host, args.port, e))
+        return 2, 0
+    ok, count = True, 0
+    for name in args.ifaces:
+        uuid, major, minor = INTERFACES[name]
+        try:
+            towers = ept_map(dce, uuid, major, minor)
+        except Exception as e:  # noqa: BLE001
+            print("ERROR: ept_map %s: %s" % (name, e))
+            return 2, count
+        seen = 0
+        for raw in towers:
+            try:
+                d = describe(parse_tower(raw))
+            except (ValueError, struct.error) as e:
+                print("ERROR: %s: unparsable tower %s: %s" % (name, raw.hex(), e))
+                return 2, count
+            if d is None:
+                continue
+            seen += 1
+            ok = check_tower(name, uuid, d, args, expect_port, not_port, quiet) and ok
+        count += seen
+        if seen == 0:
+            print("ERROR: no ncacn_ip_tcp tower for %s" % name)
+            return 2, count
+    dce.disconnect()
+    return (0 if ok else 1), count
+
+
+def hept_map_all(args, expect_port):
+    """impacket's epm.hept_map() for every interface asked; returns an exit code."""
+    ok = True
+    for name in args.ifaces:
+        uuid, major, minor = INTERFACES[name]
+        try:
+            binding = epm.hept_map(args.host, uuidtup_to_bin((uuid, "%d.%d" % (major, minor))),
+                                   protocol="ncacn_ip_tcp")
+        except Exception as e:  # noqa: BLE001
+            print("ERROR: hept_map %s: %s" % (name, e))
+            return 2
+        print("HEPT_MAP %s %s" % (name, binding))
+        host, _, rest = binding.partition(":")[2].partition("[")
+        if host != args.host or not rest.endswith("]") or not rest[:-1].isdigit():
+            print("  MISMATCH: expected ncacn_ip_tcp:%s[PORT]" % args.host)
+            ok = False
+        elif name in expect_port and int(rest[:-1]) != expect_port[name]:
+            print("  MISMATCH: port %s, expected %d" % (rest[:-1], expect_port[name]))
+            ok = False
+    return 0 if ok else 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,61 +254,36 @@ def main():
                     help="every tower for IFACE must carry PORT")
     ap.add_argument("--not-port", action="append", default=[], metavar="IFACE=PORT",
                     help="no tower for IFACE may carry PORT")
+    ap.add_argument("--auth", metavar="USER%PASSWORD",
+                    help="bind with NTLM at authentication level connect")
+    ap.add_argument("--no-sign-flags", action="store_true",
+                    help="with --auth: no SIGN/SEAL flags in the NTLM negotiate message")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="ask N times, each on a new association")
+    ap.add_argument("--ndr64", action="store_true",
+                    help="bind with the NDR64 transfer syntax only (impacket encodes in NDR64)")
+    ap.add_argument("--hept-map", action="store_true",
+                    help="ask with impacket's epm.hept_map() (port checks only)")
     args = ap.parse_args()
 
     def pairs(items):
         return {k: int(v) for k, v in (i.split("=", 1) for i in items)}
 
     expect_port, not_port = pairs(args.expect_port), pairs(args.not_port)
-
-    try:
-        rpc = transport.DCERPCTransportFactory("ncacn_ip_tcp:%s[%d]" % (args.host, args.port))
-        rpc.set_connect_timeout(args.timeout)
-        dce = rpc.get_dce_rpc()
-        dce.connect()
-        dce.bind(epm.MSRPC_UUID_PORTMAP)
-    except Exception as e:  # noqa: BLE001 - any failure to reach the EPM is an error
-        print("ERROR: cannot bind EPM at %s:%d: %s" % (args.host, args.port, e))
-        return 2
-
-    ok = True
-    for name in args.ifaces:
-        uuid, major, minor = INTERFACES[name]
-        try:
-            towers = ept_map(dce, uuid, major, minor)
-        except Exception as e:  # noqa: BLE001
-            print("ERROR: ept_map %s: %s" % (name, e))
-            return 2
-        seen = 0
-        for raw in towers:
-            try:
-                d = describe(parse_tower(raw))
-            except (ValueError, struct.error) as e:
-                print("ERROR: %s: unparsable tower %s: %s" % (name, raw.hex(), e))
-                return 2
-            if d is None:
-                continue
-            seen += 1
-            t_uuid, t_major, t_minor, ip, port = d
-            print("TOWER %s %s v%d.%d ip=%s port=%d" % (name, t_uuid, t_major, t_minor, ip, port))
-            if t_uuid != uuid:
-                print("  MISMATCH: tower names %s, asked for %s" % (t_uuid, uuid))
-                ok = False
-            if args.expect_ip and ip != args.expect_ip:
-                print("  MISMATCH: ip %s, expected %s" % (ip, args.expect_ip))
-                ok = False
-            if name in expect_port and port != expect_port[name]:
-                print("  MISMATCH: port %d, expected %d" % (port, expect_port[name]))
-                ok = False
-            if name in not_port and port == not_port[name]:
-                print("  MISMATCH: port %d must differ from %d" % (port, not_port[name]))
-                ok = False
-        if seen == 0:
-            print("ERROR: no ncacn_ip_tcp tower for %s" % name)
-            return 2
-
-    dce.disconnect()
-    return 0 if ok else 1
+    if args.hept_map:
+        return hept_map_all(args, expect_port)
+    worst, towers = 0, 0
+    for i in range(args.repeat):
+        rc, n = map_all(args, expect_port, not_port, quiet=i > 0)
+        towers += n
+        worst = max(worst, rc)
+        if rc == 2:
+            break
+    if args.repeat > 1:
+        print("%d association(s), %d ept_map call(s), %d ncacn_ip_tcp tower(s)%s" % (
+            i + 1, (i + 1) * len(args.ifaces), towers,
+            ", every one as expected" if worst == 0 else ""))
+    return worst
 
 
 if __name__ == "__main__":
