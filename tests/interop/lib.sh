@@ -7,6 +7,7 @@
 #   WORK, PY, SAMBA_DCERPCD, RPC_USER, RPC_PASS, CLIENT_TIMEOUT,
 #   LAN_IP, NS_LAN, NS_DMZ (a namespace that reaches $LAN_IP), passed, failed,
 #   samba_pid, created_user, start_time, error_at, stdout_fd, stderr_fd;
+# optionally SAMBA_NETBIOS_NAME (Samba's netbios name, default RIGSRV);
 # and, for the topology and rpcpin in the DMZ (run.sh, demo.sh):
 #   NS_CLI, CLI_IP, DMZ_OUT_IP, DMZ_IN_IP, PIN_LSAD, PIN_CLASSIC, RPCPIN_BIN, rpcpin_pid.
 
@@ -238,13 +239,15 @@ write_smb_conf() {
     cat >"$WORK/smb.conf" <<CONF
 [global]
   workgroup = RIG
-  netbios name = RIGSRV
+  netbios name = ${SAMBA_NETBIOS_NAME:-RIGSRV}
   server role = standalone server
   interfaces = $LAN_IP
   bind interfaces only = yes
   rpc start on demand helpers = no
   rpc server dynamic port range = $range
   disable netbios = yes
+  # The NTLM check at authentication level connect needs it (Samba refuses the level by default).
+  allow dcerpc auth level connect = yes
   smb ports = 1445
   lock directory = $WORK/samba/lock
   state directory = $WORK/samba/state

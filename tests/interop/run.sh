@@ -11,7 +11,9 @@
 # rpcpin is what makes them work. See README.md beside this file.
 #
 # Usage: sudo tests/interop/run.sh      (RPCPIN_BIN overrides the binary,
-#                                        KEEP_WORK=1 keeps the temp dir)
+#                                        KEEP_WORK=1 keeps the temp dir,
+#                                        RPCPIN_EPM_MODE=relay|answer sets epm.mode,
+#                                        default relay)
 # Prints PASS:/FAIL: per check and ends with "N passed, M failed".
 
 # Helpers are called through check()/wait_for()/traps, which shellcheck cannot follow:
@@ -47,6 +49,10 @@ CLIENT_TIMEOUT=20  # seconds, for every client command
 HANDSHAKE_S=3      # the suite's limits.handshake_timeout, in seconds
 SILENT=300         # silent connections held while rpcclient must still work
 PER_IP_DEFAULT=4000 # rpcpin's default limits.max_connections_per_ip
+# epm.mode: "relay" (Samba's endpoint mapper answers the clients through rpcpin) or
+# "answer" (rpcpin answers them itself from its own lookups at Samba).
+EPM_MODE="${RPCPIN_EPM_MODE:-relay}"
+ADMIN_LISTEN=127.0.0.1:9135 # rpcpin's /metrics, inside the DMZ namespace
 
 # Namespace names carry our PID so that concurrent or stale runs never collide.
 NS_CLI="rpcpin-cli-$$"
@@ -126,6 +132,7 @@ host = "$LAN_IP"
 
 [epm]
 listen = "$DMZ_OUT_IP:135"
+mode = "$EPM_MODE"
 
 [[pin]]
 name = "lsad"
@@ -145,6 +152,10 @@ format = "text"
 # watch silent connections being dropped.
 handshake_timeout = "${HANDSHAKE_S}s"
 $per_ip_line
+
+[admin]
+# /metrics, read from inside the DMZ namespace.
+listen = "$ADMIN_LISTEN"
 
 [process]
 # rpcpin binds 135 as root, then switches to this user.
@@ -298,6 +309,93 @@ backend_leg_clean() {
     ((bad == 0))
 }
 
+# syns_to FILE HOST:PORT: prints the source address of every TCP connection opened to
+# HOST:PORT in a capture (its SYN), one a line.
+syns_to() {
+    local file=$1 host=${2%:*} port=${2##*:}
+    tshark -r "$file" -Y "tcp.flags.syn == 1 && tcp.flags.ack == 0 && ip.dst == $host && tcp.dstport == $port" \
+        -T fields -e ip.src 2>/dev/null
+}
+
+# Answer mode: what reached Samba's endpoint mapper (tshark on rpcpin's backend leg) is
+# rpcpin's own lookups and nothing else. Every TCP connection to $LAN_IP:135 came from
+# rpcpin's $DMZ_IN_IP, there are exactly as many as rpcpin counted lookups and resolutions
+# at the server over the capture (LOOKUPS_BEFORE: their sum before it), at most MAX of
+# them, far fewer than the client's own connections to rpcpin's 135 (the client capture);
+# Samba received only ept_lookup, ept_map and ept_lookup_handle_free (opnums 2, 3, 4), and
+# binds for the endpoint mapper only.
+backend_leg_answer_mode() {
+    local file=$1 client_file=$2 before=$3 max=$4 ops ifaces after to_samba others from_client
+    ops=$(tshark -r "$file" -Y 'epm && dcerpc.pkt_type == 0' -T fields -e dcerpc.opnum 2>/dev/null |
+        sort -n | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')
+    ifaces=$(tshark -r "$file" -Y 'dcerpc.pkt_type == 11 || dcerpc.pkt_type == 14' \
+        -T fields -e dcerpc.cn_bind_to_uuid 2>/dev/null | tr ',' '\n' | sort | uniq -c |
+        awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')
+    after=$(epm_server_lookups) || { echo "cannot read rpcpin's /metrics"; return 1; }
+    to_samba=$(syns_to "$file" "$LAN_IP:135" | grep -cx "$DMZ_IN_IP" || true)
+    others=$(syns_to "$file" "$LAN_IP:135" | grep -cvx "$DMZ_IN_IP" || true)
+    from_client=$(syns_to "$client_file" "$DMZ_OUT_IP:135" | grep -c . || true)
+    echo "connections to Samba's EPM $LAN_IP:135: $to_samba from rpcpin ($DMZ_IN_IP), $others from elsewhere"
+    echo "rpcpin's own lookups and resolutions at the server over the capture (/metrics): $((after - before))"
+    echo "the client's connections to rpcpin's $DMZ_OUT_IP:135 meanwhile: $from_client"
+    echo "EPM requests Samba received, by opnum: ${ops:-none}"
+    echo "interfaces proposed in binds/alter_contexts Samba received on 135: ${ifaces:-none}"
+    local bad=0
+    ((others == 0)) || { echo "a connection to Samba's EPM came from elsewhere"; bad=1; }
+    ((to_samba == after - before)) || { echo "Samba's EPM got $to_samba connections, rpcpin counted $((after - before)) lookups"; bad=1; }
+    ((to_samba >= 1 && to_samba <= max)) || { echo "expected 1 to $max connections to Samba's EPM"; bad=1; }
+    ((from_client > to_samba)) || { echo "the client made no more connections than Samba's EPM got"; bad=1; }
+    if grep -qE "(^|, )[^234] x|(^|, )[0-9]{2,} x" <<<"$ops"; then
+        echo "an EPM call other than ept_lookup/ept_map/ept_lookup_handle_free reached Samba"
+        bad=1
+    fi
+    if [[ -z "$ifaces" ]] || grep -q . <<<"$(tr ',' '\n' <<<"$ifaces" | grep -v 'e1af8308-5d1f-11c9-91a4-08002b14a0fa')"; then
+        echo "a bind for another interface than the endpoint mapper reached Samba (or none was seen)"
+        bad=1
+    fi
+    ((bad == 0))
+}
+
+# tshark dissects every bind_ack and EPM answer (ept_lookup and ept_map) the client
+# received in FILE, and flags none of the capture's DCE/RPC frames malformed or with an
+# expert warning or error.
+tshark_well_formed() {
+    local file=$1 acks lookups maps bad
+    acks=$(tshark -r "$file" -Y 'dcerpc.pkt_type == 12' 2>/dev/null | grep -c . || true)
+    lookups=$(tshark -r "$file" -Y 'epm && dcerpc.pkt_type == 2 && dcerpc.opnum == 2' 2>/dev/null | grep -c . || true)
+    maps=$(tshark -r "$file" -Y 'epm && dcerpc.pkt_type == 2 && dcerpc.opnum == 3' 2>/dev/null | grep -c . || true)
+    echo "tshark dissected $acks bind_ack(s), $lookups ept_lookup answer(s), $maps ept_map answer(s)"
+    # tshark notes every bind_nak with the warning "Bind not acknowledged": the suite asks
+    # for those (nak_on_135), so a bind_nak counts here only when malformed.
+    tshark -r "$file" -Y '(dcerpc || epm) && (_ws.malformed || (_ws.expert.severity >= 0x00600000 && dcerpc.pkt_type != 13))' \
+        -T fields -e frame.number -e _ws.expert.message 2>/dev/null >"$WORK/expert.out"
+    bad=$(grep -c . "$WORK/expert.out" || true)
+    echo "DCE/RPC frames malformed or with expert warnings/errors: $bad"
+    head -n 10 "$WORK/expert.out"
+    ((acks > 0 && lookups > 0 && maps > 0 && bad == 0))
+}
+
+# metric NAME [MATCH]: the sum of rpcpin's /metrics samples of NAME whose labels contain
+# MATCH (a fixed string).
+metric() {
+    local name=$1 match=${2:-}
+    in_ns "$NS_DMZ" "$PY" -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+        "http://$ADMIN_LISTEN/metrics" |
+        awk -v n="$name" -v m="$match" '
+            $1 == n || index($1, n "{") == 1 { if (index($1, m)) { s += $NF } }
+            END { printf "%d\n", s }'
+}
+
+# rpcpin's connections to the server's endpoint mapper of its own: its lookups for its
+# answers (answer mode) and its uncached port resolutions for pin connections.
+epm_server_lookups() {
+    local a b
+    a=$(metric rpcpin_epm_server_lookups_total) || return 1
+    b=$(metric rpcpin_backend_resolutions_total 'cached="false"') || return 1
+    echo $((a + b))
+}
+
 # What reached Samba's samr port through pin lsad (tshark on rpcpin's backend leg):
 # requests on context 0 (the control calls), none on context 1 (winreg, refused).
 backend_saw_no_call_on_context_1() {
@@ -365,7 +463,13 @@ unpinned_invisible() {
     client "$NS_CLI" "$PY" "$script_dir/epm_ops.py" "$DMZ_OUT_IP" map:winreg=not_registered \
         map:netdfs=not_registered map:samr=towers --expect-ip "$DMZ_OUT_IP" \
         --expect-port "samr=$PIN_LSAD" || return 1
-    rpcpin_logged "$mark" 2 'event="refused"' 'policy="hide_unpinned"' 'opnum=3' 'entries=1'
+    if [[ "$EPM_MODE" == answer ]]; then
+        # rpcpin answers them itself: nothing removed from a server's answer.
+        rpcpin_logged "$mark" 2 'event="refused"' 'policy="hide_unpinned"' \
+            'reason="interface no pin carries: answered ept_s_not_registered"'
+    else
+        rpcpin_logged "$mark" 2 'event="refused"' 'policy="hide_unpinned"' 'opnum=3' 'entries=1'
+    fi
 }
 
 # Management calls on one association: faults, logged, and the association
@@ -378,6 +482,18 @@ epm_management_refused() {
         map:samr=towers --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" || return 1
     rpcpin_logged "$mark" 1 'event="refused"' 'policy="opnum"' 'alias="epm"' 'opnum=0 ' || return 1
     rpcpin_logged "$mark" 1 'event="refused"' 'policy="opnum"' 'alias="epm"' 'opnum=6 '
+}
+
+# Answer mode: rpcpin logged an epm_answered event per endpoint-mapper association, some
+# with answers fresh from the server, some from its cache.
+epm_answered_logged() {
+    local answered="$WORK/answered.out" server cache
+    grep -F 'event="epm_answered"' "$WORK/rpcpin.log" >"$answered" || true
+    server=$(grep -cE 'from_server=[1-9]' "$answered" || true)
+    cache=$(grep -E 'from_cache=[1-9]' "$answered" | grep -cE 'from_server=0( |$)' || true)
+    echo "rpcpin.log: $(wc -l <"$answered") epm_answered line(s), $server with answers from the server, $cache with answers from the cache only"
+    head -n 3 "$answered" | sed -e 's/^[^ ]* *//' | cut -c1-300
+    ((server >= 1 && cache >= 1))
 }
 
 # --- limits, keepalive, privileges ----------------------------------------------
@@ -455,6 +571,14 @@ main() {
         echo "0 passed, 1 failed"
         exit 1
     fi
+    case "$EPM_MODE" in
+    relay | answer) ;;
+    *)
+        echo "run.sh: RPCPIN_EPM_MODE must be relay or answer, not $EPM_MODE" >&2
+        echo "0 passed, 1 failed"
+        exit 1
+        ;;
+    esac
     exec {stdout_fd}>&1 {stderr_fd}>&2
     trap cleanup EXIT
     trap 'exit 130' INT TERM
@@ -507,6 +631,10 @@ main() {
         --expect split --accepted netdfs --refused srvsvc --any-reason
     check "Samba itself answers a call on a context it rejected (samr bound on $LAN_IP:$samr1, winreg proposed by alter_context as context 1) with fault nca_s_unk_if, flags 0x23, context id 0" \
         client "$NS_DMZ" "$PY" "$script_dir/context_check.py" "$LAN_IP" "$samr1" samr winreg
+    check "Samba's EPM itself answers ept_map on an NTLM association at authentication level connect (impacket, $RPC_USER): samr/srvsvc at $LAN_IP:$samr1/:$srvsvc1" \
+        client "$NS_DMZ" "$PY" "$script_dir/epm_towers.py" "$LAN_IP" samr srvsvc \
+        --auth "$RPC_USER%$RPC_PASS" --no-sign-flags --expect-ip "$LAN_IP" \
+        --expect-port "samr=$samr1" --expect-port "srvsvc=$srvsvc1"
     check "rpcclient enumdomains works directly against Samba from the DMZ (credentials and Samba sane)" \
         rpcclient_ok "$NS_DMZ" "ncacn_ip_tcp:${LAN_IP}[seal]" enumdomains 'name:[RIGSRV]' 'name:[Builtin]'
 
@@ -540,6 +668,7 @@ main() {
 
     start_dmz_rpcpin
     local rpcpin_main=$rpcpin_pid
+    log "epm.mode = \"$EPM_MODE\""
 
     # --- h. privileges --------------------------------------------------------------
     check "rpcpin bound 135 as root and now runs as $RPCPIN_USER (uid $(id -u "$RPCPIN_USER")) with no capabilities" \
@@ -547,6 +676,8 @@ main() {
 
     # --- a. ept_map through rpcpin: towers rewritten -----------------------------
     # Both legs of port 135 are captured: the client's, and rpcpin's to Samba.
+    local lookups_before
+    lookups_before=$(epm_server_lookups) || die "cannot read rpcpin's /metrics at $ADMIN_LISTEN"
     start_capture "$NS_CLI" to-dmz "$WORK/epm-client.pcapng"
     start_capture "$NS_DMZ" to-lan "$WORK/epm-backend.pcapng"
     check "ept_map via rpcpin: samr/lsarpc towers say $DMZ_OUT_IP:$PIN_LSAD, srvsvc/wkssvc $DMZ_OUT_IP:$PIN_CLASSIC" \
@@ -562,6 +693,20 @@ main() {
         --only samr,lsarpc,dssetup,srvsvc,wkssvc --includes samr,lsarpc,dssetup,srvsvc,wkssvc \
         --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" --expect-port "lsarpc=$PIN_LSAD" \
         --expect-port "dssetup=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC" --expect-port "wkssvc=$PIN_CLASSIC"
+    check "impacket's own epm.hept_map via rpcpin: ncacn_ip_tcp:${DMZ_OUT_IP}[$PIN_LSAD] for samr, [$PIN_CLASSIC] for srvsvc" \
+        client "$NS_CLI" "$PY" "$script_dir/epm_towers.py" "$DMZ_OUT_IP" samr srvsvc --hept-map \
+        --expect-port "samr=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC"
+    if [[ "$EPM_MODE" == answer ]]; then
+        check "ept_lookup via rpcpin with max_ents 2, paged with rpcpin's entry handles to a null one: the pinned interfaces' tcp towers, each once, rewritten; a walk left half-way (max_ents 1) freed by ept_lookup_handle_free, the freed handle then gives nothing" \
+            client "$NS_CLI" "$PY" "$script_dir/epm_ops.py" "$DMZ_OUT_IP" lookup_pages:2=pages \
+            lookup_free:1=freed map:srvsvc=towers --tcp-only \
+            --only samr,lsarpc,dssetup,srvsvc,wkssvc --includes samr,lsarpc,dssetup,srvsvc,wkssvc \
+            --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" --expect-port "lsarpc=$PIN_LSAD" \
+            --expect-port "dssetup=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC" --expect-port "wkssvc=$PIN_CLASSIC"
+        check "ept_map via rpcpin on an association bound with NDR64 only (impacket encodes and decodes NDR64): samr/srvsvc towers say $DMZ_OUT_IP:$PIN_LSAD and :$PIN_CLASSIC" \
+            client "$NS_CLI" "$PY" "$script_dir/epm_towers.py" "$DMZ_OUT_IP" samr srvsvc --ndr64 \
+            --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC"
+    fi
     check "via rpcpin, ept_insert/ept_delete/ept_mgmt_delete/ept_inq_object get fault 5 (access denied); ept_lookup_handle_free and ept_map still answer on the same association" \
         epm_management_refused
     check "a bind to IRemoteActivation alone on rpcpin's 135 gets a bind_nak (raw and impacket), logged as policy=interface" \
@@ -574,8 +719,27 @@ main() {
     stop_captures
     check "tshark's EPM dissector (capture on the client veth) sees the same rewritten floors, and no unpinned interface" \
         tshark_agrees "$WORK/epm-client.pcapng"
-    check "tshark on rpcpin's backend leg: Samba's EPM never saw a management call (opnum 0/1/5/6) nor a bind for anything but the endpoint mapper" \
-        backend_leg_clean "$WORK/epm-backend.pcapng"
+    check "tshark dissects the bind_acks and the ept_map and ept_lookup answers the client received (epm.mode $EPM_MODE) with no malformed packet and no expert warning" \
+        tshark_well_formed "$WORK/epm-client.pcapng"
+    if [[ "$EPM_MODE" == answer ]]; then
+        check "answer mode, tshark on rpcpin's backend leg: Samba's EPM got no client connection, only rpcpin's own lookups (as many as /metrics counts, at most 5: samr, lsarpc, srvsvc, wkssvc and one ept_lookup), opnums 2/3/4 only" \
+            backend_leg_answer_mode "$WORK/epm-backend.pcapng" "$WORK/epm-client.pcapng" "$lookups_before" 5
+        check "answer mode: rpcpin logged epm_answered for the associations, answers from the server and from its cache" \
+            epm_answered_logged
+    else
+        check "tshark on rpcpin's backend leg: Samba's EPM never saw a management call (opnum 0/1/5/6) nor a bind for anything but the endpoint mapper" \
+            backend_leg_clean "$WORK/epm-backend.pcapng"
+    fi
+    local mark
+    mark=$(log_mark)
+    check "ept_map via rpcpin on an NTLM association at authentication level connect (impacket set_auth_level(2), $RPC_USER): samr/srvsvc towers say $DMZ_OUT_IP:$PIN_LSAD and :$PIN_CLASSIC" \
+        client "$NS_CLI" "$PY" "$script_dir/epm_towers.py" "$DMZ_OUT_IP" samr srvsvc \
+        --auth "$RPC_USER%$RPC_PASS" --no-sign-flags --expect-ip "$DMZ_OUT_IP" \
+        --expect-port "samr=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC"
+    if [[ "$EPM_MODE" == answer ]]; then
+        check "answer mode: rpcpin relayed that authenticated association to Samba's EPM (epm_relayed, reason authenticated bind)" \
+            rpcpin_logged "$mark" 1 'event="epm_relayed"' 'reason="authenticated bind"'
+    fi
 
     # --- b. real client through rpcpin -------------------------------------------
     check "rpcclient enumdomains (samr via pin lsad :$PIN_LSAD) from the client works" \
@@ -630,7 +794,6 @@ main() {
     check "alter_context srvsvc -> wkssvc (same pin) via pin classic :$PIN_CLASSIC is accepted (control)" \
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --alter wkssvc --expect accept
     start_capture "$NS_DMZ" to-lan "$WORK/samr-backend.pcapng" "tcp port $samr1"
-    local mark
     mark=$(log_mark)
     check "via pin lsad :$PIN_LSAD, a call on context 1 (winreg, refused by rpcpin's alter_context_resp) gets rpcpin's fault as Samba's (nca_s_unk_if, 0x23, context 0), whole and in two fragments (one fault); samr on context 0 still answered" \
         client "$NS_CLI" "$PY" "$script_dir/context_check.py" "$DMZ_OUT_IP" "$PIN_LSAD" samr winreg --fragments
