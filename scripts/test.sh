@@ -4,8 +4,9 @@
 # hadolint), builds, runs the unit and end-to-end tests, the check of the Kubernetes
 # manifests, the impacket/tshark judges of the endpoint-mapper rewriting, the packaging test
 # (the Debian package built, installed and purged here; the Dockerfile linted), then the
-# interop suite against real Samba, rpcclient, impacket and tshark, and the scale-out check
-# (three rpcpin instances behind HAProxy).
+# interop suite against real Samba, rpcclient, impacket and tshark (in both endpoint-mapper
+# modes), the two-server check (answer mode, a pin on each of two Samba servers), and the
+# scale-out check (three rpcpin instances behind HAProxy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -41,7 +42,12 @@ step "kubernetes manifests" target/interop-venv/bin/python tests/deploy/check_ku
 # tshark in front.
 step "judge_ndr.py" target/interop-venv/bin/python tests/interop/judge_ndr.py target/release/rpcpin
 step "package check" tests/package/check.sh
-step "interop run.sh" tests/interop/run.sh
+# The interop suite in both endpoint-mapper modes: epm.mode = "relay" (Samba's endpoint
+# mapper answers through rpcpin) and "answer" (rpcpin answers it itself).
+step "interop run.sh (relay)" env RPCPIN_EPM_MODE=relay tests/interop/run.sh
+step "interop run.sh (answer)" env RPCPIN_EPM_MODE=answer tests/interop/run.sh
+# Answer mode in front of two Samba servers, one pin on each.
+step "interop two_servers.sh" tests/interop/two_servers.sh
 # Three instances behind HAProxy (PROXY protocol v2, /readyz health checks), one killed
 # in the middle of a loop of new clients.
 step "interop scale_out.sh" tests/interop/scale_out.sh
