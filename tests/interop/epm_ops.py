@@ -13,6 +13,7 @@ Operations (MS-RPCE 2.2.1.2 / C706 appendix O):
   delete          ept_delete (opnum 1): remove that same entry
   lookup          ept_lookup (opnum 2): every entry (RPC_C_EP_ALL_ELTS, max 500)
   map:IFACE       ept_map (opnum 3) for an interface of epm_towers.INTERFACES
+  map1:IFACE      the same with max_towers 1
   lookup_handle_free   ept_lookup_handle_free (opnum 4) on a null handle
   inq_object      ept_inq_object (opnum 5)
   mgmt_delete     ept_mgmt_delete (opnum 6) for that same entry's tower
@@ -28,6 +29,8 @@ Each operation is written OP=EXPECT, EXPECT being one of
   response        a response PDU (whatever status its stub carries)
   towers          (map only) a response with status 0 and at least one ncacn_ip_tcp tower
   not_registered  (map only) a response with status ept_s_not_registered and no tower
+  towers_end      (map only) a response with status 0, exactly one ncacn_ip_tcp tower and
+                  a null entry handle (nothing left to ask for)
   pages           (lookup_pages only) every answer a response with status 0 and at most N
                   entries, every one but the last with a non-null handle, the last with a
                   null one, at least two pages, no entry twice; the entries of all pages
@@ -179,10 +182,10 @@ def build(op, lan_ip):
         if n < 1:
             raise ValueError("max_ents must be at least 1")
         return 2, None, epm.ept_lookupResponse
-    elif op.startswith("map:"):
-        uuid, major, minor = INTERFACES[op[4:]]
+    elif op.startswith("map:") or op.startswith("map1:"):
+        uuid, major, minor = INTERFACES[op.split(":", 1)[1]]
         req = epm.ept_map()
-        req["max_towers"] = 4
+        req["max_towers"] = 1 if op.startswith("map1:") else 4
         set_tower(req["map_tower"], map_tower(uuid, major, minor))
         req.fields["obj"].fields["ReferentID"] = 1
         req.fields["map_tower"].fields["ReferentID"] = 2
@@ -432,7 +435,9 @@ def entry_interface(entry):
 
 def judge(op, expect, ptype, fault, stub, resp_cls, args):
     """Prints what came back; returns whether it is what `expect` says."""
-    name = "ept_%s" % op.split(":")[0] + (" %s" % op[4:] if op.startswith("map:") else "")
+    is_map = op.split(":")[0] in ("map", "map1")
+    name = "ept_map" + (" (max_towers 1)" if op.startswith("map1:") else "") + \
+        " %s" % op.split(":", 1)[1] if is_map else "ept_%s" % op
     if ptype == FAULT:
         print("%s: fault PDU (type 3), status %s" % (name, status_name(fault)))
         if expect.startswith("not-fault:"):
@@ -450,9 +455,12 @@ def judge(op, expect, ptype, fault, stub, resp_cls, args):
     by_uuid = {v[0]: k for k, v in INTERFACES.items()}
     if resp_cls is not None:
         resp = resp_cls(stub)
-        if op == "lookup" or op.startswith("map:"):
+        if op == "lookup" or is_map:
             towers = towers_of(resp, op)
             line += ", %d ncacn_ip_tcp tower(s)" % len(towers)
+        if is_map:
+            null_handle = resp["entry_handle"].getData() == NULL_HANDLE
+            line += ", %s entry handle" % ("null" if null_handle else "non-null")
         if op == "lookup":
             entries = [entry_interface(e) for e in resp["entries"]]
             counts = {}
@@ -489,6 +497,8 @@ def judge(op, expect, ptype, fault, stub, resp_cls, args):
         return ok
     if expect == "towers":
         return ok and status == 0 and len(towers) > 0
+    if expect == "towers_end":
+        return ok and status == 0 and len(towers) == 1 and null_handle
     if expect == "not_registered":
         return status == EPT_S_NOT_REGISTERED and not towers
     if expect == "entries":

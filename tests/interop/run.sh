@@ -697,9 +697,9 @@ main() {
         client "$NS_CLI" "$PY" "$script_dir/epm_towers.py" "$DMZ_OUT_IP" samr srvsvc --hept-map \
         --expect-port "samr=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC"
     if [[ "$EPM_MODE" == answer ]]; then
-        check "ept_lookup via rpcpin with max_ents 2, paged with rpcpin's entry handles to a null one: the pinned interfaces' tcp towers, each once, rewritten; a walk left half-way (max_ents 1) freed by ept_lookup_handle_free, the freed handle then gives nothing" \
+        check "ept_lookup via rpcpin with max_ents 2, paged with rpcpin's entry handles to a null one: the pinned interfaces' tcp towers, each once, rewritten; a walk left half-way (max_ents 1) freed by ept_lookup_handle_free, the freed handle then gives nothing; ept_map with max_towers 1: one tower and a null entry handle" \
             client "$NS_CLI" "$PY" "$script_dir/epm_ops.py" "$DMZ_OUT_IP" lookup_pages:2=pages \
-            lookup_free:1=freed map:srvsvc=towers --tcp-only \
+            lookup_free:1=freed map:srvsvc=towers map1:samr=towers_end map1:wkssvc=towers_end --tcp-only \
             --only samr,lsarpc,dssetup,srvsvc,wkssvc --includes samr,lsarpc,dssetup,srvsvc,wkssvc \
             --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" --expect-port "lsarpc=$PIN_LSAD" \
             --expect-port "dssetup=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC" --expect-port "wkssvc=$PIN_CLASSIC"
