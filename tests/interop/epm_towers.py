@@ -32,6 +32,7 @@ import argparse
 import socket
 import struct
 import sys
+import time
 
 from impacket import ntlm
 from impacket.dcerpc.v5 import epm, transport
@@ -260,6 +261,8 @@ def main():
                     help="with --auth: no SIGN/SEAL flags in the NTLM negotiate message")
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="ask N times, each on a new association")
+    ap.add_argument("--pause", type=float, default=0, metavar="SECONDS",
+                    help="with --repeat: wait this long between associations")
     ap.add_argument("--ndr64", action="store_true",
                     help="bind with the NDR64 transfer syntax only (impacket encodes in NDR64)")
     ap.add_argument("--hept-map", action="store_true",
@@ -273,15 +276,18 @@ def main():
     if args.hept_map:
         return hept_map_all(args, expect_port)
     worst, towers = 0, 0
+    started = time.monotonic()
     for i in range(args.repeat):
+        if i and args.pause:
+            time.sleep(args.pause)
         rc, n = map_all(args, expect_port, not_port, quiet=i > 0)
         towers += n
         worst = max(worst, rc)
         if rc == 2:
             break
     if args.repeat > 1:
-        print("%d association(s), %d ept_map call(s), %d ncacn_ip_tcp tower(s)%s" % (
-            i + 1, (i + 1) * len(args.ifaces), towers,
+        print("%d association(s) in %.1f s, %d ept_map call(s), %d ncacn_ip_tcp tower(s)%s" % (
+            i + 1, time.monotonic() - started, (i + 1) * len(args.ifaces), towers,
             ", every one as expected" if worst == 0 else ""))
     return worst
 

@@ -44,9 +44,10 @@ RPC_USER=riguser
 RPC_PASS=Rig-Pass-123
 RPCPIN_USER=nobody
 CLIENT_TIMEOUT=30
-RESOLVE_CACHE_S=10    # limits.resolve_cache
+RESOLVE_CACHE_S=2     # limits.resolve_cache: short, so that the client phase spans several
 ADMIN_LISTEN=127.0.0.1:9135
-ASSOCIATIONS=200      # client associations asking rpcpin's endpoint mapper
+ASSOCIATIONS=200      # client associations asking rpcpin's endpoint mapper,
+PAUSE=0.03            # this long apart (the loop then lasts about 3 resolve_cache periods)
 
 NS_CLI="rpcpin-2s-cli-$$"
 NS_DMZ="rpcpin-2s-dmz-$$"
@@ -343,9 +344,9 @@ main() {
         --only samr,lsarpc,dssetup,srvsvc,wkssvc --includes samr,lsarpc,dssetup,srvsvc,wkssvc \
         --expect-ip "$DMZ_OUT_IP" --expect-port "samr=$PIN_LSAD" --expect-port "lsarpc=$PIN_LSAD" \
         --expect-port "dssetup=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC" --expect-port "wkssvc=$PIN_CLASSIC"
-    check "$ASSOCIATIONS client associations via rpcpin, each an ept_map for samr and srvsvc (impacket): every tower $DMZ_OUT_IP:$PIN_LSAD / :$PIN_CLASSIC" \
+    check "$ASSOCIATIONS client associations via rpcpin, $PAUSE s apart, each an ept_map for samr and srvsvc (impacket): every tower $DMZ_OUT_IP:$PIN_LSAD / :$PIN_CLASSIC" \
         client "$NS_CLI" "$PY" "$script_dir/epm_towers.py" "$DMZ_OUT_IP" samr srvsvc \
-        --repeat "$ASSOCIATIONS" --expect-ip "$DMZ_OUT_IP" \
+        --repeat "$ASSOCIATIONS" --pause "$PAUSE" --expect-ip "$DMZ_OUT_IP" \
         --expect-port "samr=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC"
 
     check "nftables on server 1: its EPM got no client connection, only rpcpin's own lookups (as many as /metrics counts for backend default), a handful" \
