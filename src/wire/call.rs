@@ -283,6 +283,8 @@ pub mod status {
     pub const NCA_S_FAULT_OTHER: u32 = 0x0000_06be;
     /// The stub received bad data.
     pub const RPC_S_PROTOCOL_ERROR: u32 = 0x1c01_000b;
+    /// A context handle the server does not hold (`nca_s_fault_context_mismatch`).
+    pub const NCA_S_FAULT_CONTEXT_MISMATCH: u32 = 0x1c00_001a;
     /// The stub did not unmarshal (`nca_s_fault_ndr`, MS-RPCE 3.1.1.5.5, as Windows).
     pub const NCA_S_FAULT_NDR: u32 = 0x0000_06f7;
 }

@@ -37,8 +37,8 @@ Each operation is written OP=EXPECT, EXPECT being one of
                   together are judged as a lookup's (--only, --includes, --tcp-only, towers)
   freed           (lookup_free only) the first answer has N entries and a non-null handle;
                   ept_lookup_handle_free answers status 0 and a null handle; the lookup
-                  with the freed handle answers no entry, a null handle and
-                  ept_s_not_registered
+                  with the freed handle is answered with the fault
+                  nca_s_fault_context_mismatch (0x1c00001a), as Samba answers it
   entries         (lookup only) a response with at least one entry and status 0 or
                   ept_s_not_registered (Samba sends its whole list in one answer with the
                   latter, its way of saying "no more"; impacket's rpcdump.py takes that
@@ -69,11 +69,13 @@ from epm_towers import (FLOOR_IP, FLOOR_RPC_CO, FLOOR_TCP, FLOOR_UUID, INTERFACE
 
 REQUEST, RESPONSE, FAULT = 0, 2, 3
 EPT_S_NOT_REGISTERED = 0x16C9A0D6
+NCA_S_FAULT_CONTEXT_MISMATCH = 0x1C00001A
 STATUS_NAMES = {
     0x00000000: "success",
     0x00000005: "nca_s_fault_access_denied",
     0x1C010002: "nca_s_op_rng_error",
     0x1C010003: "nca_s_unk_if",
+    0x1C00001A: "nca_s_fault_context_mismatch",
     0x16C9A0D6: "ept_s_not_registered",
     0x000006D8: "ept_s_cant_perform_op",
 }
@@ -356,14 +358,12 @@ def lookup_free(calls, max_ents, expect, args):
     if resp["status"] != 0 or freed != NULL_HANDLE:
         print("  MISMATCH: expected status 0 and a null handle")
         ok = False
-    status, again, entries, err = lookup_page(calls, max_ents, handle)
-    if err:
-        print("ept_lookup with the freed handle: %s" % err)
-        return False
-    print("ept_lookup with the freed handle: status %s, %d entries, %s handle" % (
-        status_name(status), len(entries), "null" if again == NULL_HANDLE else "non-null"))
-    if status != EPT_S_NOT_REGISTERED or entries or again != NULL_HANDLE:
-        print("  MISMATCH: expected ept_s_not_registered, no entry and a null handle")
+    # A handle the server no longer holds: the RPC runtime's fault, as Samba answers it.
+    ptype, fault, _ = calls(2, lookup_stub(max_ents, handle))
+    print("ept_lookup with the freed handle: PDU type %d%s" % (
+        ptype, ", status %s" % status_name(fault) if ptype == FAULT else ""))
+    if ptype != FAULT or fault != NCA_S_FAULT_CONTEXT_MISMATCH:
+        print("  MISMATCH: expected a fault nca_s_fault_context_mismatch (0x1c00001a)")
         ok = False
     return ok
 

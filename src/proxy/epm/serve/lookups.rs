@@ -1,6 +1,10 @@
 //! The endpoint mapper's answers in answer mode: ept_map from the cache of the servers'
 //! answers (a miss asks the pin's server), ept_lookup from the entries of the pinned
 //! interfaces gathered from each server, paged with entry handles of rpcpin's own.
+//!
+//! Each returns the answer's stub, or the status of the fault that answers the call instead:
+//! `nca_s_fault_ndr` for a stub that does not parse, `nca_s_fault_context_mismatch` for an
+//! entry handle rpcpin does not hold, as Windows' and Samba's runtimes answer them.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use crate::backend::LookupEntry;
 use crate::epm_cache::Source;
 use crate::interfaces::alias_of;
 use crate::metrics::metrics;
+use crate::wire::call::status::{NCA_S_FAULT_CONTEXT_MISMATCH, NCA_S_FAULT_NDR};
 use crate::wire::epm::request::{inquiry, vers_option};
 use crate::wire::epm::{
     answer_tower, encode_answer, encode_handle_free_answer, Answer, EntryRef, HandleFreeRequest,
@@ -77,8 +82,8 @@ impl Association {
         endian: Endian,
         syntax: Syntax,
         op: u16,
-    ) -> anyhow::Result<Vec<u8>> {
-        let req = MapRequest::parse(stub, endian, syntax, op)?;
+    ) -> Result<Vec<u8>, u32> {
+        let req = MapRequest::parse(stub, endian, syntax, op).map_err(|_| NCA_S_FAULT_NDR)?;
         let tower = match TowerKey::of(req.tower()) {
             Ok(key) if key.is_ncacn_ip_tcp() && req.max_towers() > 0 => {
                 self.map_tower(&req, key).await
@@ -162,16 +167,18 @@ impl Association {
         stub: &[u8],
         endian: Endian,
         syntax: Syntax,
-    ) -> anyhow::Result<Vec<u8>> {
-        let req = LookupRequest::parse(stub, endian, syntax)?;
+    ) -> Result<Vec<u8>, u32> {
+        let req = LookupRequest::parse(stub, endian, syntax).map_err(|_| NCA_S_FAULT_NDR)?;
         let handle = req.entry_handle();
         let (entries, start) = if *handle == [0; HANDLE_LEN] {
             let all = self.gather().await;
             let matching = all.iter().filter(|f| matches(&req, f)).cloned().collect();
             (Arc::new(matching), 0)
         } else {
-            // A handle of rpcpin's continues its walk; any other has nothing left.
-            self.cursors.take(handle).unwrap_or_default()
+            // A handle of rpcpin's continues its walk.
+            self.cursors
+                .take(handle)
+                .ok_or(NCA_S_FAULT_CONTEXT_MISMATCH)?
         };
         let max = (req.max_ents() as usize).max(1);
         let end = entries.len().min(start + max);
@@ -221,9 +228,12 @@ impl Association {
         stub: &[u8],
         endian: Endian,
         syntax: Syntax,
-    ) -> anyhow::Result<Vec<u8>> {
-        let req = HandleFreeRequest::parse(stub, endian, syntax)?;
-        self.cursors.take(req.entry_handle());
+    ) -> Result<Vec<u8>, u32> {
+        let req = HandleFreeRequest::parse(stub, endian, syntax).map_err(|_| NCA_S_FAULT_NDR)?;
+        let handle = req.entry_handle();
+        if *handle != [0; HANDLE_LEN] && self.cursors.take(handle).is_none() {
+            return Err(NCA_S_FAULT_CONTEXT_MISMATCH);
+        }
         let mut out = Vec::with_capacity(24);
         encode_handle_free_answer(&mut out, endian, syntax, &[0; HANDLE_LEN], 0);
         Ok(out)

@@ -27,7 +27,7 @@ use crate::proxy::small_map::SmallMap;
 use crate::wire::bind::{
     encode_bind_ack, reason, BindAck, BindAckFields, BindRequest, ContextResult, ResultEntry,
 };
-use crate::wire::call::{encode_fault, encode_response, status, Request};
+use crate::wire::call::{encode_fault, encode_response, Request};
 use crate::wire::epm::opnum;
 use crate::wire::ndr::Syntax;
 use crate::wire::pdu::flags;
@@ -264,11 +264,13 @@ impl Association {
             opnum::LOOKUP => self.lookup(&stub, endian, syntax).await,
             _ => self.handle_free(&stub, endian, syntax),
         };
-        let Ok(answer) = answer else {
-            // A request whose stub does not parse: what a server answers (nca_s_fault_ndr).
-            let mut fault = Vec::with_capacity(32);
-            encode_fault(&mut fault, endian, call_id, ctx, status::NCA_S_FAULT_NDR)?;
-            return Ok(Some(vec![BytesMut::from(&fault[..])]));
+        let answer = match answer {
+            Ok(stub) => stub,
+            Err(fault) => {
+                let mut pdu = Vec::with_capacity(32);
+                encode_fault(&mut pdu, endian, call_id, ctx, fault)?;
+                return Ok(Some(vec![BytesMut::from(&pdu[..])]));
+            }
         };
         Ok(Some(fragments(
             &answer,
