@@ -22,7 +22,7 @@ pub enum Path {
     Direct,
     /// Through HAProxy in TCP mode with forced splice.
     Haproxy,
-    /// Through rpcpin (its endpoint mapper in relay mode, the default).
+    /// Through rpcpin (its endpoint mapper in relay mode).
     Rpcpin,
     /// Through a second rpcpin whose endpoint mapper answers itself (`epm.mode = "answer"`):
     /// only the endpoint-mapper load runs it, since the mode changes port 135 alone.
@@ -562,6 +562,7 @@ epm_port = {be}
 
 [epm]
 listen = \"127.0.0.1:{re}\"
+mode = \"relay\"
 
 [[pin]]
 name = \"bench\"

@@ -84,8 +84,8 @@ fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
 /// `epm.mode`.
 pub(super) fn mode(raw: Option<&str>) -> Result<EpmMode, ConfigError> {
     match raw {
-        None | Some("relay") => Ok(EpmMode::Relay),
-        Some("answer") => Ok(EpmMode::Answer),
+        Some("relay") => Ok(EpmMode::Relay),
+        None | Some("answer") => Ok(EpmMode::Answer),
         Some(other) => Err(err(
             "epm.mode",
             format!("{other:?} is not \"relay\" or \"answer\""),

@@ -108,10 +108,10 @@ pub struct Epm {
 /// `epm.mode`: who answers the clients of the endpoint-mapper listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EpmMode {
-    /// The backend's endpoint mapper, relayed and its answers rewritten (the default). One
-    /// server only: the one every client of port 135 is relayed to.
+    /// The backend's endpoint mapper, relayed and its answers rewritten. One server only:
+    /// the one every client of port 135 is relayed to.
     Relay,
-    /// rpcpin itself, from its pins; interfaces no pin carries answer
+    /// rpcpin itself, from its pins (the default); interfaces no pin carries answer
     /// `ept_s_not_registered`. Pins may then use several servers.
     Answer,
 }

@@ -12,7 +12,9 @@ pub struct TestConfig {
 }
 
 impl TestConfig {
-    /// The backend's endpoint mapper at `backend`, rpcpin's on 127.0.0.1:0, no pins yet.
+    /// The backend's endpoint mapper at `backend`, rpcpin's on 127.0.0.1:0 relaying to it
+    /// (`epm.mode = "relay"`: most end-to-end tests watch what the backend's endpoint mapper
+    /// receives and answers; tests/epm_answer.rs sets answer mode, the default), no pins yet.
     pub fn new(backend: SocketAddr) -> TestConfig {
         let mut table = Table::new();
         table.insert("backend".into(), Table::new().into());
@@ -21,6 +23,7 @@ impl TestConfig {
             .set("backend.host", backend.ip().to_string())
             .set("backend.epm_port", u32::from(backend.port()))
             .set("epm.listen", "127.0.0.1:0")
+            .set("epm.mode", "relay")
     }
 
     /// A configuration file's text, as it is.

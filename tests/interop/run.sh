@@ -13,7 +13,7 @@
 # Usage: sudo tests/interop/run.sh      (RPCPIN_BIN overrides the binary,
 #                                        KEEP_WORK=1 keeps the temp dir,
 #                                        RPCPIN_EPM_MODE=relay|answer sets epm.mode,
-#                                        default relay)
+#                                        default answer, as rpcpin)
 # Prints PASS:/FAIL: per check and ends with "N passed, M failed".
 
 # Helpers are called through check()/wait_for()/traps, which shellcheck cannot follow:
@@ -51,7 +51,7 @@ SILENT=300         # silent connections held while rpcclient must still work
 PER_IP_DEFAULT=4000 # rpcpin's default limits.max_connections_per_ip
 # epm.mode: "relay" (Samba's endpoint mapper answers the clients through rpcpin) or
 # "answer" (rpcpin answers them itself from its own lookups at Samba).
-EPM_MODE="${RPCPIN_EPM_MODE:-relay}"
+EPM_MODE="${RPCPIN_EPM_MODE:-answer}"
 ADMIN_LISTEN=127.0.0.1:9135 # rpcpin's /metrics, inside the DMZ namespace
 
 # Namespace names carry our PID so that concurrent or stale runs never collide.

@@ -3,26 +3,27 @@
 
 use super::*;
 
-/// MINIMAL with `[backends.b]` at `host`, and `pin[1]` (store) sent there.
+/// MINIMAL in relay mode with `[backends.b]` at `host`, and `pin[1]` (store) sent there.
 fn with_b(host: &str) -> Table {
     let mut doc = minimal();
     let b = table(&[("host", host.into())]);
     add(&mut doc, "", "backends", table(&[("b", b.into())]));
     add(&mut doc, "pin.1", "backend", "b");
+    add(&mut doc, "epm", "mode", "relay");
     doc
 }
 
 /// `with_b` in answer mode.
 fn answering_with_b(host: &str) -> Table {
     let mut doc = with_b(host);
-    add(&mut doc, "epm", "mode", "answer");
+    set(&mut doc, "epm.mode", "answer");
     doc
 }
 
 #[test]
-fn one_server_and_relay_mode_by_default() {
+fn one_server_and_answer_mode_by_default() {
     let c = parse(&minimal()).unwrap();
-    assert_eq!(c.epm.mode, EpmMode::Relay);
+    assert_eq!(c.epm.mode, EpmMode::Answer);
     assert!(c.backends.is_empty());
     assert_eq!(c.pins[0].backend, None);
     assert_eq!(c.backend_of(&c.pins[0]), (DEFAULT_BACKEND, &c.backend));
@@ -82,10 +83,7 @@ fn backend_errors_name_the_key_and_keep_their_text() {
             r#""proxy" is not "relay" or "answer""#,
         ),
         (
-            |d| {
-                add(d, "epm", "mode", "answer");
-                add(d, "epm", "hide_unpinned", false);
-            },
+            |d| add(d, "epm", "hide_unpinned", false),
             "epm.hide_unpinned",
             "cannot be false in answer mode (epm.mode = \"answer\"): rpcpin answers \
              ept_s_not_registered for every interface no pin carries",
