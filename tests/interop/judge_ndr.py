@@ -13,6 +13,9 @@ so are the pinned NSPI's ncacn_http and ncacn_np towers (epm.other_towers, "hide
 so the answers are re-encoded (counts, padding, fragments) and impacket must still read them,
 with only the ncacn_ip_tcp towers of pinned interfaces left, rewritten.
 
+rpcpin runs in relay mode here: what is judged is its rewriting of a server's answers (in
+answer mode it writes its answers itself, and run.sh has impacket and tshark judge those).
+
 Usage: judge_ndr.py [RPCPIN_BIN]   (default: target/release/rpcpin beside this repo)
 Prints PASS:/FAIL: lines and ends with "N passed, M failed".
 """
@@ -270,6 +273,7 @@ epm_port = {backend.getListenPort()}
 [epm]
 listen = "127.0.0.1:{epm_port}"
 advertise = "{PUBLIC_ADDR}"
+mode = "relay"
 [[pin]]
 name = "directory"
 listen = "127.0.0.1:{pin1}"
