@@ -822,16 +822,19 @@ main() {
         blocked_from_client "$DMZ_OUT_IP" "$samr2"
 
     # --- d. Samba moves its services onto each other's old ports -------------------
-    # Restarted on a range made of exactly the N ports its helpers hold now, Samba hands
-    # the same ports out again in another order (the helpers race for them): once srvsvc
-    # lands elsewhere, rpcpin's cached srvsvc port answers for another interface. The
-    # connect to it works and Samba refuses the srvsvc bind there; rpcpin must resolve
-    # again at once rather than fail every client until limits.resolve_cache (30 s) ends.
+    # Samba's helpers hold the N ports from the start of RANGE2. Restarted on the N ports
+    # from one below it, the helpers taking ports in the order they did (their usual
+    # start order) each get the port one below their old one, so every old port but the
+    # last is now another helper's; should they race into another order instead, a
+    # restart is tried again. Once srvsvc lands elsewhere, rpcpin's cached srvsvc port
+    # answers for another interface: the connect to it works and Samba refuses the srvsvc
+    # bind there; rpcpin must resolve again at once rather than fail every client until
+    # limits.resolve_cache (30 s) ends.
     local start3=${RANGE2%-*} n3 range3 warmed samr3 srvsvc3 tries=0
     n3=$(ip netns exec "$NS_LAN" ss -ltnH |
         awk -v lo="$start3" '{ n = split($4, a, ":"); p = a[n] + 0 } p >= lo && p < lo + 256 { print p }' |
         sort -u | wc -l)
-    range3="$start3-$((start3 + n3 - 1))"
+    range3="$((start3 - 1))-$((start3 + n3 - 2))"
     check "srvsvc and samr bind via the pins (rpcpin's cache holds $srvsvc2 and $samr2)" \
         binds_via_pins
     warmed=$SECONDS
@@ -842,8 +845,8 @@ main() {
         samr3=$(samba_port samr) || true
         srvsvc3=$(samba_port srvsvc) || true
     done
-    check "after a restart on $range3 (the $n3 ports Samba held), srvsvc moved to another interface's old port ($srvsvc2 -> $srvsvc3, samr $samr2 -> $samr3; $tries restart(s))" \
-        test -n "$srvsvc3" -a "$srvsvc3" != "$srvsvc2" -a "$n3" -gt 1
+    check "after a restart on $range3 (the $n3 ports from one below those Samba held), srvsvc moved and another interface took its old port ($srvsvc2 -> $srvsvc3, samr $samr2 -> $samr3; $tries restart(s))" \
+        test -n "$srvsvc3" -a "$srvsvc3" != "$srvsvc2" -a "$n3" -gt 1 -a "$srvsvc2" -lt "$((start3 + n3 - 1))"
     mark=$(log_mark)
     check "at once (no ept_map by the client), a srvsvc bind via pin classic :$PIN_CLASSIC is accepted: rpcpin's cached $srvsvc2 now refuses srvsvc" \
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --expect accept
