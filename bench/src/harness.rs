@@ -552,36 +552,15 @@ backend bench_epm
     )
 }
 
-/// rpcpin with one pin for the bench interface and its endpoint-mapper listener.
+/// rpcpin with one pin for the bench interface and its endpoint-mapper listener, relaying,
+/// at level warn as every load measures it.
 fn rpcpin_config(p: &Ports) -> String {
-    format!(
-        "\
-[backend]
-host = \"127.0.0.1\"
-epm_port = {be}
-
-[epm]
-listen = \"127.0.0.1:{re}\"
-mode = \"relay\"
-
-[[pin]]
-name = \"bench\"
-listen = \"127.0.0.1:{rs}\"
-interfaces = [\"{BENCH_UUID}\"]
-backend_port = {bs}
-
-[limits]
-max_connections = 20000
-max_connections_per_ip = 20000
-
-[log]
-format = \"json\"
-level = \"warn\"
-",
-        be = p.backend_epm,
-        re = p.rpcpin_epm,
-        rs = p.rpcpin_svc,
-        bs = p.backend_svc,
+    rpcpin_toml(
+        p,
+        p.rpcpin_epm,
+        p.rpcpin_svc,
+        "mode = \"relay\"\n",
+        "level = \"warn\"\n",
     )
 }
 
@@ -589,19 +568,25 @@ level = \"warn\"
 /// run it), with its admin listener for /metrics; the same pin as `rpcpin_config`'s on a
 /// port of its own.
 fn rpcpin_answer_config(p: &Ports) -> String {
+    let admin = format!(
+        "mode = \"answer\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        p.answer_admin
+    );
+    rpcpin_toml(p, p.answer_epm, p.answer_svc, &admin, "")
+}
+
+/// The configuration both rpcpins share: `epm_port` and `pin_port` for its listeners, `epm`
+/// appended to `[epm]` (and the sections after it), `log` to `[log]`.
+fn rpcpin_toml(p: &Ports, epm_port: u16, pin_port: u16, epm: &str, log: &str) -> String {
     format!(
         "\
 [backend]
 host = \"127.0.0.1\"
 epm_port = {be}
 
-[epm]
-listen = \"127.0.0.1:{ae}\"
-mode = \"answer\"
-
 [[pin]]
 name = \"bench\"
-listen = \"127.0.0.1:{as_}\"
+listen = \"127.0.0.1:{pin_port}\"
 interfaces = [\"{BENCH_UUID}\"]
 backend_port = {bs}
 
@@ -609,17 +594,14 @@ backend_port = {bs}
 max_connections = 20000
 max_connections_per_ip = 20000
 
-[admin]
-listen = \"127.0.0.1:{aa}\"
-
 [log]
 format = \"json\"
-",
+{log}
+[epm]
+listen = \"127.0.0.1:{epm_port}\"
+{epm}",
         be = p.backend_epm,
-        ae = p.answer_epm,
-        as_ = p.answer_svc,
         bs = p.backend_svc,
-        aa = p.answer_admin,
     )
 }
 
