@@ -173,7 +173,8 @@ setup_routing() {
     ip -n "$NS_LAN" route add 198.51.100.0/24 via "$DMZ_IN_IP"
 }
 
-# The three-port rule base, on rpcpin's host (README.md, "the firewall rule it needs").
+# The three-port rule base, on rpcpin's host (README.md, "the firewall rule it needs"): the
+# suite's (lib.sh) with what the DMZ may reach on the LAN side too.
 setup_firewall() {
     in_ns "$NS_DMZ" nft -f - <<NFT
 table inet rpcpin_demo {

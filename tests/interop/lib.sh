@@ -203,6 +203,26 @@ setup_dmz_topology() {
     # the LAN only 10.135.0.0/24.
 }
 
+# The DMZ's firewall: from the client side only tcp/135 and the two pins, and no forwarding.
+setup_firewall() {
+    log "nftables in the DMZ: client side may reach tcp/135, $PIN_LSAD, $PIN_CLASSIC only"
+    in_ns "$NS_DMZ" nft -f - <<NFT
+table inet rpcpin_dmz {
+    chain input {
+        type filter hook input priority 0; policy drop;
+        iif "lo" accept
+        ct state established,related accept
+        # The three openings, nothing else. The LAN side gets no new
+        # connections in at all: Samba never calls the DMZ.
+        iifname "to-cli" tcp dport { 135, $PIN_LSAD, $PIN_CLASSIC } ct state new accept
+    }
+    chain forward {
+        type filter hook forward priority 0; policy drop;
+    }
+}
+NFT
+}
+
 dmz_rpcpin_listening() {
     local port
     for port in 135 "$PIN_LSAD" "$PIN_CLASSIC"; do

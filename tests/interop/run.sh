@@ -98,24 +98,6 @@ cleanup() {
 }
 
 # --- setup: the firewall (the namespaces are set up by lib.sh) -------------------
-setup_firewall() {
-    log "nftables in the DMZ: client side may reach tcp/135, $PIN_LSAD, $PIN_CLASSIC only"
-    in_ns "$NS_DMZ" nft -f - <<NFT
-table inet rpcpin_dmz {
-    chain input {
-        type filter hook input priority 0; policy drop;
-        iif "lo" accept
-        ct state established,related accept
-        # The three openings, nothing else. The LAN side gets no new
-        # connections in at all: Samba never calls the DMZ.
-        iifname "to-cli" tcp dport { 135, $PIN_LSAD, $PIN_CLASSIC } ct state new accept
-    }
-    chain forward {
-        type filter hook forward priority 0; policy drop;
-    }
-}
-NFT
-}
 
 # --- rpcpin -----------------------------------------------------------------------
 # write_rpcpin_conf FILE [PER_IP]: the suite's configuration; PER_IP sets

@@ -115,22 +115,6 @@ setup_second_lan() {
     ip -n "$NS_LAN2" link set to-dmz up
 }
 
-setup_firewall() {
-    log "nftables in the DMZ: client side may reach tcp/135, $PIN_LSAD, $PIN_CLASSIC only"
-    in_ns "$NS_DMZ" nft -f - <<NFT
-table inet rpcpin_dmz {
-    chain input {
-        type filter hook input priority 0; policy drop;
-        iif "lo" accept
-        ct state established,related accept
-        iifname "to-cli" tcp dport { 135, $PIN_LSAD, $PIN_CLASSIC } ct state new accept
-    }
-    chain forward {
-        type filter hook forward priority 0; policy drop;
-    }
-}
-NFT
-}
 
 # count_epm_connections NS DMZ_ADDR: nftables counters in a server's namespace, counting
 # every TCP connection opened to its endpoint mapper (port 135, a SYN without ACK): from
