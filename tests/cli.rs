@@ -25,6 +25,32 @@ fn text(b: &[u8]) -> String {
 }
 
 #[test]
+fn configurations_shown_in_the_docs_are_valid() {
+    // Every ```toml block of the README and docs/ is a whole configuration an operator may
+    // copy (fragments are shown in plain ``` blocks).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        docs.push(entry.unwrap().path());
+    }
+    let mut checked = 0;
+    for doc in docs
+        .iter()
+        .filter(|d| d.extension().is_some_and(|e| e == "md"))
+    {
+        let text = std::fs::read_to_string(doc).unwrap();
+        for block in text.split("```toml\n").skip(1) {
+            let toml = block.split("```").next().unwrap();
+            if let Err(e) = rpcpin::config::Config::parse(toml) {
+                panic!("{}: {e} in\n{toml}", doc.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no ```toml block in the docs");
+}
+
+#[test]
 fn bundled_configurations_are_valid() {
     for path in ["config/exchange.toml", "config/rpcpin.toml"] {
         let out = rpcpin(&["check", "--config", path]);
