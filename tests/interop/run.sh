@@ -804,31 +804,36 @@ main() {
         blocked_from_client "$DMZ_OUT_IP" "$samr2"
 
     # --- d. Samba moves its services onto each other's old ports -------------------
-    # Samba's helpers hold the N ports from the start of RANGE2. Restarted on the N ports
-    # from one below it, the helpers taking ports in the order they did (their usual
-    # start order) each get the port one below their old one, so every old port but the
-    # last is now another helper's; should they race into another order instead, a
-    # restart is tried again. Once srvsvc lands elsewhere, rpcpin's cached srvsvc port
-    # answers for another interface: the connect to it works and Samba refuses the srvsvc
-    # bind there; rpcpin must resolve again at once rather than fail every client until
-    # limits.resolve_cache (30 s) ends.
-    local start3=${RANGE2%-*} n3 range3 warmed samr3 srvsvc3 tries=0
+    # Samba's helpers hold the N ports from the start of RANGE2, in an order that changes
+    # from one start to the next. Restarted on N ports shifted one down, one up, or the
+    # same (tried in turn), they take them in some order again, until srvsvc lands
+    # elsewhere and another interface on srvsvc's old port. rpcpin's cached srvsvc port
+    # then answers for that interface: the connect to it works and Samba refuses the
+    # srvsvc bind there; rpcpin must resolve again at once rather than fail every client
+    # until limits.resolve_cache (30 s) ends.
+    local start3=${RANGE2%-*} n3 range3 warmed samr3 srvsvc3 winreg3 tries=0 shift swapped=1
     n3=$(ip netns exec "$NS_LAN" ss -ltnH |
         awk -v lo="$start3" '{ n = split($4, a, ":"); p = a[n] + 0 } p >= lo && p < lo + 256 { print p }' |
         sort -u | wc -l)
-    range3="$((start3 - 1))-$((start3 + n3 - 2))"
     check "srvsvc and samr bind via the pins (rpcpin's cache holds $srvsvc2 and $samr2)" \
         binds_via_pins
     warmed=$SECONDS
-    srvsvc3=$srvsvc2
-    while [[ "$srvsvc3" == "$srvsvc2" ]] && ((tries++ < 5)); do
+    for shift in -1 1 0 -1 1 0 -1 1; do
+        range3="$((start3 + shift))-$((start3 + shift + n3 - 1))"
         stop_samba
+        tries=$((tries + 1))
         start_samba "$range3" "3-$tries"
         samr3=$(samba_port samr) || true
         srvsvc3=$(samba_port srvsvc) || true
+        winreg3=$(samba_port winreg) || true
+        if [[ -n "$srvsvc3" && "$srvsvc3" != "$srvsvc2" ]] &&
+            [[ "$samr3" == "$srvsvc2" || "$winreg3" == "$srvsvc2" ]]; then
+            swapped=0
+            break
+        fi
     done
-    check "after a restart on $range3 (the $n3 ports from one below those Samba held), srvsvc moved and another interface took its old port ($srvsvc2 -> $srvsvc3, samr $samr2 -> $samr3; $tries restart(s))" \
-        test -n "$srvsvc3" -a "$srvsvc3" != "$srvsvc2" -a "$n3" -gt 1 -a "$srvsvc2" -lt "$((start3 + n3 - 1))"
+    check "after a restart on $range3 (the $n3 ports Samba held, shifted by $shift), srvsvc moved and another interface took its old port ($srvsvc2 -> $srvsvc3, samr $samr2 -> $samr3, winreg -> $winreg3; $tries restart(s))" \
+        test "$swapped" -eq 0
     mark=$(log_mark)
     check "at once (no ept_map by the client), a srvsvc bind via pin classic :$PIN_CLASSIC is accepted: rpcpin's cached $srvsvc2 now refuses srvsvc" \
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --expect accept
