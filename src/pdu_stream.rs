@@ -1,4 +1,4 @@
-//! Reading whole PDUs from a socket, with every wait bounded.
+//! Reading PDUs from a socket, whole or head first, with every wait bounded.
 
 use std::io;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::task::{ready, Context, Poll};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
-use crate::wire::frame::next_pdu;
+use crate::wire::frame::{next_pdu, next_pdu_head};
 use crate::wire::Pdu;
 
 /// Why a PDU could not be read.
@@ -77,6 +77,24 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
     /// The next whole PDU already read, its header checked, if there is one; never waits.
     pub fn buffered(&mut self) -> Result<Option<Pdu<BytesMut>>, ReadError> {
         Ok(next_pdu(&mut self.buf, self.max_frag)?)
+    }
+
+    /// `frag_length` of the PDU at the front of what is buffered, and what is buffered, once
+    /// that PDU's header is checked and its head is there ([`next_pdu_head`]); never waits.
+    pub fn head(&self) -> Result<Option<(usize, &[u8])>, ReadError> {
+        let len = next_pdu_head(&self.buf, self.max_frag)?;
+        Ok(len.map(|len| (len, &self.buf[..])))
+    }
+
+    /// Takes up to `n` buffered bytes off the front (none when none are there): the bytes
+    /// of a PDU forwarded or dropped as they arrive.
+    pub fn take(&mut self, n: usize) -> BytesMut {
+        if n >= self.buf.len() {
+            // As `next_pdu` does: taking the whole buffer leaves none behind.
+            std::mem::take(&mut self.buf)
+        } else {
+            self.buf.split_to(n)
+        }
     }
 
     /// The next whole PDU, its header checked.
@@ -181,6 +199,48 @@ mod tests {
         assert_eq!(r.next().await.unwrap().frag_len(), 60);
         assert_eq!(r.next().await.unwrap().frag_len(), 152);
         assert!(matches!(r.next().await, Err(ReadError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_pdu_taken_as_it_arrives_after_its_head() {
+        let (mut tx, rx) = tokio::io::duplex(7);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for chunk in CAPTURE.chunks(5) {
+                tx.write_all(chunk).await.unwrap();
+            }
+        });
+        let mut r = PduReader::new(rx, 65535);
+        let (mut taken, mut lens) = (Vec::new(), Vec::new());
+        loop {
+            let len = match r.head().unwrap() {
+                Some((len, buffered)) => {
+                    assert!(
+                        buffered.len() >= len.min(40),
+                        "a head of {}",
+                        buffered.len()
+                    );
+                    len
+                }
+                None => match r.fill().await {
+                    Ok(()) => continue,
+                    Err(ReadError::Closed) => break,
+                    Err(e) => panic!("{e}"),
+                },
+            };
+            lens.push(len);
+            let mut left = len;
+            while left > 0 {
+                let bytes = r.take(left);
+                left -= bytes.len();
+                taken.extend_from_slice(&bytes);
+                if left > 0 {
+                    r.fill().await.unwrap();
+                }
+            }
+        }
+        assert_eq!(lens, [60, 152]);
+        assert_eq!(taken, CAPTURE);
     }
 
     #[tokio::test]

@@ -111,6 +111,12 @@ impl CallOrder {
         self.awaited.remove(&call_id);
     }
 
+    /// Whether answers of rpcpin's wait behind the backend's: the backend's next answer is
+    /// then passed whole, with those it releases after it.
+    pub(super) fn holds_answers(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Sends, after what the policy forwarded so far, rpcpin's answers that no longer wait
     /// on any unanswered call.
     pub(super) fn release(&mut self, out: &mut Outbox) {

@@ -4,10 +4,12 @@
 //! answers "how long is the PDU at the front of this buffer", or "need more bytes" while the
 //! buffer holds less than a whole PDU: a partial PDU is not an error. [`next_pdu`] cuts that
 //! PDU off a reader's buffer as a checked [`Pdu`], so that nothing checks its header again.
+//! [`next_pdu_head`] answers as soon as the PDU's head is there, for a relay that forwards
+//! the rest as it arrives.
 
 use bytes::BytesMut;
 
-use super::pdu::check_header;
+use super::pdu::{check_header, HEAD_LEN};
 use super::{Error, Pdu, Result};
 
 /// The largest fragment any peer may send: `frag_length` is a u16.
@@ -18,6 +20,19 @@ pub const MAX_FRAG_LEN: usize = u16::MAX as usize;
 /// Fails as soon as the header is wrong or announces more than `max_frag` bytes, so that a
 /// hostile peer cannot make the caller buffer without bound.
 pub fn next_pdu_len(buf: &[u8], max_frag: usize) -> Result<Option<usize>> {
+    Ok(checked_len(buf, max_frag)?.filter(|&len| buf.len() >= len))
+}
+
+/// Length of the PDU at the front of `buf` once its header is checked (as [`next_pdu_len`]
+/// checks it) and its head is there: its first [`HEAD_LEN`] bytes, or all of a shorter PDU.
+/// `None` while more bytes are needed.
+pub fn next_pdu_head(buf: &[u8], max_frag: usize) -> Result<Option<usize>> {
+    Ok(checked_len(buf, max_frag)?.filter(|&len| buf.len() >= len.min(HEAD_LEN)))
+}
+
+/// `frag_length` of the PDU at the front of `buf`, its header checked, once the header is
+/// there.
+fn checked_len(buf: &[u8], max_frag: usize) -> Result<Option<usize>> {
     if buf.len() < super::HEADER_LEN {
         // Reject a non-DCE/RPC stream on its first byte rather than after 16.
         if let Some(&v) = buf.first() {
@@ -35,7 +50,7 @@ pub fn next_pdu_len(buf: &[u8], max_frag: usize) -> Result<Option<usize>> {
             max: max_frag,
         });
     }
-    Ok((buf.len() >= frag_len).then_some(frag_len))
+    Ok(Some(frag_len))
 }
 
 /// Cuts the whole PDU at the front of `buf` off it, checked, or `None` while more bytes are
@@ -94,6 +109,19 @@ mod tests {
         let second = next_pdu(&mut buf, MAX_FRAG_LEN).unwrap().unwrap();
         assert_eq!(second.as_bytes(), &CAPTURE[60..]);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_head_is_there_before_its_pdu() {
+        use crate::wire::pdu::head_of;
+        // The bind_ack of the capture, 60 bytes: its head is its first 40.
+        assert_eq!(next_pdu_head(&CAPTURE[..39], MAX_FRAG_LEN), Ok(None));
+        assert_eq!(next_pdu_head(&CAPTURE[..40], MAX_FRAG_LEN), Ok(Some(60)));
+        let mut copy = [0; HEAD_LEN];
+        let head = head_of(&CAPTURE[..40], &mut copy).unwrap();
+        assert_eq!((head.frag_len(), head.call_id()), (40, 1));
+        assert_eq!(head.as_bytes()[12..], CAPTURE[12..40]);
+        assert!(next_pdu_head(&CAPTURE[..40], 59).is_err());
     }
 
     #[test]

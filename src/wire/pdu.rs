@@ -285,6 +285,34 @@ fn endian_of(buf: &[u8]) -> Endian {
     Endian::from_drep(drep_of(buf))
 }
 
+/// How much of a PDU [`head_of`] keeps: the common header and a call's fixed fields (a
+/// request's context id and opnum, and its object UUID when it carries one).
+pub const HEAD_LEN: usize = 40;
+
+/// The head of the PDU at the front of `buf`, as a PDU of its own copied into `copy`: its
+/// first bytes, no further than [`HEAD_LEN`] nor than where its body ends, with
+/// `frag_length` set to their count and no auth verifier. Its type, flags, call id and
+/// fixed fields are the PDU's; what lies beyond (the rest of the body, the verifier) is not
+/// there to read. `buf` holds at least `min(frag_length, HEAD_LEN)` bytes.
+pub fn head_of<'a>(buf: &[u8], copy: &'a mut [u8; HEAD_LEN]) -> Result<Pdu<&'a [u8]>> {
+    let frag_len = check_header(buf)?;
+    let endian = endian_of(buf);
+    let auth_len = get_u16(buf, field::AUTH_LEN, endian) as usize;
+    // check_header guarantees this does not underflow below the header.
+    let body_end = match auth_len {
+        0 => frag_len,
+        _ => frag_len - auth_len - SEC_TRAILER_LEN,
+    };
+    let len = body_end.min(HEAD_LEN);
+    let Some(head) = buf.get(..len) else {
+        return Err(Error::Truncated("pdu head"));
+    };
+    copy[..len].copy_from_slice(head);
+    set_u16(copy, field::FRAG_LEN, len as u16, endian);
+    set_u16(copy, field::AUTH_LEN, 0, endian);
+    Ok(Pdu::framed(&copy[..len]))
+}
+
 /// Checks the 16 header bytes alone: version, minor version, and that `frag_length` leaves
 /// room for the header and for the auth verifier that `auth_length` announces.
 /// Returns `frag_length`.

@@ -17,7 +17,7 @@ use super::gate::{
 use super::generation::{Generation, PinRuntime};
 use super::handshake::{Client, Opened, Summary};
 use super::order::CallOrder;
-use super::relay::{Outbox, Policy};
+use super::relay::{Head, Outbox, Policy};
 use crate::interfaces::alias_of;
 use crate::metrics::metrics;
 use crate::pdu_stream::PduReader;
@@ -178,44 +178,9 @@ impl Policy for PinPolicy {
             }
             PacketType::Bind => bail!("a second bind on an established association"),
             PacketType::Request => {
-                let req = Request::from_pdu(pdu.view())?;
-                let interface = self.gate.usable(req.context_id());
-                let allowed = |i: &SyntaxId| self.pin.config.allows_opnum(i, req.opnum());
-                match self
-                    .refused
-                    .judge(&req, || interface.is_none_or(|i| !allowed(&i)))?
-                {
-                    CallVerdict::Forward => {
-                        self.order.forwarded(&pdu)?;
-                        out.forward(pdu.into_inner());
-                    }
-                    CallVerdict::Refuse => {
-                        let Some(i) = interface else {
-                            return self.order.reply(unknown_context_fault(&req)?, out);
-                        };
-                        warn!(
-                            event = "refused",
-                            policy = "opnum",
-                            interface = %i.uuid,
-                            alias = alias_of(&i.uuid).unwrap_or("-"),
-                            opnum = req.opnum(),
-                            call_id = req.pdu().call_id(),
-                            reason = OPNUM_REFUSED,
-                        );
-                        metrics().refused("opnum", OPNUM_REFUSED);
-                        let p = req.pdu();
-                        let mut fault = Vec::with_capacity(32);
-                        let denied = status::NCA_S_FAULT_ACCESS_DENIED;
-                        encode_fault(
-                            &mut fault,
-                            p.endian(),
-                            p.call_id(),
-                            req.context_id(),
-                            denied,
-                        )?;
-                        self.order.reply(BytesMut::from(&fault[..]), out)?;
-                    }
-                    CallVerdict::Drop => {}
+                let forward = self.call(&Request::from_pdu(pdu.view())?, out)?;
+                if forward {
+                    out.forward(pdu.into_inner());
                 }
             }
             _ => {
@@ -232,9 +197,82 @@ impl Policy for PinPolicy {
         self.order.release(out);
         Ok(())
     }
+
+    /// A request is judged on its head (every fragment repeats the context and opnum), and
+    /// forwarded or dropped as it arrives; binds and the rest are judged whole.
+    fn request_head(&mut self, head: Pdu<&[u8]>, out: &mut Outbox) -> anyhow::Result<Head> {
+        if head.ptype() != PacketType::Request {
+            return Ok(Head::Whole);
+        }
+        match self.call(&Request::from_pdu(head)?, out)? {
+            true => Ok(Head::Forward),
+            false => Ok(Head::Drop),
+        }
+    }
+
+    /// A response or a fault is passed on as it arrives, its header noted by the call
+    /// order; bind answers are spliced and rewritten whole, and so is the answer that
+    /// answers of rpcpin's wait behind (they go right after its last byte).
+    fn answer_head(&mut self, head: Pdu<&[u8]>, _: &mut Outbox) -> anyhow::Result<Head> {
+        let cut = matches!(head.ptype(), PacketType::Response | PacketType::Fault);
+        if !cut || self.order.holds_answers() {
+            return Ok(Head::Whole);
+        }
+        self.order.passing(&head);
+        if head.ptype() == PacketType::Fault {
+            self.gate.unanswered(head.call_id());
+        }
+        Ok(Head::Forward)
+    }
 }
 
 impl PinPolicy {
+    /// Judges a call's fragment on its context and opnum: `true` when it is forwarded
+    /// (noted by the call order), `false` when it is refused (answered with a fault, in
+    /// call order) or dropped (a later fragment of a refused call).
+    fn call(&mut self, req: &Request<'_>, out: &mut Outbox) -> anyhow::Result<bool> {
+        let interface = self.gate.usable(req.context_id());
+        let allowed = |i: &SyntaxId| self.pin.config.allows_opnum(i, req.opnum());
+        match self
+            .refused
+            .judge(req, || interface.is_none_or(|i| !allowed(&i)))?
+        {
+            CallVerdict::Forward => {
+                self.order.forwarded(req.pdu())?;
+                Ok(true)
+            }
+            CallVerdict::Refuse => {
+                let Some(i) = interface else {
+                    self.order.reply(unknown_context_fault(req)?, out)?;
+                    return Ok(false);
+                };
+                warn!(
+                    event = "refused",
+                    policy = "opnum",
+                    interface = %i.uuid,
+                    alias = alias_of(&i.uuid).unwrap_or("-"),
+                    opnum = req.opnum(),
+                    call_id = req.pdu().call_id(),
+                    reason = OPNUM_REFUSED,
+                );
+                metrics().refused("opnum", OPNUM_REFUSED);
+                let p = req.pdu();
+                let mut fault = Vec::with_capacity(32);
+                let denied = status::NCA_S_FAULT_ACCESS_DENIED;
+                encode_fault(
+                    &mut fault,
+                    p.endian(),
+                    p.call_id(),
+                    req.context_id(),
+                    denied,
+                )?;
+                self.order.reply(BytesMut::from(&fault[..]), out)?;
+                Ok(false)
+            }
+            CallVerdict::Drop => Ok(false),
+        }
+    }
+
     /// Passes a backend PDU on to the client.
     fn pass(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()> {
         if !matches!(

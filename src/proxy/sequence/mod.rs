@@ -2,7 +2,8 @@
 //! fuzz target: bytes choose a random interleaving of a client's binds, alter_contexts and
 //! requests (whole, or in fragments, in either byte order) with a backend's answers (bind
 //! acceptances and rejections, bind_naks, responses in fragments, faults), which pass
-//! through a pin's or the endpoint mapper's policy as the relay would pass them.
+//! through a pin's or the endpoint mapper's policy as the relay would pass them (head
+//! first: `relay::pass_whole`).
 //!
 //! The backend is a model of a conforming server that answers its calls in the order it
 //! received them. [`check`] panics when:
@@ -25,11 +26,13 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 mod peers;
+#[cfg(test)]
+mod relayed;
 
 use super::epm::EpmPolicy;
 use super::generation::{Generation, PinRuntime};
 use super::pin::{first_bind, FirstBind};
-use super::relay::{Outbox, Policy};
+use super::relay::{pass_whole, Outbox, Policy};
 use crate::config::Config;
 use crate::epm_rewrite::Table;
 use crate::wire::bind::{encode_bind, ContextProposal};
@@ -276,7 +279,7 @@ impl Run {
             .expect("the client's own PDU")
             .expect("whole");
         let mut out = Outbox::default();
-        let result = policy.request(pdu, &mut out);
+        let result = pass_whole(policy, true, pdu, &mut out);
         self.backend_receives(out.forwarded());
         for answer in &out.reply {
             self.client_receives(answer);
@@ -311,7 +314,7 @@ impl Run {
             .expect("the backend's own PDU")
             .expect("whole");
         let mut out = Outbox::default();
-        let result = policy.answer(pdu, &mut out);
+        let result = pass_whole(policy, false, pdu, &mut out);
         assert!(out.reply.is_empty(), "a policy answered the backend");
         self.client_receives(out.forwarded());
         result.map_err(|_| Ended)
