@@ -86,6 +86,11 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         Ok(len.map(|len| (len, &self.buf[..])))
     }
 
+    /// How many bytes are buffered.
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Takes up to `n` buffered bytes off the front (none when none are there): the bytes
     /// of a PDU forwarded or dropped as they arrive.
     pub fn take(&mut self, n: usize) -> BytesMut {

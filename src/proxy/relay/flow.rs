@@ -13,6 +13,12 @@ use super::{Head, Outbox, Policy};
 use crate::pdu_stream::{PduReader, ReadError};
 use crate::wire::pdu::{head_of, HEAD_LEN};
 
+/// Less of a PDU being cut through than this (and less than the rest of it) waits in the
+/// read buffer for more: a PDU's head goes on without its tail, but a read that brings a
+/// few segments is not worth a write of its own (small PDUs go on whole, in batches, as
+/// before).
+const CUT_MIN: usize = 16 * 1024;
+
 /// One direction: what was read and judged but not yet written, and where it stands.
 pub(super) struct Flow {
     /// Bytes for the receiver that are not written yet: one batch at a time, so nothing
@@ -172,6 +178,10 @@ impl Flow {
     {
         loop {
             if self.cut > 0 {
+                if self.cut_forwarded && from.buffered_len() < self.cut.min(CUT_MIN) {
+                    // Too little of the PDU to be worth a write of its own: wait for more.
+                    return Ok(());
+                }
                 let bytes = from.take(self.cut);
                 if bytes.is_empty() {
                     return Ok(());

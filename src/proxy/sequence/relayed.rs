@@ -355,6 +355,8 @@ async fn an_answer_made_inside_a_passing_pdu_waits_for_its_end() {
     let allowed = request(2, 0, 3, WHOLE, 10);
     let refused = request(3, 1, 9, WHOLE, 10);
     let answer = response(2, WHOLE, BIG);
+    // Enough of it to go on before the rest.
+    const HALF: usize = 30000;
     let (ack, to_backend, to_client) = whole_path(&[allowed.clone(), refused.clone()], &[]);
     assert_eq!(to_backend, allowed);
     assert!(to_client.is_empty(), "the refusal waits behind call 2");
@@ -367,28 +369,28 @@ async fn an_answer_made_inside_a_passing_pdu_waits_for_its_end() {
         allowed
     );
     // The head of the answer, and some of its body: it passes, call 2 is answered.
-    backend_far.write_all(&answer[..1000]).await.unwrap();
+    backend_far.write_all(&answer[..HALF]).await.unwrap();
     assert_eq!(
-        read_len(&mut client_far, 1000, "the answer's head").await,
-        answer[..1000]
+        read_len(&mut client_far, HALF, "the answer's head").await,
+        answer[..HALF]
     );
     // Refused now, with nothing unanswered: answered at once, but after the answer.
     client_far.write_all(&refused).await.unwrap();
     for _ in 0..8 {
         tokio::task::yield_now().await;
     }
-    backend_far.write_all(&answer[1000..]).await.unwrap();
+    backend_far.write_all(&answer[HALF..]).await.unwrap();
     let got = read_len(
         &mut client_far,
-        answer.len() - 1000 + fault.len(),
+        answer.len() - HALF + fault.len(),
         "the rest",
     )
     .await;
     assert!(
-        got[..answer.len() - 1000] == answer[1000..],
+        got[..answer.len() - HALF] == answer[HALF..],
         "the answer was cut into"
     );
-    assert_eq!(got[answer.len() - 1000..], fault);
+    assert_eq!(got[answer.len() - HALF..], fault);
     drop(client_far);
     drop(backend_far);
     relay.await.unwrap().ended.unwrap();
