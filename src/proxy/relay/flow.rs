@@ -40,8 +40,9 @@ pub(super) struct Flow {
     /// The half-close was passed on.
     pub(super) half_close_passed: bool,
     pub(super) moved: u64,
-    /// The PDU being cut through: its bytes still to come.
-    cut: usize,
+    /// The PDU being cut through: its bytes still to come (a fragment's length is a u16,
+    /// and this fits in what the flags' padding leaves: the flow is no larger for it).
+    cut: u16,
     /// Whether they are forwarded (or dropped, unseen).
     cut_forwarded: bool,
     /// The policy asked for the PDU at the front whole: it is not asked again.
@@ -178,15 +179,16 @@ impl Flow {
     {
         loop {
             if self.cut > 0 {
-                if self.cut_forwarded && from.buffered_len() < self.cut.min(CUT_MIN) {
+                if self.cut_forwarded && from.buffered_len() < usize::from(self.cut).min(CUT_MIN) {
                     // Too little of the PDU to be worth a write of its own: wait for more.
                     return Ok(());
                 }
-                let bytes = from.take(self.cut);
+                let bytes = from.take(self.cut.into());
                 if bytes.is_empty() {
                     return Ok(());
                 }
-                self.cut -= bytes.len();
+                // At most `cut` bytes, taken just now.
+                self.cut -= bytes.len() as u16;
                 if self.cut_forwarded {
                     out.forward(bytes);
                 }
@@ -206,7 +208,7 @@ impl Flow {
                 match verdict {
                     Head::Whole => self.whole = true,
                     Head::Forward | Head::Drop => {
-                        self.cut = frag_len;
+                        self.cut = u16::try_from(frag_len)?;
                         self.cut_forwarded = verdict == Head::Forward;
                     }
                 }
