@@ -17,6 +17,24 @@ impl Policy for Pass {
     }
 }
 
+/// Forwards everything, judged on its head: every PDU is cut through.
+struct CutThrough;
+
+impl Policy for CutThrough {
+    fn request(&mut self, _: Pdu<BytesMut>, _: &mut Outbox) -> anyhow::Result<()> {
+        unreachable!("judged on its head")
+    }
+    fn answer(&mut self, _: Pdu<BytesMut>, _: &mut Outbox) -> anyhow::Result<()> {
+        unreachable!("judged on its head")
+    }
+    fn request_head(&mut self, _: Pdu<&[u8]>, _: &mut Outbox) -> anyhow::Result<Head> {
+        Ok(Head::Forward)
+    }
+    fn answer_head(&mut self, _: Pdu<&[u8]>, _: &mut Outbox) -> anyhow::Result<Head> {
+        Ok(Head::Forward)
+    }
+}
+
 fn request(stub_len: usize) -> Vec<u8> {
     let mut pdu = Vec::new();
     encode_request(&mut pdu, Endian::Little, 1, 0, 0, &vec![7; stub_len]).unwrap();
@@ -100,4 +118,30 @@ async fn silence_both_ways_ends_the_relay() {
     let done = ends_between(relay, idle - MS, 2 * MS).await.unwrap();
     let e = format!("{:#}", done.ended.unwrap_err());
     assert!(e.contains("idle for 100ms"), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pdu_goes_on_before_its_tail_and_a_close_inside_it_is_an_error() {
+    let (client, mut client_far) = duplex(1 << 17);
+    let (backend, mut backend_far) = duplex(1 << 17);
+    let relay = Relay::new(
+        PduReader::new(client, 65535),
+        PduReader::new(backend, 65535),
+        CutThrough,
+        Duration::from_secs(60),
+        0,
+    );
+    let relay = tokio::spawn(relay);
+    let pdu = request(40000);
+    // Its head and 20,000 bytes: they go on without waiting for the rest.
+    client_far.write_all(&pdu[..20000]).await.unwrap();
+    let mut got = vec![0; 20000];
+    backend_far.read_exact(&mut got).await.unwrap();
+    assert!(got == pdu[..20000]);
+    // The client closes inside the PDU: not a half-close between PDUs.
+    drop(client_far);
+    let done = relay.await.unwrap();
+    let e = format!("{:#}", done.ended.unwrap_err());
+    assert!(e.contains("inside a PDU (20024 bytes to come)"), "{e}");
+    assert_eq!(done.from_client, 20000);
 }
