@@ -3,9 +3,9 @@
 # packaging tests need (Debian packages, venvs with impacket, kubernetes-validate and
 # hadolint, promtool), builds, runs the unit and end-to-end tests, the check of the
 # Kubernetes manifests and of the Prometheus alerting rules (promtool), the impacket/tshark
-# judges of the endpoint-mapper rewriting, the packaging test (the Debian package built, installed and purged here; the Dockerfile linted), then the
-# interop suite against real Samba, rpcclient, impacket and tshark (in both endpoint-mapper
-# modes), the two-server check (answer mode, a pin on each of two Samba servers), and the
+# judges of the endpoint-mapper rewriting, the packaging test (the Debian package built,
+# installed and purged here; the Dockerfile linted), then the interop suite against real
+# Samba, rpcclient, impacket and tshark (in both endpoint-mapper modes), the two-server check (answer mode, a pin on each of two Samba servers), and the
 # scale-out check (three rpcpin instances behind HAProxy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
