@@ -5,8 +5,9 @@
 # Kubernetes manifests and of the Prometheus alerting rules (promtool), the impacket/tshark
 # judges of the endpoint-mapper rewriting, the packaging test (the Debian package built,
 # installed and purged here; the Dockerfile linted), then the interop suite against real
-# Samba, rpcclient, impacket and tshark (in both endpoint-mapper modes), the two-server check (answer mode, a pin on each of two Samba servers), and the
-# scale-out check (three rpcpin instances behind HAProxy).
+# Samba, rpcclient, impacket and tshark (in both endpoint-mapper modes), the two-server
+# check (answer mode, a pin on each of two Samba servers), and the scale-out check (three
+# rpcpin instances behind HAProxy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
