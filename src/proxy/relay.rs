@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
+use super::facts::Facts;
 use crate::pdu_stream::{PduReader, ReadError};
 use crate::wire::Pdu;
 
@@ -50,6 +51,10 @@ pub trait Policy {
     fn request(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()>;
     /// Decides on a PDU from the backend.
     fn answer(&mut self, pdu: Pdu<BytesMut>, out: &mut Outbox) -> anyhow::Result<()>;
+    /// What the policy learned about the connection, for its closing summary.
+    fn facts(&self) -> Facts {
+        Facts::default()
+    }
 }
 
 /// How a relay ended, and how many bytes went each way.
@@ -61,6 +66,8 @@ pub struct Relayed {
     pub from_client: u64,
     /// Bytes written to the client.
     pub to_client: u64,
+    /// What the policy learned about the connection.
+    pub facts: Facts,
 }
 
 /// Relays PDUs both ways until the backend closes, or the client closes and the backend
@@ -274,6 +281,7 @@ where
             ended,
             from_client: self.up.moved,
             to_client: self.down.moved,
+            facts: self.policy.facts(),
         })
     }
 }

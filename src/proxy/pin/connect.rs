@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::backend::Resolver;
 use crate::interfaces::alias_of;
@@ -69,7 +69,7 @@ async fn resolve(resolver: &Resolver, interface: SyntaxId) -> anyhow::Result<(u1
             resolver.backend()
         )
     })?;
-    info!(
+    debug!(
         event = "backend_resolved",
         backend = resolver.name(),
         interface = %interface.uuid,
