@@ -246,23 +246,23 @@ show_towers() {
         [[ $via == "$DMZ_OUT_IP $port" ]] || wrong "rpcpin's tower for $iface: expected $DMZ_OUT_IP:$port"
         if [[ $iface == samr ]]; then samr_port=${direct#* }; else srvsvc_port=${direct#* }; fi
     done
-    echo "  rpcpin rewrote the port (Samba's dynamic one -> the pin's) and the address (the server's -> its own)."
+    echo "  rpcpin answered itself, from its own lookup at Samba: the pin's port, not Samba's dynamic one,"
+    echo "  and its own address, not the server's (epm.mode = \"answer\"; the client never reaches Samba's 135)."
 }
 
-# rpcpin's JSON log after line MARK, a few fields per line, for the events of a call.
+# rpcpin's JSON log after line MARK, a few fields of each connection's summary (its one
+# line at the default level, connection_closed).
 show_log() {
     local mark=$1
     tail -n +"$((mark + 1))" "$WORK/rpcpin.log" |
-        jq -r 'select(.event | IN("tower_rewritten", "bind_accepted", "backend_resolved", "connection_closed"))
+        jq -r 'select(.event == "connection_closed")
             | [ .span.pin // "-", .event, .alias // "",
-                (.backend_port // "" | tostring), (.public_port // "" | tostring),
-                (if .event == "tower_rewritten" then "\(.backend_addr) -> \(.advertised)"
-                 elif .event == "backend_resolved" then "cached=\(.cached), \(.elapsed_us / 100 | round / 10) ms"
-                 elif .event == "bind_accepted" then "version \(.version)"
-                 else "\(.bytes_from_client) B in, \(.bytes_to_client) B out, \(.reason)" end) ]
+                (.backend_port // "" | tostring), (.towers_rewritten // "" | tostring),
+                ((if .from_cache then "\(.from_cache) from cache, \(.from_server) from Samba, " else "" end)
+                 + "\(.bytes_from_client) B in, \(.bytes_to_client) B out, \(.duration_ms) ms, \(.reason)") ]
             | join("\u001f")' |
-        while IFS=$'\x1f' read -r pin event alias backend public detail; do
-            row 9 19 8 14 13 -- "$pin" "$event" "$alias" "$backend" "$public" "$detail"
+        while IFS=$'\x1f' read -r pin event alias backend towers detail; do
+            row 9 19 8 14 8 -- "$pin" "$event" "$alias" "$backend" "$towers" "$detail"
         done
 }
 
@@ -292,8 +292,8 @@ call() {
     fi
     # rpcpin logs a connection_closed for the pin's connection once rpcclient has left.
     wait_for 3 pin_closed "$mark" "$pin" || true
-    echo "  rpcpin's JSON log meanwhile, a few fields (pin: the connection's span.pin; epm is port 135):"
-    row 9 19 8 14 13 -- pin event alias backend_port public_port detail
+    echo "  rpcpin's JSON log meanwhile, one line per connection (pin: its span.pin; epm is port 135):"
+    row 9 19 8 14 8 -- pin event alias backend_port towers detail
     show_log "$mark"
 }
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine, as root: installs what the interop and
 # packaging tests need (Debian packages, venvs with impacket, kubernetes-validate and
-# hadolint), builds, runs the unit and end-to-end tests, the check of the Kubernetes
-# manifests, the impacket/tshark judges of the endpoint-mapper rewriting, the packaging test
-# (the Debian package built, installed and purged here; the Dockerfile linted), then the
-# interop suite against real Samba, rpcclient, impacket and tshark (in both endpoint-mapper
-# modes), the two-server check (answer mode, a pin on each of two Samba servers), and the
-# scale-out check (three rpcpin instances behind HAProxy).
+# hadolint, promtool), builds, runs the unit and end-to-end tests, the check of the
+# Kubernetes manifests and of the Prometheus alerting rules (promtool), the impacket/tshark
+# judges of the endpoint-mapper rewriting, the packaging test (the Debian package built,
+# installed and purged here; the Dockerfile linted), then the interop suite against real
+# Samba, rpcclient, impacket and tshark (in both endpoint-mapper modes), the two-server
+# check (answer mode, a pin on each of two Samba servers), and the scale-out check (three
+# rpcpin instances behind HAProxy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,11 +34,14 @@ step() {
 
 step "install-deps (interop)" tests/interop/install-deps.sh
 step "install-deps (package)" tests/package/install-deps.sh
+step "install-deps (deploy)" tests/deploy/install-deps.sh
 step "cargo build --release" cargo build --release --locked
 step "cargo test" cargo test --locked
 # The Kubernetes manifests: schemas (offline), `rpcpin check` on the ConfigMap, and ports,
 # probes and drain against the configuration; a few seconds.
 step "kubernetes manifests" target/interop-venv/bin/python tests/deploy/check_kubernetes.py target/release/rpcpin
+# The Prometheus alerting rules: promtool's check and the rules' unit tests; a second.
+step "prometheus rules" tests/deploy/check_prometheus.sh
 # Independent judges on loopback: impacket's encoders behind rpcpin, its decoders and
 # tshark in front.
 step "judge_ndr.py" target/interop-venv/bin/python tests/interop/judge_ndr.py target/release/rpcpin

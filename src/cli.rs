@@ -16,6 +16,8 @@ use crate::backend::Backends;
 use crate::config::{Config, LogFormat};
 use crate::daemon::{Control, Daemon};
 use crate::interfaces::KNOWN;
+use crate::log_writer::{self, Guard};
+use crate::metrics::metrics;
 
 /// An endpoint-mapper-aware MS-RPC proxy: clients reach RPC services that live on dynamic
 /// ports through port 135 and a few fixed ("pinned") ports.
@@ -74,9 +76,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
-    let log_level = init_logging(config.log.format, &config.log.level)?;
+    let (log_level, log_guard) = init_logging(config.log.format, &config.log.level)?;
     let user = config.process.user.clone();
-    runtime()?.block_on(async {
+    let ran = runtime()?.block_on(async {
         let daemon = Daemon::bind(config).await?;
         if let Some(user) = user {
             crate::privileges::drop_to(&user)?;
@@ -85,7 +87,10 @@ fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         let (control, commands) = mpsc::channel(4);
         tokio::spawn(signals.serve(path, control, log_level));
         daemon.run(commands).await
-    })?;
+    });
+    // Every line logged until now is written before the process exits.
+    drop(log_guard);
+    ran?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -210,12 +215,18 @@ fn resolve(path: PathBuf) -> anyhow::Result<ExitCode> {
 /// Changes the log level of a running process.
 pub type LogLevel = reload::Handle<EnvFilter, Registry>;
 
-/// Sets up the global subscriber; `RUST_LOG` overrides the configured level. Returns the
-/// handle that changes the level on a reload.
-pub fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<LogLevel> {
+/// Sets up the global subscriber, writing to stderr off the logging thread (`log_writer`:
+/// lines a slow consumer cannot take are dropped and counted); `RUST_LOG` overrides the
+/// configured level. Returns the handle that changes the level on a reload, and the guard
+/// that writes out the queued lines when dropped: keep it until exit.
+pub fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<(LogLevel, Guard)> {
     let (filter, handle) = reload::Layer::new(log_filter(level)?);
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let dropped = metrics().log_lines_dropped.clone();
+    let (writer, guard) = log_writer::non_blocking(stderr, log_writer::QUEUE_LINES, dropped)
+        .context("cannot start the log's writer thread")?;
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
@@ -230,7 +241,7 @@ pub fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<LogLevel> 
         LogFormat::Text => registry.with(fmt).try_init(),
     };
     installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
-    Ok(handle)
+    Ok((handle, guard))
 }
 
 /// The filter for `level`, unless `RUST_LOG` sets one.

@@ -4,7 +4,8 @@
 //! - [`wire`] is the sans-IO DCE/RPC layer; [`interfaces`] names the interfaces an operator
 //!   can pin; [`epm_rewrite`] rewrites endpoint-mapper answers; [`proxy_protocol`] reads
 //!   HAProxy's PROXY header;
-//! - [`config`] is the operator's contract; [`metrics`] counts;
+//! - [`config`] is the operator's contract; [`metrics`] counts; [`log_writer`] writes the
+//!   log off the relay's thread;
 //! - [`pdu_stream`] reads whole PDUs from a socket; [`backend`] connects to the RPC server
 //!   and asks its endpoint mapper;
 //! - [`proxy`] owns listeners, connections, timeouts and reloads; [`admin`] serves metrics
@@ -23,6 +24,7 @@ pub mod daemon;
 pub mod epm_cache;
 pub mod epm_rewrite;
 pub mod interfaces;
+pub mod log_writer;
 pub mod metrics;
 pub mod pdu_stream;
 pub mod privileges;

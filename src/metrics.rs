@@ -130,6 +130,10 @@ pub struct Metrics {
     pub refusals: Family<RefusalLabels, Counter>,
     /// Configuration reloads.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Log lines dropped because the log's consumer was slow.
+    pub log_lines_dropped: Counter,
+    /// `limits.max_connections`, as the proxy started with it.
+    pub max_connections: Gauge,
     registry: Registry,
 }
 
@@ -148,6 +152,8 @@ impl Metrics {
             bytes: Family::default(),
             refusals: Family::default(),
             reloads: Family::default(),
+            log_lines_dropped: Counter::default(),
+            max_connections: Gauge::default(),
             registry: Registry::with_prefix("rpcpin"),
         };
         let mut r = Registry::with_prefix("rpcpin");
@@ -210,6 +216,16 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads (SIGHUP), by result",
             m.reloads.clone(),
+        );
+        r.register(
+            "log_lines_dropped",
+            "Log lines dropped, not waited for, because the log's consumer was slow",
+            m.log_lines_dropped.clone(),
+        );
+        r.register(
+            "max_connections",
+            "limits.max_connections as the process started with it (a reload cannot change it)",
+            m.max_connections.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -280,6 +296,8 @@ mod tests {
             "rpcpin_refusals_total{policy=\"opnum\",reason=\"operation not in this pin's opnums list\"} 1",
             "rpcpin_backend_resolution_seconds_bucket{le=\"0.0005\",backend=\"default\"} 0",
             "rpcpin_backend_connect_failures_total{backend=\"default\"} 0",
+            "rpcpin_log_lines_dropped_total 0",
+            "rpcpin_max_connections 0",
             "# EOF",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

@@ -96,7 +96,7 @@ async fn later_clients_are_answered_from_the_cache() {
         answers.push(read_pdu(&mut s).await.expect("an ept_map answer"));
         s.shutdown().await.unwrap();
         // Each connection's summary says where its answer came from.
-        let summary = logs::about(&s, "epm_answered").await;
+        let summary = logs::about(&s, "connection_closed").await;
         let sources = (
             summary["from_server"].as_u64(),
             summary["from_cache"].as_u64(),

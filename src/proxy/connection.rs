@@ -11,6 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tracing::field::display;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::generation::{Bound, Generation, Listening, Role};
@@ -19,6 +20,7 @@ use super::limits::{Admission, Admitted};
 use super::relay::Policy;
 use super::{epm, pin};
 use crate::config::Limits;
+use crate::interfaces::alias_of;
 use crate::metrics::{metrics, ListenerMetrics};
 use crate::proxy_protocol;
 
@@ -127,10 +129,28 @@ async fn run(
     let Some(s) = served.unwrap_or_else(|e| Some(Summary::failed(e))) else {
         return;
     };
+    log_closed(&s, duration_ms);
+}
+
+/// Logs the connection's summary, its one line at `info` (`warn` when it ended on an
+/// error): the span names the peer, the listener and the pin; the event, what the
+/// listener learned, the bytes each way, the duration and the reason.
+fn log_closed(s: &Summary, duration_ms: u64) {
+    let f = &s.facts;
+    let interface = f.interface.map(|i| display(i.uuid));
+    let alias = f.interface.map(|i| alias_of(&i.uuid).unwrap_or("-"));
+    let (from_cache, from_server) = f.answered.unzip();
     macro_rules! closed {
         ($level:ident) => {
             $level!(
                 event = "connection_closed",
+                interface,
+                alias,
+                backend_port = f.backend_port,
+                towers_rewritten = f.towers_rewritten,
+                from_cache,
+                from_server,
+                relayed = f.relayed,
                 bytes_from_client = s.from_client,
                 bytes_to_client = s.to_client,
                 duration_ms,

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+use super::facts::Facts;
 use super::relay::{Relay, Relayed};
 use crate::config::Limits;
 use crate::pdu_stream::PduReader;
@@ -51,7 +52,8 @@ impl<P> Opened<P> {
     }
 }
 
-/// How a connection ended, for its closing log event.
+/// How a connection ended, for its closing log event (the connection's one line at
+/// `info`).
 #[derive(Debug)]
 pub(super) struct Summary {
     pub(super) from_client: u64,
@@ -60,6 +62,8 @@ pub(super) struct Summary {
     /// Whether the connection ended the way connections do (a peer closed, a refusal
     /// rpcpin meant, shutdown) rather than on an error.
     pub(super) clean: bool,
+    /// What the listener learned on the way.
+    pub(super) facts: Facts,
 }
 
 impl Summary {
@@ -73,6 +77,7 @@ impl Summary {
             from_client,
             to_client,
             clean: ended.is_ok(),
+            facts: Facts::default(),
             reason: match ended {
                 Ok(r) => Cow::Borrowed(r),
                 Err(e) => Cow::Owned(format!("{e:#}")),
@@ -93,6 +98,8 @@ impl Summary {
 
 impl From<Relayed> for Summary {
     fn from(r: Relayed) -> Summary {
-        Summary::new(r.from_client, r.to_client, r.ended)
+        let mut s = Summary::new(r.from_client, r.to_client, r.ended);
+        s.facts = r.facts;
+        s
     }
 }

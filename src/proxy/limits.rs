@@ -29,6 +29,7 @@ pub(super) struct Admission {
 impl Admission {
     pub(super) fn new(limits: &Limits) -> Admission {
         let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+        metrics().max_connections.set(i64::from(max));
         Admission {
             connections: Arc::new(Semaphore::new(max as usize)),
             max_connections: max,

@@ -12,6 +12,7 @@
 
 mod connection;
 mod epm;
+mod facts;
 mod gate;
 mod generation;
 mod handshake;

@@ -11,12 +11,15 @@ use super::{Conn, WAIT};
 /// Every event logged in this process since [`capture`].
 static EVENTS: LazyLock<watch::Sender<Vec<Value>>> = LazyLock::new(|| watch::channel(Vec::new()).0);
 
-/// Sends this process's log events, at info and above, to [`EVENTS`] (once; later calls do
-/// nothing). A test that sets a subscriber of its own on its thread keeps it.
+/// Sends this process's log events to [`EVENTS`] (once; later calls do nothing): rpcpin's
+/// at debug and above (its per-event detail is at debug; [`lines_about`] tells the lines
+/// of the default level apart), other crates' at info and above. A test that sets a
+/// subscriber of its own on its thread keeps it.
 pub fn capture() {
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
         let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,rpcpin=debug"))
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -100,6 +103,20 @@ pub fn logged_about(c: &Conn, event: &str) -> Vec<Value> {
             e["event"] == event
                 && (e["span"]["peer"] == peer.as_str() || e["peer"] == peer.as_str())
         })
+        .cloned()
+        .collect()
+}
+
+/// The lines logged about the client connection `c` at rpcpin's default level (`info`) and
+/// above, without waiting: what a default configuration writes for it.
+pub fn lines_about(c: &Conn) -> Vec<Value> {
+    let peer = c.local_addr().to_string();
+    EVENTS
+        .borrow()
+        .iter()
+        .skip(c.logged_before)
+        .filter(|e| e["level"] != "DEBUG" && e["level"] != "TRACE")
+        .filter(|e| e["span"]["peer"] == peer.as_str() || e["peer"] == peer.as_str())
         .cloned()
         .collect()
 }

@@ -466,14 +466,15 @@ epm_management_refused() {
     rpcpin_logged "$mark" 1 'event="refused"' 'policy="opnum"' 'alias="epm"' 'opnum=6 '
 }
 
-# Answer mode: rpcpin logged an epm_answered event per endpoint-mapper association, some
-# with answers fresh from the server, some from its cache.
+# Answer mode: rpcpin's summary of each endpoint-mapper association (its connection_closed
+# line, which carries from_cache and from_server in answer mode), some with answers fresh
+# from the server, some from its cache.
 epm_answered_logged() {
     local answered="$WORK/answered.out" server cache
-    grep -F 'event="epm_answered"' "$WORK/rpcpin.log" >"$answered" || true
+    grep -F 'event="connection_closed"' "$WORK/rpcpin.log" | grep -F 'from_server=' >"$answered" || true
     server=$(grep -cE 'from_server=[1-9]' "$answered" || true)
     cache=$(grep -E 'from_cache=[1-9]' "$answered" | grep -cE 'from_server=0( |$)' || true)
-    echo "rpcpin.log: $(wc -l <"$answered") epm_answered line(s), $server with answers from the server, $cache with answers from the cache only"
+    echo "rpcpin.log: $(wc -l <"$answered") answered association(s), $server with answers from the server, $cache with answers from the cache only"
     head -n 3 "$answered" | sed -e 's/^[^ ]* *//' | cut -c1-300
     ((server >= 1 && cache >= 1))
 }
@@ -706,7 +707,7 @@ main() {
     if [[ "$EPM_MODE" == answer ]]; then
         check "answer mode, tshark on rpcpin's backend leg: Samba's EPM got no client connection, only rpcpin's own lookups (as many as /metrics counts, at most 5: samr, lsarpc, srvsvc, wkssvc and one ept_lookup), opnums 2/3/4 only" \
             backend_leg_answer_mode "$WORK/epm-backend.pcapng" "$WORK/epm-client.pcapng" "$lookups_before" 5
-        check "answer mode: rpcpin logged epm_answered for the associations, answers from the server and from its cache" \
+        check "answer mode: rpcpin's connection summaries say where the answers came from: the server and its cache" \
             epm_answered_logged
     else
         check "tshark on rpcpin's backend leg: Samba's EPM never saw a management call (opnum 0/1/5/6) nor a bind for anything but the endpoint mapper" \
@@ -719,8 +720,8 @@ main() {
         --auth "$RPC_USER%$RPC_PASS" --no-sign-flags --expect-ip "$DMZ_OUT_IP" \
         --expect-port "samr=$PIN_LSAD" --expect-port "srvsvc=$PIN_CLASSIC"
     if [[ "$EPM_MODE" == answer ]]; then
-        check "answer mode: rpcpin relayed that authenticated association to Samba's EPM (epm_relayed, reason authenticated bind)" \
-            rpcpin_logged "$mark" 1 'event="epm_relayed"' 'reason="authenticated bind"'
+        check "answer mode: rpcpin relayed that authenticated association to Samba's EPM (its connection_closed summary says relayed=\"authenticated bind\")" \
+            rpcpin_logged "$mark" 1 'event="connection_closed"' 'relayed="authenticated bind"'
     fi
 
     # --- b. real client through rpcpin -------------------------------------------

@@ -4,7 +4,7 @@
 
 use anyhow::bail;
 use bytes::BytesMut;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::EpmPolicy;
 use crate::config::{OtherTowers, ProtectedAnswers};
@@ -89,8 +89,10 @@ impl EpmPolicy {
                 metrics()
                     .towers_rewritten
                     .inc_by(done.rewritten.len() as u64);
+                let n = u32::try_from(done.rewritten.len()).unwrap_or(u32::MAX);
+                self.facts.towers_rewritten = self.facts.towers_rewritten.saturating_add(n);
                 for r in &done.rewritten {
-                    info!(
+                    debug!(
                         event = "tower_rewritten",
                         call_id,
                         interface = %r.interface.uuid,

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tracing::{info, warn};
+use tracing::warn;
 
+use super::facts::Facts;
 use super::gate::{
     unknown_context_fault, CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed,
 };
@@ -94,17 +95,20 @@ pub(super) async fn open(
         .next_within(limits.handshake_timeout)
         .await
         .context("waiting for the client's first PDU")?;
+    let mut relayed = None;
     if generation.config.epm.mode == EpmMode::Answer {
         // rpcpin cannot answer an authenticated bind (it holds no credentials): that
         // association alone is relayed.
         if first.ptype() == PacketType::Bind && first.auth_len() > 0 {
-            info!(event = "epm_relayed", reason = "authenticated bind");
+            tracing::debug!(event = "epm_relayed", reason = "authenticated bind");
+            relayed = Some("authenticated bind");
         } else {
             let association = serve::Association::new(generation.clone(), advertise, local_port);
             return Ok(Opened::Done(association.serve(client, first).await));
         }
     }
     let mut policy = EpmPolicy::new(generation.clone(), advertise);
+    policy.facts.relayed = relayed;
     let from_client = first.frag_len() as u64;
     let mut out = Outbox::default();
     policy.request(first, &mut out)?;
@@ -133,6 +137,7 @@ pub(super) async fn open(
         .connect(server.backend().epm_port, limits.connect_timeout)
         .await?;
     super::socket::tune(&backend, limits);
+    policy.facts.backend_port = Some(server.backend().epm_port);
     let mut backend = PduReader::new(backend, limits.max_fragment);
     backend
         .get_mut()
@@ -175,6 +180,8 @@ pub(super) struct EpmPolicy {
     pending: SmallMap<u32, Vec<Pdu<BytesMut>>>,
     /// Their total size, bounded by `limits.max_reassembly`.
     pending_len: usize,
+    /// The backend port and the towers rewritten, for the closing summary.
+    facts: Facts,
 }
 
 impl Policy for EpmPolicy {
@@ -245,6 +252,10 @@ impl Policy for EpmPolicy {
         self.order.release(out);
         Ok(())
     }
+
+    fn facts(&self) -> Facts {
+        self.facts
+    }
 }
 
 impl EpmPolicy {
@@ -262,6 +273,7 @@ impl EpmPolicy {
             order: CallOrder::default(),
             pending: SmallMap::default(),
             pending_len: 0,
+            facts: Facts::default(),
         }
     }
 

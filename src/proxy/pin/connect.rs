@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::backend::Resolver;
 use crate::interfaces::alias_of;
@@ -69,7 +69,7 @@ async fn resolve(resolver: &Resolver, interface: SyntaxId) -> anyhow::Result<(u1
             resolver.backend()
         )
     })?;
-    info!(
+    debug!(
         event = "backend_resolved",
         backend = resolver.name(),
         interface = %interface.uuid,
@@ -123,22 +123,10 @@ pub(super) async fn forward_bind(
         }
         Ok((port, resolver.connect(port, limits.connect_timeout).await?))
     };
-    let (new_port, stream) = match moved.await {
-        Ok(moved) => moved,
-        Err(e) => {
-            warn!(
-                event = "backend_port_stale",
-                backend = resolver.name(),
-                interface = %interface.uuid,
-                alias = alias_of(&interface.uuid).unwrap_or("-"),
-                old_port,
-                answer = %answer.ptype(),
-                retry = false,
-                error = %format!("{e:#}"),
-            );
-            backend.unread(answer);
-            return Ok(backend);
-        }
+    let moved = moved.await;
+    let (new_port, error) = match &moved {
+        Ok((port, _)) => (Some(*port), None),
+        Err(e) => (None, Some(format!("{e:#}"))),
     };
     warn!(
         event = "backend_port_stale",
@@ -148,8 +136,13 @@ pub(super) async fn forward_bind(
         old_port,
         new_port,
         answer = %answer.ptype(),
-        retry = true,
+        retry = moved.is_ok(),
+        error,
     );
+    let Ok((_, stream)) = moved else {
+        backend.unread(answer);
+        return Ok(backend);
+    };
     crate::proxy::socket::tune(&stream, limits);
     let mut backend = PduReader::new(stream, limits.max_fragment);
     backend

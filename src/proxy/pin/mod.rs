@@ -9,8 +9,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
+use super::facts::Facts;
 use super::gate::{
     unknown_context_fault, CallVerdict, Gate, RefusedCalls, Verdict, WhenNoneAllowed,
 };
@@ -82,7 +83,7 @@ pub(super) async fn open(
         }
     };
     super::socket::tune(&backend, limits);
-    info!(
+    debug!(
         event = "bind_accepted",
         interface = %interface.uuid,
         alias = alias_of(&interface.uuid).unwrap_or("-"),
@@ -90,7 +91,9 @@ pub(super) async fn open(
         contexts,
     );
     let resolver = generation.resolver_of(&policy.pin.config);
-    let backend = forward_bind(generation, resolver, interface, backend, cached, &bind).await?;
+    let mut backend = forward_bind(generation, resolver, interface, backend, cached, &bind).await?;
+    let mut policy = policy;
+    policy.facts.backend_port = backend.get_mut().peer_addr().ok().map(|a| a.port());
     Ok(Opened::relay(client, backend, *policy, limits, from_client))
 }
 
@@ -140,6 +143,10 @@ pub(super) fn first_bind(pin: Arc<PinRuntime>, first: &Pdu<BytesMut>) -> anyhow:
         gate,
         refused: RefusedCalls::default(),
         order,
+        facts: Facts {
+            interface: Some(interface),
+            ..Facts::default()
+        },
     });
     Ok(FirstBind::Forward {
         bind,
@@ -159,6 +166,8 @@ pub(super) struct PinPolicy {
     gate: Gate,
     refused: RefusedCalls,
     order: CallOrder,
+    /// The interface chosen, and the backend port once connected.
+    facts: Facts,
 }
 
 impl Policy for PinPolicy {
@@ -223,6 +232,10 @@ impl Policy for PinPolicy {
             self.gate.unanswered(head.call_id());
         }
         Ok(Head::Forward)
+    }
+
+    fn facts(&self) -> Facts {
+        self.facts
     }
 }
 

@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
+use super::facts::Facts;
 use crate::pdu_stream::PduReader;
 use crate::wire::Pdu;
 use flow::Flow;
@@ -80,6 +81,10 @@ pub trait Policy {
         let _ = (head, out);
         Ok(Head::Whole)
     }
+    /// What the policy learned about the connection, for its closing summary.
+    fn facts(&self) -> Facts {
+        Facts::default()
+    }
 }
 
 /// Passes a whole PDU (from the client when `from_client`) through `policy` as the relay
@@ -116,6 +121,8 @@ pub struct Relayed {
     pub from_client: u64,
     /// Bytes written to the client.
     pub to_client: u64,
+    /// What the policy learned about the connection.
+    pub facts: Facts,
 }
 
 /// Relays PDUs both ways until the backend closes, or the client closes and the backend
@@ -193,6 +200,7 @@ where
             ended,
             from_client: self.up.moved,
             to_client: self.down.moved,
+            facts: self.policy.facts(),
         })
     }
 }

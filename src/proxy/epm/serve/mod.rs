@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::info;
+use tracing::debug;
 
 use super::opnum_refusal;
 use crate::metrics::metrics;
@@ -121,10 +121,10 @@ impl Association {
                 let written = tokio::time::timeout(idle, client.get_mut().write_all(answer)).await;
                 match written {
                     Ok(Ok(())) => to_client += answer.len() as u64,
-                    Ok(Err(e)) => return Summary::new(from_client, to_client, Err(anyhow!(e))),
+                    Ok(Err(e)) => return self.summary(from_client, to_client, Err(anyhow!(e))),
                     Err(_) => {
                         let e = anyhow!("the client did not read for {idle:?}");
-                        return Summary::new(from_client, to_client, Err(e));
+                        return self.summary(from_client, to_client, Err(e));
                     }
                 }
             }
@@ -133,12 +133,25 @@ impl Association {
             }
         };
         let _ = client.get_mut().shutdown().await;
-        info!(
+        self.summary(from_client, to_client, ended)
+    }
+
+    /// The association's closing summary, with where its answers came from (also logged
+    /// at `debug` as `epm_answered`).
+    fn summary(
+        &self,
+        from_client: u64,
+        to_client: u64,
+        ended: anyhow::Result<&'static str>,
+    ) -> Summary {
+        debug!(
             event = "epm_answered",
             from_cache = self.from_cache,
             from_server = self.from_server,
         );
-        Summary::new(from_client, to_client, ended)
+        let mut s = Summary::new(from_client, to_client, ended);
+        s.facts.answered = Some((self.from_cache, self.from_server));
+        s
     }
 
     /// The answers to one PDU from the client.
