@@ -4,9 +4,8 @@
 //! new fragments.
 
 use super::{rewrite_stub, Changes, Rules};
-use crate::wire::call::{encode_response_fragment, Response, MAX_RESPONSE_STUB};
+use crate::wire::call::{encode_response_fragments, Response};
 use crate::wire::ndr::Syntax;
-use crate::wire::pdu::flags;
 use crate::wire::{Error, Pdu, Result};
 
 /// Rewrites the answer carried by the response fragments of one ept_map or ept_lookup call.
@@ -45,7 +44,11 @@ pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
     let mut done = rewrite_stub(&mut stub, endian, op, syntax, rules)?;
     if let Some(new_stub) = done.reencoded.take() {
         let template = Response::from_pdu(first.view())?;
-        done.reencoded = Some(refragment(&template, &new_stub, largest.max(8)));
+        done.reencoded = Some(encode_response_fragments(
+            &template,
+            &new_stub,
+            largest.max(8),
+        ));
     } else if !done.rewritten.is_empty() {
         let mut at = 0;
         for f in fragments.iter_mut() {
@@ -58,41 +61,13 @@ pub fn rewrite_call<F: AsMut<[u8]> + AsRef<[u8]>>(
     Ok(done)
 }
 
-/// Cuts `stub` into response PDUs of the call `template` answers, each carrying at most
-/// `per_fragment` stub bytes (and no more than a fragment holds), without auth verifier.
-fn refragment(template: &Response<'_>, stub: &[u8], per_fragment: usize) -> Vec<u8> {
-    let per_fragment = per_fragment.clamp(1, MAX_RESPONSE_STUB);
-    let mut out = Vec::with_capacity(stub.len() + 24 * (stub.len() / per_fragment + 1));
-    let chunks: Vec<&[u8]> = if stub.is_empty() {
-        vec![stub]
-    } else {
-        stub.chunks(per_fragment).collect()
-    };
-    let n = chunks.len();
-    let mut remaining = stub.len();
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let mut f = 0;
-        if i == 0 {
-            f |= flags::FIRST_FRAG;
-        }
-        if i == n - 1 {
-            f |= flags::LAST_FRAG;
-        }
-        // alloc_hint: what is left of the answer, which max_reassembly bounds. Cannot fail:
-        // a chunk of at most MAX_RESPONSE_STUB bytes fits a fragment.
-        encode_response_fragment(&mut out, template, f, remaining as u32, chunk)
-            .unwrap_or_else(|_| unreachable!());
-        remaining -= chunk.len();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::*;
     use super::*;
     use crate::interfaces::Interface;
     use crate::wire::epm::{opnum, walk_lookup_response, walk_map_response};
+    use crate::wire::pdu::flags;
     use crate::wire::tower::Tower;
     use crate::wire::Endian;
 

@@ -221,6 +221,40 @@ pub fn encode_response_fragment(
     finish_pdu(&mut out[start..], t.endian())
 }
 
+/// Cuts `stub` into the response PDUs of the call `template` answers (as
+/// [`encode_response_fragment`] writes each), each carrying at most `per_fragment` stub bytes
+/// (and no more than a fragment holds), with alloc_hint what is left of the stub.
+pub fn encode_response_fragments(
+    template: &Response<'_>,
+    stub: &[u8],
+    per_fragment: usize,
+) -> Vec<u8> {
+    let per_fragment = per_fragment.clamp(1, MAX_RESPONSE_STUB);
+    let mut out = Vec::with_capacity(stub.len() + 24 * (stub.len() / per_fragment + 1));
+    let chunks: Vec<&[u8]> = if stub.is_empty() {
+        vec![stub]
+    } else {
+        stub.chunks(per_fragment).collect()
+    };
+    let n = chunks.len();
+    let mut remaining = stub.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let mut f = 0;
+        if i == 0 {
+            f |= flags::FIRST_FRAG;
+        }
+        if i == n - 1 {
+            f |= flags::LAST_FRAG;
+        }
+        // Cannot fail: a chunk of at most MAX_RESPONSE_STUB bytes fits a fragment, and the
+        // callers' stubs are far below 4 GiB.
+        encode_response_fragment(&mut out, template, f, remaining as u32, chunk)
+            .unwrap_or_else(|_| unreachable!());
+        remaining -= chunk.len();
+    }
+    out
+}
+
 /// Appends a single-fragment response carrying `stub`.
 pub fn encode_response(
     out: &mut Vec<u8>,

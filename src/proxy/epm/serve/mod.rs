@@ -27,11 +27,13 @@ use crate::proxy::small_map::SmallMap;
 use crate::wire::bind::{
     encode_bind_ack, reason, BindAck, BindAckFields, BindRequest, ContextResult, ResultEntry,
 };
-use crate::wire::call::{encode_fault, encode_response, Request};
+use crate::wire::call::{
+    encode_fault, encode_response, encode_response_fragments, Request, Response,
+};
 use crate::wire::epm::opnum;
 use crate::wire::ndr::Syntax;
 use crate::wire::pdu::flags;
-use crate::wire::{Endian, PacketType, Pdu, SyntaxId};
+use crate::wire::{PacketType, Pdu, SyntaxId};
 use lookups::Cursors;
 
 /// The largest fragment rpcpin sends or takes on its own associations, as Windows.
@@ -285,13 +287,13 @@ impl Association {
                 return Ok(Some(vec![BytesMut::from(&pdu[..])]));
             }
         };
-        Ok(Some(fragments(
-            &answer,
-            endian,
-            call_id,
-            ctx,
-            self.max_xmit,
-        )?))
+        // The response's header, written once and repeated in each fragment; the stub's
+        // chunks keep 8-byte alignment.
+        let mut template = Vec::with_capacity(24);
+        encode_response(&mut template, endian, call_id, ctx, &[])?;
+        let per_fragment = (usize::from(self.max_xmit) - 24) & !7;
+        let pdus = encode_response_fragments(&Response::parse(&template)?, &answer, per_fragment);
+        Ok(Some(vec![BytesMut::from(&pdus[..])]))
     }
 }
 
@@ -333,41 +335,6 @@ fn results(bind: &BindRequest<'_>) -> Vec<(ResultEntry, Option<Syntax>)> {
             (rejected, None)
         })
         .collect()
-}
-
-/// `stub` as response fragments of at most `max_frag` bytes each.
-fn fragments(
-    stub: &[u8],
-    endian: Endian,
-    call_id: u32,
-    ctx: u16,
-    max_frag: u16,
-) -> anyhow::Result<Vec<BytesMut>> {
-    // The header and the response's fixed fields; the stub's chunks keep 8-byte alignment.
-    let room = (usize::from(max_frag) - 24) & !7;
-    let chunks: Vec<&[u8]> = if stub.is_empty() {
-        vec![stub]
-    } else {
-        stub.chunks(room).collect()
-    };
-    let mut out = Vec::with_capacity(chunks.len());
-    let mut left = stub.len();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let mut pdu = Vec::with_capacity(24 + chunk.len());
-        encode_response(&mut pdu, endian, call_id, ctx, chunk)?;
-        let first = if i == 0 { flags::FIRST_FRAG } else { 0 };
-        let last = if i + 1 == chunks.len() {
-            flags::LAST_FRAG
-        } else {
-            0
-        };
-        pdu[3] = first | last;
-        // alloc_hint: what is left of the stub from this fragment on.
-        pdu[16..20].copy_from_slice(&endian.u32_bytes(left as u32));
-        left -= chunk.len();
-        out.push(BytesMut::from(&pdu[..]));
-    }
-    Ok(out)
 }
 
 /// An association group id of rpcpin's own, different for each association.
