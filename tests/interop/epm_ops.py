@@ -263,6 +263,12 @@ def judge_entries(entries, args):
     raws = [b"".join(e["tower"]["tower_octet_string"]) for e in entries]
     towers = [d for d in (describe(parse_tower(r)) for r in raws) if d is not None]
     names = set(by_uuid.get(u, u) for u in (entry_interface(e) for e in entries))
+    names_ok = judge_names(names, len(entries), len(towers), args)
+    return judge_towers(towers, args) and names_ok
+
+
+def judge_names(names, n_entries, n_towers, args):
+    """Judges a lookup's interface names and tower count (--only, --includes, --tcp-only)."""
     ok = True
     if args.only and names - set(args.only.split(",")):
         print("  MISMATCH: entries for %s, not in --only" % sorted(
@@ -271,10 +277,17 @@ def judge_entries(entries, args):
     if args.includes and set(args.includes.split(",")) - names:
         print("  MISMATCH: no entry for %s" % sorted(set(args.includes.split(",")) - names))
         ok = False
-    if args.tcp_only and len(towers) != len(entries):
+    if args.tcp_only and n_towers != n_entries:
         print("  MISMATCH: %d of %d entries are not ncacn_ip_tcp towers" % (
-            len(entries) - len(towers), len(entries)))
+            n_entries - n_towers, n_entries))
         ok = False
+    return ok
+
+
+def judge_towers(towers, args):
+    """Prints each tower and judges its address and port (--expect-ip, --expect-port)."""
+    by_uuid = {v[0]: k for k, v in INTERFACES.items()}
+    ok = True
     for uuid, major, minor, ip, port in towers:
         print("  TOWER %s %s v%d.%d ip=%s port=%d" % (by_uuid.get(uuid, "?"), uuid, major,
                                                      minor, ip, port))
@@ -472,27 +485,8 @@ def judge(op, expect, ptype, fault, stub, resp_cls, args):
     ok = True
     if op == "lookup":
         names = set(by_uuid.get(u, u) for u in entries)
-        if args.only and names - set(args.only.split(",")):
-            print("  MISMATCH: entries for %s, not in --only" % sorted(
-                names - set(args.only.split(","))))
-            ok = False
-        if args.includes and set(args.includes.split(",")) - names:
-            print("  MISMATCH: no entry for %s" % sorted(set(args.includes.split(",")) - names))
-            ok = False
-        if args.tcp_only and len(towers) != len(entries):
-            print("  MISMATCH: %d of %d entries are not ncacn_ip_tcp towers" % (
-                len(entries) - len(towers), len(entries)))
-            ok = False
-    for uuid, major, minor, ip, port in towers:
-        print("  TOWER %s %s v%d.%d ip=%s port=%d" % (by_uuid.get(uuid, "?"), uuid, major,
-                                                     minor, ip, port))
-        if args.expect_ip and ip != args.expect_ip:
-            print("  MISMATCH: ip %s, expected %s" % (ip, args.expect_ip))
-            ok = False
-        want = args.ports.get(by_uuid.get(uuid))
-        if want is not None and port != want:
-            print("  MISMATCH: port %d, expected %d" % (port, want))
-            ok = False
+        ok = judge_names(names, len(entries), len(towers), args)
+    ok = judge_towers(towers, args) and ok
     if expect == "response":
         return ok
     if expect == "towers":
