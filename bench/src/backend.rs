@@ -1,5 +1,5 @@
 //! The backend every path ends at: an RPC server for the bench interface on one port and an
-//! endpoint mapper on another, on one thread (so that pinning it to a CPU pins all of it).
+//! endpoint mapper on another, on one thread per CPU the load gives it.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use anyhow::Context;
 use rpcpin::wire::call::Request;
 use rpcpin::wire::{PacketType, Pdu};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::dcerpc::{self, op, Framer, EPT_MAP};
 
@@ -23,16 +23,39 @@ struct Service {
     ept_map_stub: Rc<Vec<u8>>,
 }
 
-/// Runs the backend until killed.
-pub fn run(svc_port: u16, epm_port: u16) -> anyhow::Result<()> {
+/// Runs the backend until killed: `threads` threads, each with its own listeners on both
+/// ports (SO_REUSEPORT spreads the connections over them).
+pub fn run(svc_port: u16, epm_port: u16, threads: usize) -> anyhow::Result<()> {
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            // Bind in this thread, so that a port taken fails the start and not a worker.
+            let listeners = (listen(svc_port), listen(epm_port));
+            std::thread::spawn(move || serve_thread(svc_port, epm_port, listeners))
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a backend thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// One thread of the backend: both listeners, every connection they accept.
+fn serve_thread(
+    svc_port: u16,
+    epm_port: u16,
+    (svc, epm): (
+        anyhow::Result<std::net::TcpListener>,
+        anyhow::Result<std::net::TcpListener>,
+    ),
+) -> anyhow::Result<()> {
+    let (svc, epm) = (svc?, epm?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let stub = Rc::new(dcerpc::ept_map_answer_stub(svc_port));
-        let svc = listen(svc_port)?;
-        let epm = listen(epm_port)?;
         let service = |port: u16, epm| {
             Rc::new(Service {
                 secondary_addr: format!("{port}\0").into_bytes(),
@@ -40,19 +63,24 @@ pub fn run(svc_port: u16, epm_port: u16) -> anyhow::Result<()> {
                 ept_map_stub: stub.clone(),
             })
         };
+        let svc = TcpListener::from_std(svc)?;
+        let epm = TcpListener::from_std(epm)?;
         tokio::task::spawn_local(accept(svc, service(svc_port, false)));
         accept(epm, service(epm_port, true)).await;
         Ok(())
     })
 }
 
-fn listen(port: u16) -> anyhow::Result<TcpListener> {
+fn listen(port: u16) -> anyhow::Result<std::net::TcpListener> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let s = TcpSocket::new_v4()?;
-    s.set_reuseaddr(true)?;
-    s.bind(addr)
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())
         .with_context(|| format!("backend cannot listen on {addr}"))?;
-    Ok(s.listen(4096)?)
+    s.listen(4096)?;
+    Ok(s.into())
 }
 
 async fn accept(listener: TcpListener, service: Rc<Service>) {
@@ -113,8 +141,9 @@ async fn serve(mut stream: TcpStream, service: &Service) -> anyhow::Result<()> {
                         return sink(stream, buf).await;
                     }
                     (false, op::SOURCE) => {
-                        let frag_len = dcerpc::source_frag_len(&req, pdu)?;
-                        return source(stream, dcerpc::source_batch(endian, frag_len)).await;
+                        let (frag_len, write) = dcerpc::source_params(&req, pdu)?;
+                        let batch = dcerpc::source_batch(endian, frag_len, write);
+                        return source(stream, batch, frag_len).await;
                     }
                     (_, other) => anyhow::bail!("unexpected opnum {other}"),
                 }
@@ -143,9 +172,10 @@ async fn sink(mut stream: TcpStream, pending: Vec<u8>) -> anyhow::Result<()> {
     }
 }
 
-/// Bulk download: writes response PDUs as fast as the path takes them, until the client
-/// closes its side (or the connection).
-async fn source(mut stream: TcpStream, batch: Vec<u8>) -> anyhow::Result<()> {
+/// Bulk download: writes response PDUs as fast as the path takes them until the client
+/// closes its side, then the rest of the PDU under way, so that the stream ends between
+/// PDUs as a server's would.
+async fn source(mut stream: TcpStream, batch: Vec<u8>, frag_len: usize) -> anyhow::Result<()> {
     let (mut rd, mut wr) = stream.split();
     let mut at = 0;
     let mut scratch = [0u8; 512];
@@ -155,6 +185,8 @@ async fn source(mut stream: TcpStream, batch: Vec<u8>) -> anyhow::Result<()> {
             n = wr.write(&batch[at..]) => at = (at + n?) % batch.len(),
             n = rd.read(&mut scratch) => {
                 if n? == 0 {
+                    let rest = (frag_len - at % frag_len) % frag_len;
+                    wr.write_all(&batch[at..at + rest]).await?;
                     return Ok(());
                 }
             }

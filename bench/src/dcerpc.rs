@@ -134,27 +134,34 @@ fn batch(frag_len: usize, count: usize, one: impl Fn(&mut Vec<u8>, u32, &[u8])) 
     out
 }
 
-/// Request PDUs (opnum sink) for a bulk upload, enough for one large write. The backend
-/// never answers them, so each is a `maybe` call (PFC_MAYBE): a proxy that bounds the calls
-/// awaiting an answer (rpcpin does) must not count them.
-pub fn sink_batch(frag_len: usize) -> Vec<u8> {
-    batch(frag_len, pdus_per_write(frag_len), |out, id, stub| {
-        let at = out.len();
-        encode_request(out, LE, id, 0, op::SINK, stub).expect("fits");
-        out[at + 3] |= rpcpin::wire::pdu::flags::MAYBE;
-    })
+/// Request PDUs (opnum sink) for a bulk upload, enough for one write of about `write`
+/// bytes (at least one PDU). The backend never answers them, so each is a `maybe` call
+/// (PFC_MAYBE): a proxy that bounds the calls awaiting an answer (rpcpin does) must not
+/// count them.
+pub fn sink_batch(frag_len: usize, write: usize) -> Vec<u8> {
+    batch(
+        frag_len,
+        pdus_per_write(frag_len, write),
+        |out, id, stub| {
+            let at = out.len();
+            encode_request(out, LE, id, 0, op::SINK, stub).expect("fits");
+            out[at + 3] |= rpcpin::wire::pdu::flags::MAYBE;
+        },
+    )
 }
 
-/// Response PDUs for a bulk download, enough for one large write.
-pub fn source_batch(endian: Endian, frag_len: usize) -> Vec<u8> {
-    batch(frag_len, pdus_per_write(frag_len), |out, id, stub| {
-        push_response(out, endian, id, stub)
-    })
+/// Response PDUs for a bulk download, enough for one write of about `write` bytes.
+pub fn source_batch(endian: Endian, frag_len: usize, write: usize) -> Vec<u8> {
+    batch(
+        frag_len,
+        pdus_per_write(frag_len, write),
+        |out, id, stub| push_response(out, endian, id, stub),
+    )
 }
 
-/// How many PDUs make one write of about 256 KiB.
-fn pdus_per_write(frag_len: usize) -> usize {
-    (256 * 1024 / frag_len).max(1)
+/// How many PDUs of `frag_len` bytes make one write of about `write` bytes: at least one.
+fn pdus_per_write(frag_len: usize, write: usize) -> usize {
+    (write / frag_len).max(1)
 }
 
 /// Gives every PDU of a batch of same-sized PDUs a new call id, as a real client would.
@@ -165,21 +172,32 @@ pub fn renumber(batch: &mut [u8], frag_len: usize, next_call_id: &mut u32) {
     }
 }
 
-/// The request asking the backend to stream responses of `frag_len` bytes.
-pub fn source_request(frag_len: usize) -> Vec<u8> {
-    request(1, op::SOURCE, &(frag_len as u32).to_le_bytes())
+/// The largest write a source request may ask for.
+pub const MAX_WRITE: usize = 4 << 20;
+
+/// The request asking the backend to stream responses of `frag_len` bytes in writes of
+/// about `write` bytes.
+pub fn source_request(frag_len: usize, write: usize) -> Vec<u8> {
+    let mut stub = (frag_len as u32).to_le_bytes().to_vec();
+    stub.extend((write as u32).to_le_bytes());
+    request(1, op::SOURCE, &stub)
 }
 
-/// The frag_len a source request asks for.
-pub fn source_frag_len(req: &Request<'_>, pdu: &[u8]) -> anyhow::Result<usize> {
+/// The frag_len and write size a source request asks for.
+pub fn source_params(req: &Request<'_>, pdu: &[u8]) -> anyhow::Result<(usize, usize)> {
     let stub = &pdu[req.stub_range()];
-    ensure!(stub.len() >= 4, "source request without a size");
-    let n = u32::from_le_bytes(stub[..4].try_into().unwrap()) as usize;
+    ensure!(stub.len() >= 8, "source request without sizes");
+    let word = |at: usize| u32::from_le_bytes(stub[at..at + 4].try_into().unwrap()) as usize;
+    let (frag_len, write) = (word(0), word(4));
     ensure!(
-        (RESPONSE_OVERHEAD..=MAX_FRAG_LEN).contains(&n),
-        "source size {n} out of range"
+        (RESPONSE_OVERHEAD..=MAX_FRAG_LEN).contains(&frag_len),
+        "source size {frag_len} out of range"
     );
-    Ok(n)
+    ensure!(
+        (1..=MAX_WRITE).contains(&write),
+        "source write size {write} out of range"
+    );
+    Ok((frag_len, write))
 }
 
 /// The ept_map request a client sends for the bench interface.

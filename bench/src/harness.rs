@@ -22,8 +22,12 @@ pub enum Path {
     Direct,
     /// Through HAProxy in TCP mode with forced splice.
     Haproxy,
-    /// Through rpcpin (its endpoint mapper in relay mode).
+    /// Through rpcpin (its endpoint mapper in relay mode), at its default log level, info,
+    /// as users run it.
     Rpcpin,
+    /// The same rpcpin at log level warn, for comparison: the loads where logging costs
+    /// something (many short connections) run it.
+    RpcpinWarn,
     /// Through a second rpcpin whose endpoint mapper answers itself (`epm.mode = "answer"`):
     /// only the endpoint-mapper load runs it, since the mode changes port 135 alone.
     RpcpinAnswer,
@@ -32,23 +36,38 @@ pub enum Path {
 impl Path {
     /// The paths of every load, in table order.
     pub const ALL: [Path; 3] = [Path::Direct, Path::Haproxy, Path::Rpcpin];
-    /// The paths of the endpoint-mapper load: every load's, and rpcpin in answer mode.
-    pub const EPTMAP: [Path; 4] = [
+    /// The paths of the loads of many connections, where a log line per connection counts:
+    /// every load's, and rpcpin at warn.
+    pub const LOGGED: [Path; 4] = [Path::Direct, Path::Haproxy, Path::Rpcpin, Path::RpcpinWarn];
+    /// The paths of the endpoint-mapper load: the logged ones, and rpcpin in answer mode.
+    pub const EPTMAP: [Path; 5] = [
         Path::Direct,
         Path::Haproxy,
         Path::Rpcpin,
+        Path::RpcpinWarn,
         Path::RpcpinAnswer,
     ];
     /// How many paths there are (table columns).
-    pub const COUNT: usize = 4;
-    /// The proxies.
-    pub const PROXIES: [Path; 2] = [Path::Haproxy, Path::Rpcpin];
+    pub const COUNT: usize = 5;
+    /// The proxies of the logged loads.
+    pub const PROXIES: [Path; 3] = [Path::Haproxy, Path::Rpcpin, Path::RpcpinWarn];
 
     /// The paths of round `round`, rotated so that no path always runs first.
     pub fn rotation(paths: &[Path], round: usize) -> Vec<Path> {
         let mut v = paths.to_vec();
         v.rotate_left(round % paths.len());
         v
+    }
+
+    /// As tables and logs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Haproxy => "haproxy",
+            Path::Rpcpin => "rpcpin",
+            Path::RpcpinWarn => "rpcpin-warn",
+            Path::RpcpinAnswer => "rpcpin-answer",
+        }
     }
 
     /// The column index of this path in result tables.
@@ -59,12 +78,7 @@ impl Path {
 
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Path::Direct => "direct",
-            Path::Haproxy => "haproxy",
-            Path::Rpcpin => "rpcpin",
-            Path::RpcpinAnswer => "rpcpin-answer",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -77,6 +91,8 @@ pub struct Ports {
     pub haproxy_epm: u16,
     pub rpcpin_svc: u16,
     pub rpcpin_epm: u16,
+    pub warn_svc: u16,
+    pub warn_epm: u16,
     /// rpcpin in answer mode: its pin, its endpoint mapper and its admin listener.
     pub answer_svc: u16,
     pub answer_epm: u16,
@@ -84,7 +100,7 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Nine free ports from `base` up (below the ephemeral range, so that the thousands of
+    /// Eleven free ports from `base` up (below the ephemeral range, so that the thousands of
     /// client connections of a run never take one).
     pub fn pick(base: u16) -> anyhow::Result<Ports> {
         let mut free = (base..base.saturating_add(200))
@@ -97,40 +113,51 @@ impl Ports {
             haproxy_epm: next()?,
             rpcpin_svc: next()?,
             rpcpin_epm: next()?,
+            warn_svc: next()?,
+            warn_epm: next()?,
             answer_svc: next()?,
             answer_epm: next()?,
             answer_admin: next()?,
         })
     }
 
-    /// The service (bench interface) address of a path.
-    pub fn svc(&self, path: Path) -> String {
-        let port = match path {
+    /// The service (bench interface) port of a path.
+    pub fn svc_port(&self, path: Path) -> u16 {
+        match path {
             Path::Direct => self.backend_svc,
             Path::Haproxy => self.haproxy_svc,
             Path::Rpcpin => self.rpcpin_svc,
+            Path::RpcpinWarn => self.warn_svc,
             Path::RpcpinAnswer => self.answer_svc,
-        };
-        format!("127.0.0.1:{port}")
+        }
+    }
+
+    /// The endpoint-mapper port of a path.
+    pub fn epm_port(&self, path: Path) -> u16 {
+        match path {
+            Path::Direct => self.backend_epm,
+            Path::Haproxy => self.haproxy_epm,
+            Path::Rpcpin => self.rpcpin_epm,
+            Path::RpcpinWarn => self.warn_epm,
+            Path::RpcpinAnswer => self.answer_epm,
+        }
+    }
+
+    /// The service address of a path.
+    pub fn svc(&self, path: Path) -> String {
+        format!("127.0.0.1:{}", self.svc_port(path))
     }
 
     /// The endpoint-mapper address of a path.
     pub fn epm(&self, path: Path) -> String {
-        let port = match path {
-            Path::Direct => self.backend_epm,
-            Path::Haproxy => self.haproxy_epm,
-            Path::Rpcpin => self.rpcpin_epm,
-            Path::RpcpinAnswer => self.answer_epm,
-        };
-        format!("127.0.0.1:{port}")
+        format!("127.0.0.1:{}", self.epm_port(path))
     }
 
-    /// The port an ept_map answer must carry on a path: rpcpin rewrites it to its pin.
+    /// The port an ept_map answer must carry on a path: rpcpin points it at its pin.
     pub fn tower_port(&self, path: Path) -> u16 {
         match path {
             Path::Direct | Path::Haproxy => self.backend_svc,
-            Path::Rpcpin => self.rpcpin_svc,
-            Path::RpcpinAnswer => self.answer_svc,
+            rpcpin => self.svc_port(rpcpin),
         }
     }
 }
@@ -190,7 +217,16 @@ pub struct Layout {
 impl Layout {
     /// Client, proxy and backend on one CPU.
     pub fn one_cpu(cpu: usize) -> Layout {
-        let c = Cpus(Some(cpu.to_string()));
+        Layout::shared(&[cpu])
+    }
+
+    /// Client, proxy and backend all sharing the CPUs `cpus` (once each).
+    pub fn shared(cpus: &[usize]) -> Layout {
+        let mut cpus = cpus.to_vec();
+        cpus.sort_unstable();
+        cpus.dedup();
+        let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+        let c = Cpus(Some(list.join(",")));
         Layout {
             client: c.clone(),
             proxy: c.clone(),
@@ -331,73 +367,59 @@ fn tail(log: &FsPath) -> String {
 /// The backend and the proxies a load runs against.
 pub struct Stack {
     backend: Proc,
-    haproxy: Option<Proc>,
-    rpcpin: Option<Proc>,
-    rpcpin_answer: Option<Proc>,
+    proxies: Vec<(Path, Proc)>,
     /// When every port listened.
     started: Instant,
 }
 
 impl Stack {
     /// Starts the backend and the proxies `paths` need, on the layout's CPUs, and waits
-    /// until every port listens.
+    /// until every port listens. The backend gets one thread per CPU the layout gives it.
     pub fn start(env: &Env, layout: &Layout, paths: &[Path]) -> anyhow::Result<Stack> {
         let p = env.ports;
         let mut cmd = layout.backend.command(&env.exe);
         cmd.args(["backend", "--svc-port"])
             .arg(p.backend_svc.to_string())
             .arg("--epm-port")
-            .arg(p.backend_epm.to_string());
+            .arg(p.backend_epm.to_string())
+            .arg("--threads")
+            .arg(layout.backend.count().to_string());
         let backend = Proc::spawn("backend", cmd, env.dir.join("backend.log"))?;
         let mut listening = vec![p.backend_svc, p.backend_epm];
         let threads = layout.proxy_threads();
 
-        let haproxy = if paths.contains(&Path::Haproxy) {
-            let cfg = env.dir.join("haproxy.cfg");
-            fs::write(&cfg, haproxy_config(&p, threads))?;
-            let mut cmd = layout.proxy.command(&env.haproxy);
-            cmd.arg("-f").arg(&cfg).arg("-db");
-            listening.extend([p.haproxy_svc, p.haproxy_epm]);
-            Some(Proc::spawn("haproxy", cmd, env.dir.join("haproxy.log"))?)
-        } else {
-            None
-        };
-        let rpcpin = if paths.contains(&Path::Rpcpin) {
-            let cfg = env.dir.join("rpcpin.toml");
-            fs::write(&cfg, rpcpin_config(&p))?;
-            let mut cmd = layout.proxy.command(&env.rpcpin);
-            cmd.arg("run")
-                .arg("--config")
-                .arg(&cfg)
-                .env("TOKIO_WORKER_THREADS", threads.to_string())
-                .env_remove("RUST_LOG");
-            listening.extend([p.rpcpin_svc, p.rpcpin_epm]);
-            Some(Proc::spawn("rpcpin", cmd, env.dir.join("rpcpin.log"))?)
-        } else {
-            None
-        };
-        let rpcpin_answer = if paths.contains(&Path::RpcpinAnswer) {
-            let cfg = env.dir.join("rpcpin-answer.toml");
-            fs::write(&cfg, rpcpin_answer_config(&p))?;
-            let mut cmd = layout.proxy.command(&env.rpcpin);
-            cmd.arg("run")
-                .arg("--config")
-                .arg(&cfg)
-                .env("TOKIO_WORKER_THREADS", threads.to_string())
-                .env_remove("RUST_LOG");
-            listening.extend([p.answer_svc, p.answer_epm, p.answer_admin]);
-            let log = env.dir.join("rpcpin-answer.log");
-            let mut proc = Proc::spawn("rpcpin-answer", cmd, log)?;
-            proc.info = true;
-            Some(proc)
-        } else {
-            None
-        };
+        let mut proxies = Vec::new();
+        for &path in paths.iter().filter(|&&path| path != Path::Direct) {
+            let name = path.to_string();
+            let cfg = env.dir.join(format!("{name}.conf"));
+            let mut cmd = if path == Path::Haproxy {
+                fs::write(&cfg, haproxy_config(&p, threads))?;
+                let mut cmd = layout.proxy.command(&env.haproxy);
+                cmd.arg("-f").arg(&cfg).arg("-db");
+                cmd
+            } else {
+                fs::write(&cfg, rpcpin_config(&p, path))?;
+                let mut cmd = layout.proxy.command(&env.rpcpin);
+                cmd.arg("run")
+                    .arg("--config")
+                    .arg(&cfg)
+                    .env("TOKIO_WORKER_THREADS", threads.to_string())
+                    .env_remove("RUST_LOG");
+                cmd
+            };
+            cmd.current_dir(&env.dir);
+            listening.extend([p.svc_port(path), p.epm_port(path)]);
+            if path == Path::RpcpinAnswer {
+                listening.push(p.answer_admin);
+            }
+            let mut proc = Proc::spawn(path.name(), cmd, env.dir.join(format!("{name}.log")))?;
+            // rpcpin at its default level logs a line per connection: counted, not kept.
+            proc.info = matches!(path, Path::Rpcpin | Path::RpcpinAnswer);
+            proxies.push((path, proc));
+        }
         let mut stack = Stack {
             backend,
-            haproxy,
-            rpcpin,
-            rpcpin_answer,
+            proxies,
             started: Instant::now(),
         };
         stack.wait_listening(&listening)?;
@@ -425,12 +447,10 @@ impl Stack {
 
     /// The proxy process of a path (`None` for direct).
     pub fn proxy_pid(&self, path: Path) -> Option<u32> {
-        match path {
-            Path::Direct => None,
-            Path::Haproxy => self.haproxy.as_ref().map(Proc::pid),
-            Path::Rpcpin => self.rpcpin.as_ref().map(Proc::pid),
-            Path::RpcpinAnswer => self.rpcpin_answer.as_ref().map(Proc::pid),
-        }
+        self.proxies
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, proc)| proc.pid())
     }
 
     /// How long the stack has been listening.
@@ -441,10 +461,7 @@ impl Stack {
     /// Fails when any process of the stack has died.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         self.backend.check_alive()?;
-        for p in [&mut self.haproxy, &mut self.rpcpin, &mut self.rpcpin_answer]
-            .into_iter()
-            .flatten()
-        {
+        for (_, p) in &mut self.proxies {
             p.check_alive()?;
         }
         Ok(())
@@ -453,15 +470,9 @@ impl Stack {
     /// Stops every process and keeps the notable lines of their logs.
     pub fn stop(mut self, env: &mut Env, load: &str) -> anyhow::Result<()> {
         let alive = self.check_alive();
-        for p in [
-            Some(&mut self.backend),
-            self.haproxy.as_mut(),
-            self.rpcpin.as_mut(),
-            self.rpcpin_answer.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        let procs =
+            std::iter::once(&mut self.backend).chain(self.proxies.iter_mut().map(|(_, p)| p));
+        for p in procs {
             p.stop();
             let text = fs::read_to_string(&p.log).unwrap_or_default();
             let mut info_events: Vec<(String, usize)> = Vec::new();
@@ -552,32 +563,22 @@ backend bench_epm
     )
 }
 
-/// rpcpin with one pin for the bench interface and its endpoint-mapper listener, relaying,
-/// at level warn as every load measures it.
-fn rpcpin_config(p: &Ports) -> String {
-    rpcpin_toml(
-        p,
-        p.rpcpin_epm,
-        p.rpcpin_svc,
-        "mode = \"relay\"\n",
-        "level = \"warn\"\n",
-    )
-}
-
-/// rpcpin whose endpoint mapper answers itself, at its default log level (info, as users
-/// run it), with its admin listener for /metrics; the same pin as `rpcpin_config`'s on a
-/// port of its own.
-fn rpcpin_answer_config(p: &Ports) -> String {
-    let admin = format!(
-        "mode = \"answer\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
-        p.answer_admin
-    );
-    rpcpin_toml(p, p.answer_epm, p.answer_svc, &admin, "")
-}
-
-/// The configuration both rpcpins share: `epm_port` and `pin_port` for its listeners, `epm`
-/// appended to `[epm]` (and the sections after it), `log` to `[log]`.
-fn rpcpin_toml(p: &Ports, epm_port: u16, pin_port: u16, epm: &str, log: &str) -> String {
+/// rpcpin with one pin for the bench interface and its endpoint-mapper listener, on the
+/// ports of `path`:
+/// - `Rpcpin`: relaying the endpoint mapper, at the default log level (info);
+/// - `RpcpinWarn`: the same at level warn;
+/// - `RpcpinAnswer`: answering the endpoint mapper itself, at the default level, with its
+///   admin listener for /metrics.
+fn rpcpin_config(p: &Ports, path: Path) -> String {
+    let (mode, level, admin) = match path {
+        Path::RpcpinWarn => ("relay", "level = \"warn\"\n", String::new()),
+        Path::RpcpinAnswer => (
+            "answer",
+            "",
+            format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n", p.answer_admin),
+        ),
+        _ => ("relay", "", String::new()),
+    };
     format!(
         "\
 [backend]
@@ -596,12 +597,15 @@ max_connections_per_ip = 20000
 
 [log]
 format = \"json\"
-{log}
+{level}
 [epm]
 listen = \"127.0.0.1:{epm_port}\"
-{epm}",
+mode = \"{mode}\"
+{admin}",
         be = p.backend_epm,
         bs = p.backend_svc,
+        pin_port = p.svc_port(path),
+        epm_port = p.epm_port(path),
     )
 }
 

@@ -41,6 +41,9 @@ enum Cmd {
         svc_port: u16,
         #[arg(long)]
         epm_port: u16,
+        /// Threads, each accepting on both ports.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// A load generator.
     #[command(subcommand)]
@@ -50,6 +53,7 @@ enum Cmd {
 #[derive(Subcommand)]
 enum ClientLoad {
     Bulk(loads::bulk::Args),
+    Aggregate(loads::aggregate::Args),
     Latency(loads::latency::Args),
     Eptmap(loads::eptmap::Args),
     Idle(loads::idle::Args),
@@ -60,11 +64,11 @@ struct RunArgs {
     /// Each load for a fraction of a second; exit 0 when every path worked (CI).
     #[arg(long)]
     smoke: bool,
-    /// Interleaved rounds for every load (default: 5 for bulk and idle, 7 for latency and
+    /// Interleaved rounds for every load (default: 5 for bulk, aggregate and idle, 7 for latency and
     /// ept_map).
     #[arg(long)]
     rounds: Option<usize>,
-    /// Only these loads (comma-separated: bulk, latency, eptmap, idle).
+    /// Only these loads (comma-separated: bulk, aggregate, latency, eptmap, idle).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The rpcpin binary.
@@ -73,7 +77,7 @@ struct RunArgs {
     /// The haproxy binary.
     #[arg(long, default_value = "haproxy")]
     haproxy: PathBuf,
-    /// The first loopback port to try; nine are used.
+    /// The first loopback port to try; eleven are used.
     #[arg(long, default_value_t = 17100)]
     base_port: u16,
     /// The command to print as the way to reproduce the run.
@@ -85,9 +89,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
-        Cmd::Backend { svc_port, epm_port } => backend::run(svc_port, epm_port).map(|()| true),
+        Cmd::Backend {
+            svc_port,
+            epm_port,
+            threads,
+        } => backend::run(svc_port, epm_port, threads).map(|()| true),
         Cmd::Client(load) => match load {
             ClientLoad::Bulk(a) => loads::bulk::client(a),
+            ClientLoad::Aggregate(a) => loads::aggregate::client(a),
             ClientLoad::Latency(a) => loads::latency::client(a),
             ClientLoad::Eptmap(a) => loads::eptmap::client(a),
             ClientLoad::Idle(a) => loads::idle::client(a),
@@ -143,6 +152,10 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
     if wanted("bulk") {
         eprintln!("rpcpin-bench: bulk …");
         emit(loads::bulk::run(&mut env, &plan)?);
+    }
+    if wanted("aggregate") {
+        eprintln!("rpcpin-bench: aggregate bulk …");
+        emit(loads::aggregate::run(&mut env, &plan)?);
     }
     if wanted("latency") {
         eprintln!("rpcpin-bench: latency …");
@@ -260,11 +273,11 @@ fn print_messages(messages: &[String]) {
         }
     }
     if seen.is_empty() {
-        println!("Process logs: nothing logged by the backend, HAProxy or rpcpin (rpcpin at level warn; rpcpin-answer at info).\n");
+        println!("Process logs: nothing logged by the backend, HAProxy or rpcpin.\n");
         return;
     }
     println!(
-        "Process logs (rpcpin at level warn; rpcpin-answer at info, its info lines counted by event; each distinct line once):\n"
+        "Process logs (rpcpin and rpcpin-answer log at info: their info lines are counted by event; every other line once):\n"
     );
     for (m, n) in seen.iter().take(40) {
         let m: String = m.chars().take(400).collect();

@@ -251,25 +251,23 @@ impl Section {
         s
     }
 
-    /// The ratio columns: each rpcpin over HAProxy, then over direct, HAProxy over direct,
-    /// and rpcpin in answer mode over rpcpin relaying.
+    /// The ratio columns: each rpcpin over HAProxy; rpcpin and rpcpin-answer over direct;
+    /// HAProxy over direct; rpcpin-answer over rpcpin.
     fn ratio_columns(&self) -> Vec<(Path, Path)> {
         let has = |p| self.paths.contains(&p);
-        let rpcpins: Vec<Path> = [Path::Rpcpin, Path::RpcpinAnswer]
-            .into_iter()
-            .filter(|&p| has(p))
-            .collect();
         let mut v = Vec::new();
-        for den in [Path::Haproxy, Path::Direct] {
-            if has(den) {
-                v.extend(rpcpins.iter().map(|&num| (num, den)));
+        for (num, den) in [
+            (Path::Rpcpin, Path::Haproxy),
+            (Path::RpcpinWarn, Path::Haproxy),
+            (Path::RpcpinAnswer, Path::Haproxy),
+            (Path::Rpcpin, Path::Direct),
+            (Path::RpcpinAnswer, Path::Direct),
+            (Path::Haproxy, Path::Direct),
+            (Path::RpcpinAnswer, Path::Rpcpin),
+        ] {
+            if has(num) && has(den) {
+                v.push((num, den));
             }
-        }
-        if has(Path::Haproxy) && has(Path::Direct) {
-            v.push((Path::Haproxy, Path::Direct));
-        }
-        if rpcpins.len() == 2 {
-            v.push((Path::RpcpinAnswer, Path::Rpcpin));
         }
         v
     }

@@ -168,7 +168,8 @@ pub fn run(env: &mut Env, plan: &Plan) -> anyhow::Result<Section> {
             plan.eptmap.rounds
         ),
         "HAProxy relays the endpoint mapper as plain TCP; rpcpin parses every answer and rewrites its tower (checked by the client)".into(),
-        "rpcpin-answer: a second rpcpin, `epm.mode = \"answer\"`, at its default log level (info; the relaying rpcpin logs at warn as in every load): it answers ept_map itself from its cache of its own lookups at the server (`limits.resolve_cache` 30 s, the default); the client checks that the tower carries its pin's port".into(),
+        "rpcpin and rpcpin-warn relay the endpoint mapper, at the default log level (info: one line per connection) and at warn".into(),
+        "rpcpin-answer: a third rpcpin, `epm.mode = \"answer\"`, at the default log level: it answers ept_map itself from its cache of its own lookups at the server (`limits.resolve_cache` 30 s, the default); the client checks that the tower carries its pin's port".into(),
     ];
     match metrics {
         Ok(text) => answer_metrics(env, &mut s, &text, uptime, answered),
@@ -177,7 +178,7 @@ pub fn run(env: &mut Env, plan: &Plan) -> anyhow::Result<Section> {
             .push(format!("eptmap: rpcpin-answer's /metrics: {e:#}")),
     }
     s.goals
-        .push(Goal::new("ept_map rate", Path::Haproxy, Cmp::AtLeast, 1.0).on(&rate));
+        .push(Goal::new("ept_map rate", Path::Haproxy, Cmp::AtLeast, 1.10).on(&rate));
     s.goals.push(
         Goal::new("ept_map rate", Path::Direct, Cmp::AtLeast, 0.5)
             .stretch()

@@ -119,9 +119,9 @@ pub fn run(env: &mut Env, plan: &Plan) -> anyhow::Result<Section> {
         ),
     ];
     s.goals
-        .push(Goal::new("latency p50", Path::Haproxy, Cmp::AtMost, 1.05).on(&p50));
+        .push(Goal::new("latency p50", Path::Haproxy, Cmp::AtMost, 1.00).on(&p50));
     s.goals
-        .push(Goal::new("latency p99", Path::Haproxy, Cmp::AtMost, 1.20).on(&p99));
+        .push(Goal::new("latency p99", Path::Haproxy, Cmp::AtMost, 1.10).on(&p99));
     s.rows = vec![p50, p99];
     Ok(s)
 }

@@ -2,6 +2,7 @@
 //! runs in its own pinned process and prints one `key=value` result line, and `run`, which
 //! starts the processes, interleaves the paths round by round and builds the result table.
 
+pub mod aggregate;
 pub mod bulk;
 pub mod eptmap;
 pub mod idle;
@@ -26,6 +27,7 @@ pub struct Plan {
     /// `--smoke`: a fraction of a second per load, to check that every path works.
     pub smoke: bool,
     pub bulk: Sampling,
+    pub aggregate: Sampling,
     pub latency: Sampling,
     pub eptmap: Sampling,
     pub idle: Sampling,
@@ -33,7 +35,8 @@ pub struct Plan {
     pub warmup: Duration,
     /// Connection counts for the idle-memory and accept loads.
     pub idle_counts: Vec<usize>,
-    /// The CPU that client, proxy and backend share for bulk and latency.
+    /// The CPU that client, proxy and backend share for bulk and latency (the aggregate
+    /// load shares it and `other_cpu`).
     pub shared_cpu: usize,
     /// Where the proxy runs alone for ept_map and idle connections (and the other CPU).
     pub proxy_cpu: usize,
@@ -52,6 +55,7 @@ impl Plan {
         Plan {
             smoke: false,
             bulk: sampling(5, 1000),
+            aggregate: sampling(5, 1000),
             latency: sampling(7, 1000),
             eptmap: sampling(7, 1000),
             idle: sampling(5, 0),
@@ -72,6 +76,7 @@ impl Plan {
         Plan {
             smoke: true,
             bulk: once,
+            aggregate: once,
             latency: once,
             eptmap: once,
             idle: once,
