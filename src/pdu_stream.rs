@@ -45,10 +45,17 @@ pub struct PduReader<R> {
     /// Whether the last read brought more than [`STACK_READ`]: the peer is streaming, and
     /// reads go straight to a 64 KiB buffer.
     streaming: bool,
+    /// Whether the last read brought a whole [`READ_CHUNK`]: the socket holds more than a
+    /// chunk, and the next read may take [`BULK_READ`].
+    bulk: bool,
 }
 
 /// How much a read asks for at a time: a whole 64 KiB fragment, or several small ones.
 const READ_CHUNK: usize = 64 * 1024;
+/// How much a read asks for while the last one filled a whole chunk: a bulk transfer
+/// moves in fewer, larger reads and writes (a fifth faster through 65,535-byte PDUs,
+/// docs/benchmarks.md), and only a connection that streams holds the larger buffer.
+const BULK_READ: usize = 256 * 1024;
 /// Below this much free room, a read first makes room.
 const MIN_ROOM: usize = 4 * 1024;
 /// What a read between PDUs takes onto the stack.
@@ -63,6 +70,7 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
             buf: BytesMut::new(),
             max_frag,
             streaming: false,
+            bulk: false,
         }
     }
 
@@ -159,7 +167,8 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
             return Poll::Ready(Ok(()));
         }
         if self.buf.capacity() - self.buf.len() < MIN_ROOM {
-            self.buf.reserve(READ_CHUNK);
+            self.buf
+                .reserve(if self.bulk { BULK_READ } else { READ_CHUNK });
         }
         // `read_buf` reads into the spare capacity; polling its future once is a plain
         // read, and dropping it loses nothing.
@@ -170,6 +179,7 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
             n => {
                 // More than the stack holds came at once: go on reading in whole chunks.
                 self.streaming = n >= STACK_READ;
+                self.bulk = n >= READ_CHUNK;
                 Poll::Ready(Ok(()))
             }
         }
@@ -246,6 +256,22 @@ mod tests {
         }
         assert_eq!(lens, [60, 152]);
         assert_eq!(taken, CAPTURE);
+    }
+
+    #[tokio::test]
+    async fn reads_grow_while_the_socket_holds_more_than_a_chunk() {
+        use tokio::io::AsyncWriteExt;
+        // A sender far ahead: 1 MiB waiting. Each read's bytes are taken, as the relay
+        // takes a PDU cut through, so every read starts from an empty buffer.
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        tx.write_all(&vec![0u8; 1 << 20]).await.unwrap();
+        let mut r = PduReader::new(rx, 65535);
+        let mut reads = Vec::new();
+        for _ in 0..4 {
+            r.fill().await.unwrap();
+            reads.push(r.take(usize::MAX).len());
+        }
+        assert_eq!(reads, [STACK_READ, READ_CHUNK, BULK_READ, BULK_READ]);
     }
 
     #[tokio::test]
