@@ -45,6 +45,8 @@ step "prometheus rules" tests/deploy/check_prometheus.sh
 # Independent judges on loopback: impacket's encoders behind rpcpin, its decoders and
 # tshark in front.
 step "judge_ndr.py" target/interop-venv/bin/python tests/interop/judge_ndr.py target/release/rpcpin
+# The interface aliases' UUIDs and versions against impacket's, Samba's and tshark's; a second.
+step "check_aliases.py" target/interop-venv/bin/python tests/interop/check_aliases.py target/release/rpcpin
 step "package check" tests/package/check.sh
 # The interop suite in both endpoint-mapper modes: epm.mode = "relay" (Samba's endpoint
 # mapper answers through rpcpin) and "answer" (rpcpin answers it itself).

@@ -1,4 +1,4 @@
-//! The command line (README.md, "Command line"): `run`, `check`, `resolve`.
+//! The command line (README.md, "Command line"): `run`, `check`, `resolve`, `interfaces`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -48,6 +48,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List the interface aliases a pin's `interfaces` may name: alias, UUID, version, what.
+    Interfaces,
 }
 
 impl Cli {
@@ -57,6 +59,7 @@ impl Cli {
             Command::Run { config } => run(config),
             Command::Check { config } => check(config),
             Command::Resolve { config } => resolve(config),
+            Command::Interfaces => interfaces(),
         };
         match result {
             Ok(code) => code,
@@ -153,6 +156,26 @@ fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
                 what
             )?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per UUID an alias names, in columns split by spaces (the description last):
+/// what an operator looks up, and what `tests/interop/check_aliases.py` reads.
+fn interfaces() -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<18} {:<36} {:<7} DESCRIPTION",
+        "ALIAS", "UUID", "VERSION"
+    )?;
+    for k in KNOWN {
+        let version = format!("{}.{}", k.syntax.major, k.syntax.minor);
+        writeln!(
+            out,
+            "{:<18} {:<36} {version:<7} {}",
+            k.alias, k.syntax.uuid, k.description
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

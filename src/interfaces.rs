@@ -32,148 +32,41 @@ const fn known(
     }
 }
 
-/// Every alias rpcpin understands. An alias may name several UUIDs (efsrpc has two).
+/// Every alias rpcpin understands: the UUID and version of each come from the interface's
+/// specification (Microsoft's open specifications, named in the description where the alias
+/// alone does not say it); `tests/interop/check_aliases.py` compares them with impacket's and
+/// Samba's constants. An alias may name several UUIDs (efsrpc has two).
+#[rustfmt::skip]
 pub const KNOWN: &[Known] = &[
-    known(
-        "epm",
-        uuid!("e1af8308-5d1f-11c9-91a4-08002b14a0fa"),
-        3,
-        0,
-        "DCE endpoint mapper",
-    ),
-    known(
-        "emsmdb",
-        uuid!("a4f1db00-ca47-1067-b31f-00dd010662da"),
-        0,
-        81,
-        "Exchange store (MAPI)",
-    ),
-    known(
-        "async_emsmdb",
-        uuid!("5261574a-4572-206e-b268-6b199213b4e4"),
-        0,
-        1,
-        "Exchange asynchronous notifications",
-    ),
-    known(
-        "nspi",
-        uuid!("f5cc5a18-4264-101a-8c59-08002b2f8426"),
-        56,
-        0,
-        "Exchange address book (NSPI)",
-    ),
-    known(
-        "rfr",
-        uuid!("1544f5e0-613c-11d1-93df-00c04fd7bd09"),
-        1,
-        0,
-        "Exchange referral (RFR)",
-    ),
-    known(
-        "lsarpc",
-        uuid!("12345778-1234-abcd-ef00-0123456789ab"),
-        0,
-        0,
-        "Local Security Authority",
-    ),
-    known(
-        "samr",
-        uuid!("12345778-1234-abcd-ef00-0123456789ac"),
-        1,
-        0,
-        "Security Account Manager",
-    ),
-    known(
-        "dssetup",
-        uuid!("3919286a-b10c-11d0-9ba8-00c04fd92ef5"),
-        0,
-        0,
-        "Directory services setup",
-    ),
-    known(
-        "netlogon",
-        uuid!("12345678-1234-abcd-ef00-01234567cffb"),
-        1,
-        0,
-        "Netlogon",
-    ),
-    known(
-        "drsuapi",
-        uuid!("e3514235-4b06-11d1-ab04-00c04fc2dcd2"),
-        4,
-        0,
-        "Directory replication",
-    ),
-    known(
-        "srvsvc",
-        uuid!("4b324fc8-1670-01d3-1278-5a47bf6ee188"),
-        3,
-        0,
-        "Server service",
-    ),
-    known(
-        "wkssvc",
-        uuid!("6bffd098-a112-3610-9833-46c3f87e345a"),
-        1,
-        0,
-        "Workstation service",
-    ),
-    known(
-        "winreg",
-        uuid!("338cd001-2244-31f1-aaaa-900038001003"),
-        1,
-        0,
-        "Remote registry",
-    ),
-    known(
-        "svcctl",
-        uuid!("367abb81-9844-35f1-ad32-98f038001003"),
-        2,
-        0,
-        "Service control manager",
-    ),
-    known(
-        "spoolss",
-        uuid!("12345678-1234-abcd-ef00-0123456789ab"),
-        1,
-        0,
-        "Print spooler",
-    ),
-    known(
-        "efsrpc",
-        uuid!("c681d488-d850-11d0-8c52-00c04fd90f7e"),
-        1,
-        0,
-        "Encrypting file system (over lsarpc pipe)",
-    ),
-    known(
-        "efsrpc",
-        uuid!("df1941c5-fe89-4e79-bf10-463657acf44d"),
-        1,
-        0,
-        "Encrypting file system",
-    ),
-    known(
-        "isystemactivator",
-        uuid!("000001a0-0000-0000-c000-000000000046"),
-        0,
-        0,
-        "DCOM activation",
-    ),
-    known(
-        "iremoteactivation",
-        uuid!("4d9f4ab8-7d1c-11cf-861e-0020af6e7c57"),
-        0,
-        0,
-        "DCOM remote activation",
-    ),
-    known(
-        "ioxidresolver",
-        uuid!("99fcfec4-5260-101b-bbcb-00aa0021347a"),
-        0,
-        0,
-        "DCOM OXID resolver",
-    ),
+    known("epm",               uuid!("e1af8308-5d1f-11c9-91a4-08002b14a0fa"),  3,  0, "DCE endpoint mapper"),
+    known("emsmdb",            uuid!("a4f1db00-ca47-1067-b31f-00dd010662da"),  0, 81, "Exchange store (MAPI)"),
+    known("async_emsmdb",      uuid!("5261574a-4572-206e-b268-6b199213b4e4"),  0,  1, "Exchange asynchronous notifications"),
+    known("nspi",              uuid!("f5cc5a18-4264-101a-8c59-08002b2f8426"), 56,  0, "Exchange address book (NSPI)"),
+    known("rfr",               uuid!("1544f5e0-613c-11d1-93df-00c04fd7bd09"),  1,  0, "Exchange referral (RFR)"),
+    known("lsarpc",            uuid!("12345778-1234-abcd-ef00-0123456789ab"),  0,  0, "Local Security Authority"),
+    known("samr",              uuid!("12345778-1234-abcd-ef00-0123456789ac"),  1,  0, "Security Account Manager"),
+    known("dssetup",           uuid!("3919286a-b10c-11d0-9ba8-00c04fd92ef5"),  0,  0, "Directory services setup"),
+    known("netlogon",          uuid!("12345678-1234-abcd-ef00-01234567cffb"),  1,  0, "Netlogon"),
+    known("drsuapi",           uuid!("e3514235-4b06-11d1-ab04-00c04fc2dcd2"),  4,  0, "Directory replication"),
+    known("frsrpc",            uuid!("f5cc59b4-4264-101a-8c59-08002b2f8426"),  1,  1, "File Replication Service (MS-FRS1)"),
+    known("dfsr",              uuid!("897e2e5f-93f3-4376-9c9c-fd2277495c27"),  1,  0, "DFS Replication (MS-FRS2 FrsTransport)"),
+    known("backupkey",         uuid!("3dde7c30-165d-11d1-ab8f-00805f14db40"),  1,  0, "DPAPI backup keys (MS-BKRP)"),
+    known("icpr",              uuid!("91ae6020-9e3c-11cf-8d7c-00aa00c091be"),  0,  0, "Certificate enrolment (MS-ICPR ICertPassage)"),
+    known("srvsvc",            uuid!("4b324fc8-1670-01d3-1278-5a47bf6ee188"),  3,  0, "Server service"),
+    known("wkssvc",            uuid!("6bffd098-a112-3610-9833-46c3f87e345a"),  1,  0, "Workstation service"),
+    known("winreg",            uuid!("338cd001-2244-31f1-aaaa-900038001003"),  1,  0, "Remote registry"),
+    known("svcctl",            uuid!("367abb81-9844-35f1-ad32-98f038001003"),  2,  0, "Service control manager"),
+    known("spoolss",           uuid!("12345678-1234-abcd-ef00-0123456789ab"),  1,  0, "Print spooler"),
+    known("efsrpc",            uuid!("c681d488-d850-11d0-8c52-00c04fd90f7e"),  1,  0, "Encrypting file system (over lsarpc pipe)"),
+    known("efsrpc",            uuid!("df1941c5-fe89-4e79-bf10-463657acf44d"),  1,  0, "Encrypting file system"),
+    known("isystemactivator",  uuid!("000001a0-0000-0000-c000-000000000046"),  0,  0, "DCOM activation"),
+    known("iremoteactivation", uuid!("4d9f4ab8-7d1c-11cf-861e-0020af6e7c57"),  0,  0, "DCOM remote activation"),
+    known("ioxidresolver",     uuid!("99fcfec4-5260-101b-bbcb-00aa0021347a"),  0,  0, "DCOM OXID resolver"),
+    known("dnsserver",         uuid!("50abc2a4-574d-40b3-9d66-ee4fd5fba076"),  5,  0, "DNS server management (MS-DNSP)"),
+    known("eventlog",          uuid!("82273fdc-e32a-18c3-3f78-827929dc23ea"),  0,  0, "Event log (MS-EVEN)"),
+    known("eventlog6",         uuid!("f6beaff7-1e19-4fbb-9f8f-b89e2018337c"),  1,  0, "Event log, Vista and later (MS-EVEN6)"),
+    known("tasksched",         uuid!("86d35949-83c9-4044-b424-db363231fd0c"),  1,  0, "Task scheduler (MS-TSCH ITaskSchedulerService)"),
+    known("atsvc",             uuid!("1ff70682-0a51-30e8-076d-740be8cee98b"),  1,  0, "Task scheduler, at command (MS-TSCH ATSvc)"),
 ];
 
 /// The alias of a UUID, for logs; `None` when rpcpin has no name for it.
@@ -358,6 +251,15 @@ mod tests {
             "isystemactivator",
             "iremoteactivation",
             "ioxidresolver",
+            "frsrpc",
+            "dfsr",
+            "backupkey",
+            "icpr",
+            "dnsserver",
+            "eventlog",
+            "eventlog6",
+            "tasksched",
+            "atsvc",
         ] {
             assert!(Interface::parse(alias).is_ok(), "{alias}");
         }
@@ -366,6 +268,26 @@ mod tests {
             Interface::parse("NSPI").unwrap()[0].uuid.to_string(),
             "f5cc5a18-4264-101a-8c59-08002b2f8426"
         );
+    }
+
+    #[test]
+    fn each_uuid_has_one_alias_and_an_alias_one_run_of_entries() {
+        // alias_of names a UUID by its first entry, and alias_list drops only adjacent
+        // repeats: a UUID under two aliases, or an alias split in two runs, would mislead both.
+        for (i, k) in KNOWN.iter().enumerate() {
+            for later in &KNOWN[i + 1..] {
+                assert_ne!(
+                    k.syntax.uuid, later.syntax.uuid,
+                    "{} and {}",
+                    k.alias, later.alias
+                );
+            }
+            let runs = KNOWN
+                .windows(2)
+                .filter(|w| w[1].alias == k.alias && w[0].alias != k.alias);
+            let first = usize::from(KNOWN[0].alias == k.alias);
+            assert_eq!(runs.count() + first, 1, "{} in two places", k.alias);
+        }
     }
 
     #[test]

@@ -52,10 +52,35 @@ fn configurations_shown_in_the_docs_are_valid() {
 
 #[test]
 fn bundled_configurations_are_valid() {
-    for path in ["config/exchange.toml", "config/rpcpin.toml"] {
-        let out = rpcpin(&["check", "--config", path]);
-        assert!(out.status.success(), "{path}: {}", text(&out.stderr));
+    let mut paths: Vec<_> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 4, "{paths:?}");
+    for path in &paths {
+        let out = rpcpin(&["check", "--config", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            text(&out.stderr)
+        );
         assert!(text(&out.stdout).contains("valid"));
+    }
+    // The domain controller's example: three pins, the CA's on a server of its own.
+    let out = rpcpin(&["check", "--config", "config/active-directory.toml"]);
+    let stdout = text(&out.stdout);
+    for want in [
+        "backends.ca  10.0.0.20:135\n",
+        "pin \"dc\"  listen 0.0.0.0:6100",
+        "pin \"dfsr\"  listen 0.0.0.0:6101",
+        "server ca (10.0.0.20:135)\n    icpr ",
+        "    backupkey ",
+        "    dfsr ",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
     }
     let out = rpcpin(&["check", "--config", "config/exchange.toml"]);
     let stdout = text(&out.stdout);
@@ -106,6 +131,34 @@ fn check_names_the_bad_key() {
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn interfaces_lists_every_alias_with_its_uuid_and_version() {
+    let out = rpcpin(&["interfaces"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    assert!(lines.next().unwrap().starts_with("ALIAS "));
+    let listed: Vec<(String, String, String)> = lines
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols[0].into(), cols[1].into(), cols[2].into())
+        })
+        .collect();
+    let known: Vec<(String, String, String)> = rpcpin::interfaces::KNOWN
+        .iter()
+        .map(|k| {
+            let s = k.syntax;
+            (
+                k.alias.into(),
+                s.uuid.to_string(),
+                format!("{}.{}", s.major, s.minor),
+            )
+        })
+        .collect();
+    assert_eq!(listed, known);
+    assert!(stdout.contains("\nicpr               91ae6020-9e3c-11cf-8d7c-00aa00c091be 0.0 "));
 }
 
 #[test]

@@ -32,10 +32,11 @@ source "$repo_root/scripts/lib/deps.sh"
 # tshark asks whether non-root users may capture; answer it up front so that the install
 # never blocks on a prompt.
 echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-# python3-venv: the venv is built from Debian's python3, which needs it. Samba's package
+# python3-venv: the venv is built from Debian's python3, which needs it. python3-samba (which
+# samba pulls in anyway): check_aliases.py reads Samba's interface constants. Samba's package
 # may start its own daemons on install; the suite runs its own samba-dcerpcd inside a
 # namespace, and they do not collide.
-apt_install samba smbclient tshark nftables iproute2 haproxy python3-venv
+apt_install samba python3-samba smbclient tshark nftables iproute2 haproxy python3-venv
 venv_pin "$venv" impacket "$IMPACKET_VERSION"
 venv_pin "$venv" kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
 
