@@ -368,10 +368,12 @@ rpcclient_ok() {
     local out="${RPCCLIENT_OUT:-$WORK/rpcclient.out}" rc=0
     client "$ns" rpcclient -s "$WORK/client.conf" -U "$RPC_USER%$RPC_PASS" \
         ${RPCCLIENT_OPTS[@]+"${RPCCLIENT_OPTS[@]}"} "$binding" -c "$cmd" >"$out" 2>&1 || rc=$?
-    cat "$out"
-    ((rc == 0)) || { echo "rpcclient exited $rc"; return 1; }
-    local p
+    # The verdict first, then the output: a long output is cut short under the check.
+    ((rc == 0)) || { echo "rpcclient exited $rc"; cat "$out"; return 1; }
+    local p missing=0
     for p in "$@"; do
-        grep -qF -- "$p" "$out" || { echo "missing in output: $p"; return 1; }
+        grep -qF -- "$p" "$out" || { echo "missing in output: $p"; missing=1; }
     done
+    cat "$out"
+    ((missing == 0))
 }
