@@ -54,6 +54,7 @@ RPCCLIENT_OPTS=(--use-kerberos=off) # NTLM: the client has no KDC, nor DNS for t
 DC_IFACES=(drsuapi netlogon lsarpc samr dssetup backupkey)
 RPCPIN_USER=nobody
 CLIENT_TIMEOUT=30
+DC_CACHE="$repo_root/target/ad-dc-provision" # a provisioned domain, reused (provision_dc)
 
 NS_CLI="rpcpin-ad-cli-$$"
 NS_DMZ="rpcpin-ad-dmz-$$"
@@ -88,27 +89,53 @@ cleanup() {
 }
 
 # --- the domain controller ----------------------------------------------------
-# Provisions the domain into $DC_DIR; everything the DC will need goes into its smb.conf:
-# every directory under $DC_DIR, only the services the checks need (the RPC server; no
-# LDAP, Kerberos, DNS, NetBIOS or file server), no TLS key to generate.
-provision_dc() {
-    local t=$SECONDS
-    mkdir -p "$DC_DIR"/{pid,ncalrpc,winbindd,ntp_signd,log}
-    log "provisioning $REALM ($DOMAIN), DC $DC_NAME at $LAN_IP, into the temp dir (log: provision.log)"
-    # -s /dev/null: the machine's smb.conf (if any) plays no part.
-    samba-tool domain provision -s /dev/null --targetdir="$DC_DIR" \
+# samba-tool's arguments for the domain, @DIR@ standing for the target directory. Everything
+# the DC will need goes into its smb.conf: every directory under the target, only the
+# services the checks need (the RPC server; no LDAP, Kerberos, DNS, NetBIOS or file server),
+# no TLS key to generate. -s /dev/null: the machine's smb.conf (if any) plays no part.
+provision_args() {
+    printf '%s\n' -s /dev/null --targetdir=@DIR@ \
         --realm="$REALM" --domain="$DOMAIN" --server-role=dc --use-rfc2307 \
         --dns-backend=SAMBA_INTERNAL --host-name="$DC_NAME" --host-ip="$LAN_IP" \
         --domain-sid="$DOMAIN_SID" --domain-guid="$DOMAIN_GUID" --adminpass="$ADMIN_PASS" \
         --option="interfaces = $LAN_IP" --option="bind interfaces only = yes" \
         --option="dns forwarder = none" --option="tls enabled = no" \
         --option="server services = rpc" \
-        --option="pid directory = $DC_DIR/pid" --option="ncalrpc dir = $DC_DIR/ncalrpc" \
-        --option="winbindd socket directory = $DC_DIR/winbindd" \
-        --option="ntp signd socket directory = $DC_DIR/ntp_signd" \
-        --option="log file = $DC_DIR/log/%m.log" \
-        >"$WORK/provision.log" 2>&1 || die "samba-tool domain provision failed"
-    log "provisioned in $((SECONDS - t)) s"
+        --option="pid directory = @DIR@/pid" --option="ncalrpc dir = @DIR@/ncalrpc" \
+        --option="winbindd socket directory = @DIR@/winbindd" \
+        --option="ntp signd socket directory = @DIR@/ntp_signd" \
+        --option="log file = @DIR@/log/%m.log"
+}
+
+# Provisions the domain into $DC_DIR, or copies the one a previous run provisioned with the
+# same Samba packages and arguments (DC_CACHE/KEY, kept beside the build; the copy takes
+# milliseconds, provisioning seconds). The domain's SID and GUID are fixed, so a copy holds
+# what provisioning would make. Only the DC's smb.conf names its own directory.
+provision_dc() {
+    local t=$SECONDS key cache old conf args=()
+    key=$({ dpkg-query -W -f='${Package} ${Version}\n' samba samba-ad-provision samba-dsdb-modules \
+        python3-samba 2>/dev/null || samba --version; provision_args; } | sha256sum | cut -c1-16)
+    cache="$DC_CACHE/$key"
+    if [[ -f "$cache/.provisioned-at" ]]; then
+        cp -a "$cache/." "$DC_DIR/"
+        old=$(<"$DC_DIR/.provisioned-at")
+        conf=$(<"$DC_DIR/etc/smb.conf")
+        printf '%s\n' "${conf//"$old"/"$DC_DIR"}" >"$DC_DIR/etc/smb.conf"
+        log "the domain $REALM copied from a previous run's provisioning ($key)"
+        return
+    fi
+    mkdir -p "$DC_DIR"/{pid,ncalrpc,winbindd,ntp_signd,log}
+    log "provisioning $REALM ($DOMAIN), DC $DC_NAME at $LAN_IP, into the temp dir (log: provision.log)"
+    mapfile -t args < <(provision_args | sed -e "s|@DIR@|$DC_DIR|g")
+    samba-tool domain provision "${args[@]}" >"$WORK/provision.log" 2>&1 ||
+        die "samba-tool domain provision failed"
+    log "provisioned in $((SECONDS - t)) s; kept for the next run ($key)"
+    # Only this key is kept: an older one is of no use once the packages or arguments changed.
+    rm -rf "${DC_CACHE:?}"
+    mkdir -p "$DC_CACHE"
+    cp -a "$DC_DIR" "$cache.tmp"
+    echo "$DC_DIR" >"$cache.tmp/.provisioned-at"
+    mv -T "$cache.tmp" "$cache"
 }
 
 # The DC's endpoint mapper answers, from the DMZ, for every interface of the pin.
@@ -225,6 +252,23 @@ pin_backend_ports() {
 # unique_ports PORTS...: the ports of a dc_ports list, each once.
 unique_ports() { printf '%s\n' "${@#*=}" | sort -un; }
 
+# all_blocked HOST PORT...: blocked_from_client for every port, all at once (each attempt
+# waits its second out).
+all_blocked() {
+    local host=$1 port rc=0 i=0 pids=()
+    shift
+    for port in "$@"; do
+        blocked_from_client "$host" "$port" >"$WORK/blocked-$port.out" 2>&1 &
+        pids+=($!)
+    done
+    for port in "$@"; do
+        wait "${pids[i]}" || rc=1
+        cat "$WORK/blocked-$port.out"
+        i=$((i + 1))
+    done
+    return "$rc"
+}
+
 # fails CMD...: CMD fails (its output shown).
 fails() {
     if "$@"; then
@@ -312,11 +356,10 @@ main() {
     check "impacket drsuapi, netlogon and samr directly against the DC from the DMZ, sealed: the domain's data (the baseline)" \
         in_ns "$NS_DMZ" timeout "$CLIENT_TIMEOUT" "$PY" "$script_dir/ad_ops.py" "$LAN_IP" drsuapi netlogon samr \
         --password "$ADMIN_PASS" --domain "$DOMAIN" --realm "$REALM" --dc "$DC_NAME" --sid "$DOMAIN_SID"
-    local p
-    for p in 135 $(unique_ports "${ports1[@]}"); do
-        check "client cannot connect to the DC's $LAN_IP:$p directly (the DMZ forwards nothing)" \
-            blocked_from_client "$LAN_IP" "$p"
-    done
+    local -a direct1 direct2
+    mapfile -t direct1 < <(unique_ports "${ports1[@]}")
+    check "client cannot connect to the DC's $LAN_IP:135 nor its dynamic ports ${direct1[*]} directly (the DMZ forwards nothing)" \
+        all_blocked "$LAN_IP" 135 "${direct1[@]}"
     check "rpcpin check accepts the configuration (one pin for six interfaces, backupkey by UUID)" \
         client "$NS_DMZ" "$RPCPIN_BIN" check --config "$WORK/rpcpin.toml"
 
@@ -358,10 +401,9 @@ main() {
         fails rpcclient_ok "$NS_CLI" "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" enumdomains "name:[$DOMAIN]"
     check "with rpcpin stopped, impacket drsuapi, netlogon and samr straight at the DC ($LAN_IP) from the client fail" \
         unreachable "$LAN_IP" drsuapi netlogon samr
-    for p in 135 $(unique_ports "${ports2[@]}"); do
-        check "with rpcpin stopped, client cannot connect to the DC's $LAN_IP:$p" \
-            blocked_from_client "$LAN_IP" "$p"
-    done
+    mapfile -t direct2 < <(unique_ports "${ports2[@]}")
+    check "with rpcpin stopped, client cannot connect to the DC's $LAN_IP:135 nor its dynamic ports ${direct2[*]}" \
+        all_blocked "$LAN_IP" 135 "${direct2[@]}"
 
     exit 0
 }
