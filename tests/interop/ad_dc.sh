@@ -129,13 +129,15 @@ provision_dc() {
     mapfile -t args < <(provision_args | sed -e "s|@DIR@|$DC_DIR|g")
     samba-tool domain provision "${args[@]}" >"$WORK/provision.log" 2>&1 ||
         die "samba-tool domain provision failed"
-    log "provisioned in $((SECONDS - t)) s; kept for the next run ($key)"
+    log "provisioned in $((SECONDS - t)) s"
     # Only this key is kept: an older one is of no use once the packages or arguments changed.
-    rm -rf "${DC_CACHE:?}"
-    mkdir -p "$DC_CACHE"
-    cp -a "$DC_DIR" "$cache.tmp"
-    echo "$DC_DIR" >"$cache.tmp/.provisioned-at"
-    mv -T "$cache.tmp" "$cache"
+    # Keeping it is a saving, not a check: a failure here is only reported.
+    if rm -rf "${DC_CACHE:?}" && mkdir -p "$DC_CACHE" && cp -a "$DC_DIR" "$cache.tmp" &&
+        echo "$DC_DIR" >"$cache.tmp/.provisioned-at" && mv -T "$cache.tmp" "$cache"; then
+        log "kept for the next run ($key)"
+    else
+        log "could not keep the provisioned domain in $DC_CACHE"
+    fi
 }
 
 # The DC's endpoint mapper answers, from the DMZ, for every interface of the pin.
