@@ -4,8 +4,9 @@
 #
 #   client 198.51.100.2 ──veth── 198.51.100.1  DMZ (rpcpin)  10.135.0.1 ──veth── 10.135.0.2  DC1
 #
-# The DC is provisioned into the run's temp dir (`samba-tool domain provision --targetdir`):
-# nothing of the machine's Samba (/etc/samba, /var/lib/samba) is read or written. Pin dc
+# The DC is provisioned into the run's temp dir (`samba-tool domain provision --targetdir`;
+# kept under target/ and copied by the next run): nothing of the machine's Samba
+# (/etc/samba, /var/lib/samba) is read or written. Pin dc
 # (6010) carries drsuapi, netlogon, lsarpc, samr, dssetup and backupkey; rpcpin answers the
 # endpoint mapper (epm.mode "answer"). The DMZ firewall lets the client reach tcp/135 and
 # 6010 only, and forwards nothing. Through rpcpin, sealed with NTLM, impacket's drsuapi,
@@ -172,7 +173,7 @@ port_of() {
     done
 }
 
-# three_ports PORTS...: netlogon, drsuapi and samr on three different ports, each in RANGE1.
+# three_ports PORTS...: netlogon, drsuapi and samr on three different ports.
 three_ports() {
     local n d s
     n=$(port_of netlogon "$@") d=$(port_of drsuapi "$@") s=$(port_of samr "$@")
