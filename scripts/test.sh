@@ -6,8 +6,9 @@
 # judges of the endpoint-mapper rewriting, the packaging test (the Debian package built,
 # installed and purged here; the Dockerfile linted), then the interop suite against real
 # Samba, rpcclient, impacket and tshark (in both endpoint-mapper modes), the two-server
-# check (answer mode, a pin on each of two Samba servers), and the scale-out check (three
-# rpcpin instances behind HAProxy).
+# check (answer mode, a pin on each of two Samba servers), the Samba AD domain controller
+# check (one pin for its interfaces), and the scale-out check (three rpcpin instances behind
+# HAProxy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -54,6 +55,9 @@ step "interop run.sh (relay)" env RPCPIN_EPM_MODE=relay tests/interop/run.sh
 step "interop run.sh (answer)" env RPCPIN_EPM_MODE=answer tests/interop/run.sh
 # Answer mode in front of two Samba servers, one pin on each.
 step "interop two_servers.sh" tests/interop/two_servers.sh
+# A Samba AD domain controller (provisioned into a temp dir) behind one pin: drsuapi,
+# netlogon and samr, on three dynamic ports, through rpcpin alone.
+step "interop ad_dc.sh" tests/interop/ad_dc.sh
 # Three instances behind HAProxy (PROXY protocol v2, /readyz health checks), one killed
 # in the middle of a loop of new clients.
 step "interop scale_out.sh" tests/interop/scale_out.sh

@@ -42,7 +42,8 @@ from impacket.uuid import bin_to_string, string_to_bin, uuidtup_to_bin
 # Interfaces the suite asks about: the lsad and classic groups that are
 # pinned; winreg (its own Samba process) and netdfs (served by the same Samba
 # process as srvsvc), which no pin carries; the endpoint mapper itself and the
-# two DCOM activation interfaces that port 135 must refuse.
+# two DCOM activation interfaces that port 135 must refuse; and the domain controller's
+# (ad_dc.sh): drsuapi, netlogon and backupkey.
 INTERFACES = {
     "samr": ("12345778-1234-abcd-ef00-0123456789ac", 1, 0),
     "lsarpc": ("12345778-1234-abcd-ef00-0123456789ab", 0, 0),
@@ -54,6 +55,9 @@ INTERFACES = {
     "epm": ("e1af8308-5d1f-11c9-91a4-08002b14a0fa", 3, 0),
     "iremoteactivation": ("4d9f4ab8-7d1c-11cf-861e-0020af6e7c57", 0, 0),
     "isystemactivator": ("000001a0-0000-0000-c000-000000000046", 0, 0),
+    "drsuapi": ("e3514235-4b06-11d1-ab04-00c04fc2dcd2", 4, 0),
+    "netlogon": ("12345678-1234-abcd-ef00-01234567cffb", 1, 0),
+    "backupkey": ("3dde7c30-165d-11d1-ab8f-00805f14db40", 1, 0),
 }
 
 NDR = ("8a885d04-1ceb-11c9-9fe8-08002b104860", 2, 0)

@@ -71,6 +71,19 @@ tcp_connects() {
     ip netns exec "$ns" timeout "$limit" bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null
 }
 
+# blocked_from_client HOST PORT: the client namespace cannot open a TCP connection to
+# HOST:PORT. Where something listens there, that shows the firewall says no, not an empty
+# port: the firewall drops the SYN, so the attempt can only time out, while across two
+# veths an open port answers within milliseconds, so one second tells them apart.
+blocked_from_client() {
+    local host=$1 port=$2
+    if tcp_connects "$NS_CLI" "$host" "$port" 1; then
+        echo "client connected to $host:$port"
+        return 1
+    fi
+    echo "client could not connect to $host:$port"
+}
+
 # Stop a process we started (by pid), politely first; returns once it is gone.
 stop_pid() {
     local pid=$1
@@ -203,18 +216,30 @@ setup_dmz_topology() {
     # the LAN only 10.135.0.0/24.
 }
 
-# The DMZ's firewall: from the client side only tcp/135 and the two pins, and no forwarding.
+# The pins' ports in the DMZ (rpcpin listens on them, the firewall opens them): the sourcing
+# script's array DMZ_PIN_PORTS when it sets one, else PIN_LSAD and PIN_CLASSIC.
+dmz_pin_ports() {
+    if [[ -n "${DMZ_PIN_PORTS+set}" ]]; then
+        echo "${DMZ_PIN_PORTS[*]}"
+    else
+        echo "$PIN_LSAD $PIN_CLASSIC"
+    fi
+}
+
+# The DMZ's firewall: from the client side only tcp/135 and the pins, and no forwarding.
 setup_firewall() {
-    log "nftables in the DMZ: client side may reach tcp/135, $PIN_LSAD, $PIN_CLASSIC only"
+    local ports
+    ports=$(dmz_pin_ports)
+    log "nftables in the DMZ: client side may reach tcp/135, ${ports// /, } only"
     in_ns "$NS_DMZ" nft -f - <<NFT
 table inet rpcpin_dmz {
     chain input {
         type filter hook input priority 0; policy drop;
         iif "lo" accept
         ct state established,related accept
-        # The three openings, nothing else. The LAN side gets no new
+        # The openings, nothing else. The LAN side gets no new
         # connections in at all: Samba never calls the DMZ.
-        iifname "to-cli" tcp dport { 135, $PIN_LSAD, $PIN_CLASSIC } ct state new accept
+        iifname "to-cli" tcp dport { 135, ${ports// /, } } ct state new accept
     }
     chain forward {
         type filter hook forward priority 0; policy drop;
@@ -224,14 +249,15 @@ NFT
 }
 
 dmz_rpcpin_listening() {
-    local port
-    for port in 135 "$PIN_LSAD" "$PIN_CLASSIC"; do
+    local port ports
+    read -ra ports <<<"$(dmz_pin_ports)"
+    for port in 135 "${ports[@]}"; do
         in_ns "$NS_DMZ" ss -Hltn "sport = :$port" | grep -q . || return 1
     done
 }
 
 # start_dmz_rpcpin [CONF]: rpcpin in the DMZ (default config $WORK/rpcpin.toml, log appended
-# to $WORK/rpcpin.log); returns once it listens on 135 and both pins.
+# to $WORK/rpcpin.log); returns once it listens on 135 and the pins.
 start_dmz_rpcpin() {
     local conf=${1:-$WORK/rpcpin.toml}
     log "starting rpcpin in $NS_DMZ with $(basename "$conf") (log: rpcpin.log)"
@@ -245,7 +271,7 @@ start_dmz_rpcpin() {
             rpcpin_pid=""
             die "rpcpin run exited (status $rc) before listening"
         fi
-        ((SECONDS < deadline)) || die "rpcpin is not listening on 135/$PIN_LSAD/$PIN_CLASSIC after 15 s"
+        ((SECONDS < deadline)) || die "rpcpin is not listening on 135 and $(dmz_pin_ports) after 15 s"
         sleep 0.1
     done
 }
@@ -334,17 +360,20 @@ samba_port() {
 
 # rpcclient CMD from namespace NS against BINDING; succeeds when rpcclient
 # exits 0 and its output contains every PATTERN (fixed strings). RPCCLIENT_OUT names
-# the file its output goes to (default $WORK/rpcclient.out), for runs in the background.
+# the file its output goes to (default $WORK/rpcclient.out), for runs in the background;
+# the array RPCCLIENT_OPTS, when the sourcing script sets it, adds options.
 rpcclient_ok() {
     local ns=$1 binding=$2 cmd=$3
     shift 3
     local out="${RPCCLIENT_OUT:-$WORK/rpcclient.out}" rc=0
     client "$ns" rpcclient -s "$WORK/client.conf" -U "$RPC_USER%$RPC_PASS" \
-        "$binding" -c "$cmd" >"$out" 2>&1 || rc=$?
-    cat "$out"
-    ((rc == 0)) || { echo "rpcclient exited $rc"; return 1; }
-    local p
+        ${RPCCLIENT_OPTS[@]+"${RPCCLIENT_OPTS[@]}"} "$binding" -c "$cmd" >"$out" 2>&1 || rc=$?
+    # The verdict first, then the output: a long output is cut short under the check.
+    ((rc == 0)) || { echo "rpcclient exited $rc"; cat "$out"; return 1; }
+    local p missing=0
     for p in "$@"; do
-        grep -qF -- "$p" "$out" || { echo "missing in output: $p"; return 1; }
+        grep -qF -- "$p" "$out" || { echo "missing in output: $p"; missing=1; }
     done
+    cat "$out"
+    ((missing == 0))
 }

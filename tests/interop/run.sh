@@ -185,19 +185,6 @@ binds_via_pins() {
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_LSAD" samr --expect accept
 }
 
-# A TCP port must be unreachable from the client although something listens
-# there (so it is the firewall that says no, not an empty port). The firewall drops the
-# SYN, so the attempt can only time out; across two veths an open port answers within
-# milliseconds, so one second tells them apart.
-blocked_from_client() {
-    local host=$1 port=$2
-    if tcp_connects "$NS_CLI" "$host" "$port" 1; then
-        echo "client connected to $host:$port"
-        return 1
-    fi
-    echo "client could not connect to $host:$port"
-}
-
 # Listen on PORT in the DMZ on all addresses; prints the listener's pid.
 start_canary() {
     local port=$1
