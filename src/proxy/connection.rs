@@ -65,6 +65,8 @@ impl Accepting {
                     continue;
                 }
             };
+            // An IPv4 client of a dual-stack listener is named by its IPv4 address.
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             let role = role.borrow().clone();
             // Over the limit: close at once, without spending a task on it.
             let Some(admitted) = self.admission.admit(peer, role.name()) else {
