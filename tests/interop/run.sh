@@ -157,16 +157,6 @@ resolve_reports() {
 }
 
 # --- client-side checks --------------------------------------------------------
-rpcclient_fails() {
-    local ns=$1 binding=$2 cmd=$3
-    local out="$WORK/rpcclient.out" rc=0
-    client "$ns" rpcclient -s "$WORK/client.conf" -U "$RPC_USER%$RPC_PASS" \
-        "$binding" -c "$cmd" >"$out" 2>&1 || rc=$?
-    cat "$out"
-    echo "rpcclient exited $rc"
-    ((rc != 0)) && ! grep -qF 'name:[RIGSRV]' "$out"
-}
-
 enumdomains_via_rpcpin() {
     rpcclient_ok "$NS_CLI" "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" enumdomains 'name:[RIGSRV]' 'name:[Builtin]'
 }
@@ -183,19 +173,6 @@ srvinfo_and_enumdomains_via_rpcpin() {
 binds_via_pins() {
     client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_CLASSIC" srvsvc --expect accept &&
         client "$NS_CLI" "$PY" "$script_dir/bind_check.py" "$DMZ_OUT_IP" "$PIN_LSAD" samr --expect accept
-}
-
-# A TCP port must be unreachable from the client although something listens
-# there (so it is the firewall that says no, not an empty port). The firewall drops the
-# SYN, so the attempt can only time out; across two veths an open port answers within
-# milliseconds, so one second tells them apart.
-blocked_from_client() {
-    local host=$1 port=$2
-    if tcp_connects "$NS_CLI" "$host" "$port" 1; then
-        echo "client connected to $host:$port"
-        return 1
-    fi
-    echo "client could not connect to $host:$port"
 }
 
 # Listen on PORT in the DMZ on all addresses; prints the listener's pid.

@@ -201,14 +201,6 @@ own_lookups() {
     echo $((a + b))
 }
 
-blocked_from_client() {
-    if tcp_connects "$NS_CLI" "$1" "$2" 1; then
-        echo "client connected to $1:$2"
-        return 1
-    fi
-    echo "client could not connect to $1:$2"
-}
-
 # epm_seen_only_rpcpin SERVER NS BEFORE_RPCPIN BEFORE_OTHERS BEFORE_OWN BACKEND IFACES:
 # over the client phase, server SERVER's endpoint mapper got no connection but from rpcpin,
 # exactly as many as rpcpin's /metrics counts for BACKEND, and at most one per key rpcpin
