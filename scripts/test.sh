@@ -6,8 +6,9 @@
 # judges of the endpoint-mapper rewriting, the packaging test (the Debian package built,
 # installed and purged here; the Dockerfile linted), then the interop suite against real
 # Samba, rpcclient, impacket and tshark (in both endpoint-mapper modes), the two-server
-# check (answer mode, a pin on each of two Samba servers), and the scale-out check (three
-# rpcpin instances behind HAProxy).
+# check (answer mode, a pin on each of two Samba servers), the IPv6 check (Samba on IPv6
+# only, IPv6 and IPv4 clients), and the scale-out check (three rpcpin instances behind
+# HAProxy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -52,6 +53,9 @@ step "interop run.sh (relay)" env RPCPIN_EPM_MODE=relay tests/interop/run.sh
 step "interop run.sh (answer)" env RPCPIN_EPM_MODE=answer tests/interop/run.sh
 # Answer mode in front of two Samba servers, one pin on each.
 step "interop two_servers.sh" tests/interop/two_servers.sh
+# IPv6: Samba on IPv6 only, rpcclient and impacket over IPv6 through dual-stack [::]
+# listeners, which serve an IPv4 client too.
+step "interop ipv6.sh" tests/interop/ipv6.sh
 # Three instances behind HAProxy (PROXY protocol v2, /readyz health checks), one killed
 # in the middle of a loop of new clients.
 step "interop scale_out.sh" tests/interop/scale_out.sh
