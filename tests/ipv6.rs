@@ -6,6 +6,7 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use common::proxy_header::proxy_v2;
 use common::*;
 use rpcpin::wire::epm::walk_map_response;
 use rpcpin::wire::ndr::Syntax;
@@ -111,5 +112,61 @@ async fn a_dual_stack_listener_serves_ipv4_clients_as_ipv4() {
     // An IPv6 client of the same listener.
     let (tower, _) = ept_map(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).await;
     assert_eq!(tower, (rpcpin.pins[0].port(), Ipv4Addr::UNSPECIFIED));
+    rpcpin.stop().await;
+}
+
+#[tokio::test]
+async fn behind_a_proxy_an_ipv6_client_counts_per_64_and_a_mapped_one_as_ipv4() {
+    let backend = epm_pointing_at(|_| 1).await;
+    let config = TestConfig::new(backend.addr)
+        .pin("directory", ["nspi"])
+        .set("epm.proxy_protocol", true)
+        .section("limits")
+        .set("limits.max_connections_per_ip", 1);
+    let rpcpin = Running::start(&config).await;
+    let since = logs::count();
+    // A connection from `src` (PROXY v2 to a balancer's address of the same family): its
+    // bind answered, or nothing, as the per-address limit says.
+    let from = |src: &str| {
+        let src: SocketAddr = src.parse().unwrap();
+        let vip: SocketAddr = if src.is_ipv6() {
+            "[2001:db8::135]:135".parse().unwrap()
+        } else {
+            "203.0.113.7:135".parse().unwrap()
+        };
+        async move {
+            let mut c = Conn::connect(rpcpin.epm).await;
+            c.write_all(&proxy_v2(src, vip)).await.unwrap();
+            c.write_all(pdus(NSPI_EPM_CLIENT)[0]).await.unwrap();
+            let answered = read_pdu(&mut c).await.is_some();
+            (c, answered)
+        }
+    };
+    let refused = |client: &'static str| {
+        logs::wait_for("a refusal", since, move |e| {
+            e["event"] == "refused" && e["client"] == client
+        })
+    };
+
+    let (_a, answered) = from("[2001:db8:1:2::10]:40000").await;
+    assert!(answered, "the first of its /64");
+    let (_, answered) = from("[2001:db8:1:2:aaaa::20]:40001").await;
+    assert!(!answered, "another address of the same /64");
+    let e = refused("2001:db8:1:2::/64").await;
+    assert_eq!(e["policy"], "max_connections_per_ip");
+    let (_c, answered) = from("[2001:db8:1:3::10]:40002").await;
+    assert!(answered, "the next /64");
+
+    // An IPv4-mapped client is the IPv4 client it is: counted, and named, as such.
+    let (mut d, answered) = from("[::ffff:198.51.100.22]:40003").await;
+    assert!(answered);
+    let (_, answered) = from("198.51.100.22:40004").await;
+    assert!(!answered, "the same IPv4 client");
+    refused("198.51.100.22").await;
+    d.shutdown().await.unwrap();
+    logs::wait_for("the mapped client's summary", since, |e| {
+        e["event"] == "connection_closed" && e["span"]["client"] == "198.51.100.22:40003"
+    })
+    .await;
     rpcpin.stop().await;
 }

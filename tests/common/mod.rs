@@ -5,6 +5,7 @@
 
 mod config;
 pub mod logs;
+pub mod proxy_header;
 
 use std::io;
 use std::net::SocketAddr;
