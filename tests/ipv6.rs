@@ -170,3 +170,29 @@ async fn behind_a_proxy_an_ipv6_client_counts_per_64_and_a_mapped_one_as_ipv4() 
     .await;
     rpcpin.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_names_an_ipv6_server_as_addr_and_port_in_brackets() {
+    let default = epm_pointing_at(|_| 1).await;
+    let b = epm_on_pointing_at("[::1]:0", |_| 1).await;
+    let mut server = toml::Table::new();
+    server.insert("host".into(), "::1".into());
+    server.insert("epm_port".into(), i64::from(b.addr.port()).into());
+    let config = TestConfig::new(default.addr)
+        .set("epm.mode", "answer")
+        .section("backends")
+        .set("backends.b", server)
+        .pin("directory", ["nspi"])
+        .set("pin[0].backend", "b")
+        .section("admin")
+        .set("admin.listen", "[::1]:0");
+    let rpcpin = Running::start(&config).await;
+    let (status, body) = get(&rpcpin, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let want = format!("backend b ([::1]:{}): ready", b.addr.port());
+    assert!(
+        body.lines().any(|l| l == want),
+        "{want:?} missing from:\n{body}"
+    );
+    rpcpin.stop().await;
+}
