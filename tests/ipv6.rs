@@ -1,6 +1,7 @@
 //! IPv6: a backend named by a bracketed IPv6 literal is reached; an IPv6 client's towers
 //! carry the pin's port and 0.0.0.0 (a tower has no IPv6 floor), or `epm.advertise`; a
-//! dual-stack `[::]` listener serves IPv4 clients as IPv4 ones; logs print `[addr]:port`.
+//! dual-stack `[::]` listener serves IPv4 clients as IPv4 ones; logs and `/readyz` print
+//! `[addr]:port`; the per-address limit counts an IPv6 client per /64.
 
 mod common;
 
