@@ -154,7 +154,10 @@ impl Resolver {
             }
             Err(match last {
                 Some((addr, e)) => anyhow!(e).context(format!("cannot connect to backend {addr}")),
-                None => anyhow!("backend host {} has no address", self.backend.host),
+                None => anyhow!(
+                    "backend host {:?} has no address",
+                    self.backend.host.to_string()
+                ),
             })
         })
         .await

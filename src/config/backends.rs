@@ -4,9 +4,10 @@
 //! A named backend takes the same keys as `[backend]`, `host` and `epm_port`, and nothing
 //! else: the timeouts and the cache (`[limits]`) stay the same for every server.
 
+use std::collections::BTreeMap;
+
 use super::raw::RawBackend;
 use super::{err, Backend, ConfigError, Epm, EpmMode, Host, Pin, DEFAULT_BACKEND};
-use std::collections::BTreeMap;
 
 /// `[backend]`, or `[backends.NAME]` when `key` is `backends.NAME`.
 pub(super) fn server(key: &str, raw: RawBackend) -> Result<Backend, ConfigError> {
