@@ -7,7 +7,8 @@
 # installed and purged here; the Dockerfile linted), then the interop suite against real
 # Samba, rpcclient, impacket and tshark (in both endpoint-mapper modes), the two-server
 # check (answer mode, a pin on each of two Samba servers), the Samba AD domain controller
-# check (one pin for its interfaces), and the scale-out check (three rpcpin instances behind
+# check (one pin for its interfaces), the IPv6 check (Samba on IPv6 only, IPv6 and IPv4
+# clients), and the scale-out check (three rpcpin instances behind
 # HAProxy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -58,6 +59,9 @@ step "interop two_servers.sh" tests/interop/two_servers.sh
 # A Samba AD domain controller (provisioned into a temp dir) behind one pin: drsuapi,
 # netlogon and samr, on three dynamic ports, through rpcpin alone.
 step "interop ad_dc.sh" tests/interop/ad_dc.sh
+# IPv6: Samba on IPv6 only, rpcclient and impacket over IPv6 through dual-stack [::]
+# listeners, which serve an IPv4 client too.
+step "interop ipv6.sh" tests/interop/ipv6.sh
 # Three instances behind HAProxy (PROXY protocol v2, /readyz health checks), one killed
 # in the middle of a loop of new clients.
 step "interop scale_out.sh" tests/interop/scale_out.sh

@@ -383,3 +383,23 @@ fn check_refuses_a_second_server_in_relay_mode() {
         assert!(err.contains(want), "{want} missing from: {err}");
     }
 }
+
+#[test]
+fn check_prints_ipv6_hosts_in_brackets_with_or_without_them_in_the_file() {
+    let config = two_servers("answer")
+        .set("backend.host", "[fd00:135::2]")
+        .set("backends.b.host", "fd00:135::3")
+        .set("epm.listen", "[::]:135");
+    let out = check(&config, "ipv6");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for want in [
+        "backend  [fd00:135::2]:1\n",
+        "backends.b  [fd00:135::3]:1135\n",
+        "epm      listen [::]:135  ",
+        "  server default ([fd00:135::2]:1)\n",
+        "  server b ([fd00:135::3]:1135)\n",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+}

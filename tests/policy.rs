@@ -6,6 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 
+use common::proxy_header::proxy_v2;
 use common::*;
 use rpcpin::wire::Pdu;
 use tokio::io::AsyncWriteExt;
@@ -253,20 +254,6 @@ async fn connection_limits_hold_in_total_and_per_address() {
         drop(open);
         rpcpin.stop().await;
     }
-}
-
-/// A PROXY protocol v2 header for a TCP4 connection from `src` to `dst`.
-fn proxy_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (src, dst) else {
-        panic!("v4 only")
-    };
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
-    h.extend_from_slice(&s.ip().octets());
-    h.extend_from_slice(&d.ip().octets());
-    h.extend_from_slice(&s.port().to_be_bytes());
-    h.extend_from_slice(&d.port().to_be_bytes());
-    h
 }
 
 #[tokio::test]

@@ -3,14 +3,14 @@
 //! each (`Backends`). The pins, `/readyz` and `rpcpin resolve` use them.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use tokio::net::TcpStream;
 
-use crate::config::{Backend, Config, Limits, Pin};
+use crate::config::{Backend, Config, Host, Limits, Pin};
 use crate::metrics::{metrics, BackendLabels};
 use crate::wire::epm::{walk_lookup_response, walk_map_response, HANDLE_LEN};
 use crate::wire::ndr::Syntax;
@@ -68,11 +68,6 @@ impl Resolver {
             cache: Mutex::new(HashMap::new()),
             answered: Mutex::new(None),
         }
-    }
-
-    /// The backend's RPC host name or address, as configured.
-    pub fn host(&self) -> &str {
-        &self.backend.host
     }
 
     /// The server's name: `default` (`[backend]`) or the NAME of `[backends.NAME]`.
@@ -138,15 +133,20 @@ impl Resolver {
         self.bounded(self.query_unbounded(interface)).await
     }
 
-    /// Connects to the backend at `port`, trying each address its name resolves to.
+    /// Connects to the backend at `port`: at its address, or trying each address its name
+    /// resolves to.
     pub async fn connect(&self, port: u16, timeout: Duration) -> anyhow::Result<TcpStream> {
-        let host = self.backend.host.as_str();
+        let at = self.backend.at(port);
         let connected = tokio::time::timeout(timeout, async {
+            let addrs = match &self.backend.host {
+                Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
+                Host::Name(name) => tokio::net::lookup_host((name.as_str(), port))
+                    .await
+                    .with_context(|| format!("cannot resolve backend host {name:?}"))?
+                    .collect(),
+            };
             let mut last = None;
-            for addr in tokio::net::lookup_host((host, port))
-                .await
-                .with_context(|| format!("cannot resolve backend host {host:?}"))?
-            {
+            for addr in addrs {
                 match TcpStream::connect(addr).await {
                     Ok(s) => return Ok(s),
                     Err(e) => last = Some((addr, e)),
@@ -154,11 +154,14 @@ impl Resolver {
             }
             Err(match last {
                 Some((addr, e)) => anyhow!(e).context(format!("cannot connect to backend {addr}")),
-                None => anyhow!("backend host {host:?} has no address"),
+                None => anyhow!(
+                    "backend host {:?} has no address",
+                    self.backend.host.to_string()
+                ),
             })
         })
         .await
-        .map_err(|_| anyhow!("connecting to backend {host}:{port} took longer than {timeout:?}"))
+        .map_err(|_| anyhow!("connecting to backend {at} took longer than {timeout:?}"))
         .and_then(|r| r);
         if connected.is_err() {
             metrics()

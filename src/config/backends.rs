@@ -5,10 +5,9 @@
 //! else: the timeouts and the cache (`[limits]`) stay the same for every server.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use super::raw::RawBackend;
-use super::{err, Backend, ConfigError, Epm, EpmMode, Pin, DEFAULT_BACKEND};
+use super::{err, Backend, ConfigError, Epm, EpmMode, Host, Pin, DEFAULT_BACKEND};
 
 /// `[backend]`, or `[backends.NAME]` when `key` is `backends.NAME`.
 pub(super) fn server(key: &str, raw: RawBackend) -> Result<Backend, ConfigError> {
@@ -19,6 +18,7 @@ pub(super) fn server(key: &str, raw: RawBackend) -> Result<Backend, ConfigError>
             "must name the RPC server (IP address or DNS name)",
         ));
     }
+    let host = Host::parse(host).map_err(|reason| err(format!("{key}.host"), reason))?;
     if raw.epm_port == 0 {
         return Err(err(
             format!("{key}.epm_port"),
@@ -26,7 +26,7 @@ pub(super) fn server(key: &str, raw: RawBackend) -> Result<Backend, ConfigError>
         ));
     }
     Ok(Backend {
-        host: host.to_string(),
+        host,
         epm_port: raw.epm_port,
     })
 }
@@ -155,7 +155,7 @@ pub(super) fn check_mode(
 /// Refuses a server that is rpcpin's own endpoint-mapper listener: every connection would
 /// loop back into rpcpin. `key` is `backend` or `backends.NAME`.
 fn check_not_looped(key: &str, backend: &Backend, epm: &Epm) -> Result<(), ConfigError> {
-    let Ok(host) = backend.host.parse::<IpAddr>() else {
+    let Host::Ip(host) = backend.host else {
         return Ok(());
     };
     let same_ip =
@@ -163,10 +163,7 @@ fn check_not_looped(key: &str, backend: &Backend, epm: &Epm) -> Result<(), Confi
     if same_ip && backend.epm_port == epm.listen.port() {
         return Err(err(
             format!("{key}.host"),
-            format!(
-                "{host}:{} is rpcpin's own epm.listen: connections would loop",
-                backend.epm_port
-            ),
+            format!("{backend} is rpcpin's own epm.listen: connections would loop"),
         ));
     }
     Ok(())

@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::interfaces::Interface;
+pub use host::{Host, HostPort};
 
 mod backends;
+mod host;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -62,7 +64,7 @@ pub struct Process {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     /// IP address or DNS name of the RPC server.
-    pub host: String,
+    pub host: Host,
     /// Its endpoint mapper's port.
     pub epm_port: u16,
 }
@@ -72,16 +74,21 @@ pub struct Backend {
 pub const DEFAULT_BACKEND: &str = "default";
 
 impl Backend {
-    /// Whether `other` is the same server: the same host (DNS names compared without case)
-    /// and the same endpoint-mapper port.
+    /// Whether `other` is the same server: the same host (an address however written, a
+    /// DNS name without regard to case) and the same endpoint-mapper port.
     pub fn same_server(&self, other: &Backend) -> bool {
-        self.host.eq_ignore_ascii_case(&other.host) && self.epm_port == other.epm_port
+        self.host.same(&other.host) && self.epm_port == other.epm_port
+    }
+
+    /// The server's `host:port` for `port`, IPv6 in brackets.
+    pub fn at(&self, port: u16) -> HostPort<'_> {
+        HostPort(&self.host, port)
     }
 }
 
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.host, self.epm_port)
+        self.at(self.epm_port).fmt(f)
     }
 }
 

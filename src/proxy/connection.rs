@@ -65,6 +65,7 @@ impl Accepting {
                     continue;
                 }
             };
+            let peer = canonical(peer);
             let role = role.borrow().clone();
             // Over the limit: close at once, without spending a task on it.
             let Some(admitted) = self.admission.admit(peer, role.name()) else {
@@ -255,7 +256,9 @@ async fn accept_proxied(
         )
     })??;
     let _ = buffered.split_to(header.len);
-    let (peer, local) = header.addrs.unwrap_or((peer, local));
+    let (peer, local) = header
+        .addrs
+        .map_or((peer, local), |(p, l)| (canonical(p), l));
     tracing::Span::current().record("client", tracing::field::display(peer));
     Ok(Client {
         stream,
@@ -263,4 +266,10 @@ async fn accept_proxied(
         local,
         buffered,
     })
+}
+
+/// An IPv4 client named by an IPv4-mapped IPv6 address (a client of a dual-stack `[::]`
+/// listener, or a PROXY header's) by its IPv4 address, in logs and limits alike.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

@@ -1,8 +1,15 @@
 //! The connection limits that outlive a configuration: client connections in total and per
 //! source address, and the log of their refusals, at most once a minute per address.
+//!
+//! An IPv6 client counts per /64, not per address: one client owns a whole /64 (SLAAC
+//! gives every host one, privacy addresses change within it, RFC 8981), so counting its
+//! addresses one by one would let it open the limit 2^64 times over, and fill the refusal
+//! log with addresses of its own. An IPv4 address, and an IPv4-mapped IPv6 one (an IPv4
+//! client of a dual-stack `[::]` listener), counts on its own.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -13,6 +20,34 @@ use tracing::warn;
 use crate::config::Limits;
 use crate::metrics::metrics;
 
+/// What the per-address limit counts as one client: an IPv4 address (IPv4-mapped IPv6
+/// included), or an IPv6 /64. Printed as the address, or as the prefix:
+/// `2001:db8:1:2::/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Source(IpAddr);
+
+impl Source {
+    /// The source `ip` counts under.
+    pub(super) fn of(ip: IpAddr) -> Source {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !u128::from(u64::MAX);
+                Source(IpAddr::V6(Ipv6Addr::from(prefix)))
+            }
+            v4 => Source(v4),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => v4.fmt(f),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
 /// Admits client connections within `limits.max_connections` (as first configured: a
 /// reload cannot resize it) and `limits.max_connections_per_ip` (as currently configured).
 #[derive(Debug)]
@@ -20,8 +55,8 @@ pub(super) struct Admission {
     /// One permit per open client connection.
     connections: Arc<Semaphore>,
     max_connections: u32,
-    /// Open client connections per source address.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open client connections per source address (IPv6: per /64).
+    per_ip: Mutex<HashMap<Source, usize>>,
     /// When each address's refusals were last logged.
     refusals: Mutex<RefusalLog>,
 }
@@ -46,7 +81,7 @@ impl Admission {
             let reason = "limits.max_connections reached";
             metrics().refused(policy, reason);
             // Within the address's quiet minute: counted only.
-            let n = lock(&self.refusals).note(policy, peer.ip(), Instant::now())?;
+            let n = lock(&self.refusals).note(policy, Source::of(peer.ip()), Instant::now())?;
             if n.untracked {
                 warn!(event = "refused", policy, peer = %peer, pin = listener, refused_since_last = n.since, untracked = true, reason);
             } else {
@@ -69,29 +104,30 @@ impl Admission {
         }
     }
 
-    /// A place in the count of `ip`'s connections, or `None` once it has `max` open
-    /// (counted, and logged at most once a minute per address).
+    /// A place in the count of the connections of `ip`'s [`Source`], or `None` once it has
+    /// `max` open (counted, and logged at most once a minute per source).
     pub(super) fn per_ip(&self, max: usize, ip: IpAddr) -> Option<PerIp<'_>> {
+        let source = Source::of(ip);
         let mut counts = lock(&self.per_ip);
-        let n = counts.entry(ip).or_insert(0);
+        let n = counts.entry(source).or_insert(0);
         if *n >= max {
             drop(counts);
             let policy = "max_connections_per_ip";
             let reason = "limits.max_connections_per_ip reached";
             metrics().refused(policy, reason);
             // Within the address's quiet minute: counted only.
-            let n = lock(&self.refusals).note(policy, ip, Instant::now())?;
+            let n = lock(&self.refusals).note(policy, source, Instant::now())?;
             if n.untracked {
-                warn!(event = "refused", policy, client = %ip, refused_since_last = n.since, untracked = true, reason);
+                warn!(event = "refused", policy, client = %source, refused_since_last = n.since, untracked = true, reason);
             } else {
-                warn!(event = "refused", policy, client = %ip, refused_since_last = n.since, reason);
+                warn!(event = "refused", policy, client = %source, refused_since_last = n.since, reason);
             }
             return None;
         }
         *n += 1;
         Some(PerIp {
             admission: self,
-            ip,
+            source,
         })
     }
 }
@@ -105,16 +141,16 @@ pub(super) struct Admitted {
 /// One connection's place in the per-address count; released on drop.
 pub(super) struct PerIp<'a> {
     admission: &'a Admission,
-    ip: IpAddr,
+    source: Source,
 }
 
 impl Drop for PerIp<'_> {
     fn drop(&mut self) {
         let mut counts = lock(&self.admission.per_ip);
-        if let Some(n) = counts.get_mut(&self.ip) {
+        if let Some(n) = counts.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&self.ip);
+                counts.remove(&self.source);
             }
         }
     }
@@ -132,7 +168,7 @@ const TRACKED: usize = 4096;
 /// grow it.
 #[derive(Debug, Default)]
 struct RefusalLog {
-    tracked: HashMap<(&'static str, IpAddr), Quiet>,
+    tracked: HashMap<(&'static str, Source), Quiet>,
     /// Shared by every pair refused while `tracked` is full of pairs logged within the
     /// minute.
     untracked: Option<Quiet>,
@@ -158,10 +194,10 @@ struct Log {
 }
 
 impl RefusalLog {
-    /// Notes one refusal of `ip` under `policy` at `now`: what to log, or `None` when it
-    /// is only counted.
-    fn note(&mut self, policy: &'static str, ip: IpAddr, now: Instant) -> Option<Log> {
-        let key = (policy, ip);
+    /// Notes one refusal of `source` under `policy` at `now`: what to log, or `None` when
+    /// it is only counted.
+    fn note(&mut self, policy: &'static str, source: Source, now: Instant) -> Option<Log> {
+        let key = (policy, source);
         if let Some(q) = self.tracked.get_mut(&key) {
             return Self::again(q, now, false);
         }
@@ -252,6 +288,44 @@ mod tests {
         assert!(admission.per_ip(1, ip).is_some(), "released on drop");
     }
 
+    #[test]
+    fn an_ipv6_client_counts_per_64_and_an_ipv4_mapped_one_as_ipv4() {
+        let admission = Admission::new(&Limits::default());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = admission.per_ip(2, ip("2001:db8:1:2::10")).expect("first");
+        let _second = admission.per_ip(2, ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"));
+        assert!(
+            admission.per_ip(2, ip("2001:db8:1:2:ffff::1")).is_none(),
+            "a third address of the same /64 is over the limit"
+        );
+        assert!(
+            admission.per_ip(2, ip("2001:db8:1:3::10")).is_some(),
+            "the next /64 is another client"
+        );
+        drop(first);
+        assert!(admission.per_ip(2, ip("2001:db8:1:2::99")).is_some());
+
+        let _v4 = admission.per_ip(1, ip("192.0.2.7")).expect("IPv4");
+        assert!(
+            admission.per_ip(1, ip("::ffff:192.0.2.7")).is_none(),
+            "the same client through a dual-stack listener"
+        );
+        assert!(admission.per_ip(1, ip("192.0.2.8")).is_some());
+        assert!(admission.per_ip(1, ip("::ffff:192.0.2.9")).is_some());
+    }
+
+    #[test]
+    fn a_source_prints_as_the_ipv4_address_or_the_ipv6_prefix() {
+        let shown = |s: &str| Source::of(s.parse().unwrap()).to_string();
+        assert_eq!(
+            shown("2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(shown("fd00:135::2"), "fd00:135::/64");
+        assert_eq!(shown("192.0.2.7"), "192.0.2.7");
+        assert_eq!(shown("::ffff:192.0.2.7"), "192.0.2.7");
+    }
+
     const PER_IP: &str = "max_connections_per_ip";
 
     fn logged(since: u64) -> Option<Log> {
@@ -264,8 +338,8 @@ mod tests {
     #[test]
     fn an_address_is_logged_at_most_once_a_minute_with_what_it_was_refused_since() {
         let mut log = RefusalLog::default();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a = Source::of("192.0.2.1".parse().unwrap());
+        let b = Source::of("192.0.2.2".parse().unwrap());
         let t0 = Instant::now();
         assert_eq!(log.note(PER_IP, a, t0), logged(0), "the first at once");
         for s in 1..=3 {
@@ -286,7 +360,7 @@ mod tests {
     fn a_flood_from_many_addresses_is_bounded_in_memory_and_log_lines() {
         let mut log = RefusalLog::default();
         let t0 = Instant::now();
-        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let ip = |i: u32| Source::of(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
         let mut lines = 0;
         let mut shared = Vec::new();
         for i in 0..3 * TRACKED as u32 {

@@ -11,10 +11,17 @@ use crate::config::Limits;
 /// backlog of 128 drops the rest of a burst, and they retry a second later; the kernel caps
 /// it at `net.core.somaxconn`). Accepted sockets inherit its options, so they are set once
 /// here rather than on every connection.
+///
+/// An IPv6 listener is dual-stack (`IPV6_V6ONLY` off), whatever `net.ipv6.bindv6only`
+/// says: `[::]:135` serves IPv4 clients too, as IPv4-mapped addresses.
 pub(super) fn listen(addr: SocketAddr, limits: &Limits) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        SocketAddr::V6(_) => {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            socket2::SockRef::from(&socket).set_only_v6(false)?;
+            socket
+        }
     };
     socket.set_reuseaddr(true)?;
     tune(&socket, limits);
@@ -52,5 +59,15 @@ mod tests {
         let sock = socket2::SockRef::from(&accepted);
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), limits.keepalive);
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_listener_on_every_address_serves_ipv4_clients_too() {
+        let listener = listen("[::]:0".parse().unwrap(), &Limits::default()).unwrap();
+        assert!(!socket2::SockRef::from(&listener).only_v6().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip().to_canonical(), client.local_addr().unwrap().ip());
     }
 }

@@ -5,6 +5,7 @@
 
 mod config;
 pub mod logs;
+pub mod proxy_header;
 
 use std::io;
 use std::net::SocketAddr;
@@ -274,12 +275,20 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// Serves `script(connection_index)` to every connection.
+    /// Serves `script(connection_index)` to every connection, on 127.0.0.1.
     pub async fn start<F>(script: F) -> Replay
     where
         F: Fn(usize) -> Vec<Vec<u8>> + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Replay::start_on("127.0.0.1:0", script).await
+    }
+
+    /// [`Replay::start`] listening on `listen` (`"[::1]:0"`).
+    pub async fn start_on<F>(listen: &str, script: F) -> Replay
+    where
+        F: Fn(usize) -> Vec<Vec<u8>> + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(listen).await.unwrap();
         let replay = Replay {
             addr: listener.local_addr().unwrap(),
             connections: Arc::new(AtomicUsize::new(0)),
@@ -322,7 +331,15 @@ impl Replay {
 
 /// A backend EPM that sends NSPI clients to `port`, answering with Exchange's bytes.
 pub async fn epm_pointing_at(ports: impl Fn(usize) -> u16 + Send + Sync + 'static) -> Replay {
-    Replay::start(move |n| {
+    epm_on_pointing_at("127.0.0.1:0", ports).await
+}
+
+/// [`epm_pointing_at`] listening on `listen`.
+pub async fn epm_on_pointing_at(
+    listen: &str,
+    ports: impl Fn(usize) -> u16 + Send + Sync + 'static,
+) -> Replay {
+    Replay::start_on(listen, move |n| {
         let mut answers: Vec<Vec<u8>> = pdus(NSPI_EPM_SERVER).iter().map(|p| p.to_vec()).collect();
         replace(
             &mut answers[1],
@@ -336,7 +353,15 @@ pub async fn epm_pointing_at(ports: impl Fn(usize) -> u16 + Send + Sync + 'stati
 
 /// An NSPI service that answers Outlook's NTLM session with Exchange's captured answers.
 pub async fn nspi_service() -> Replay {
-    Replay::start(|_| pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()).await
+    nspi_service_on("127.0.0.1:0").await
+}
+
+/// [`nspi_service`] listening on `listen`.
+pub async fn nspi_service_on(listen: &str) -> Replay {
+    Replay::start_on(listen, |_| {
+        pdus(NSPI_NTLM_SERVER).iter().map(|p| p.to_vec()).collect()
+    })
+    .await
 }
 
 /// rpcpin running in-process.

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# Shared by the interop scripts (run.sh, scale_out.sh) and scripts/demo.sh: reporting,
-# namespace and process helpers, the client/DMZ/LAN topology with rpcpin in the DMZ, Samba
-# in the LAN namespace, rpcclient. Sourced, never run.
+# Shared by the interop scripts (run.sh, two_servers.sh, scale_out.sh, ipv6.sh) and
+# scripts/demo.sh: reporting, namespace and process helpers, the client/DMZ/LAN topology
+# with rpcpin in the DMZ (IPv4 or IPv6 addresses), Samba in the LAN namespace, rpcclient.
+# Sourced, never run.
 #
 # The sourcing script sets, before calling anything here:
 #   WORK, PY, SAMBA_DCERPCD, RPC_USER, RPC_PASS, CLIENT_TIMEOUT,
@@ -188,9 +189,20 @@ remove_stale_namespaces() {
 }
 
 # --- setup: client, DMZ and LAN namespaces; rpcpin in the DMZ -----------------------
+# add_addr NS DEV ADDR: ADDR on DEV in namespace NS, an IPv4 address in a /24, an IPv6 one
+# in a /64 and usable at once (nodad: no duplicate address detection to wait for).
+add_addr() {
+    local ns=$1 dev=$2 addr=$3
+    if [[ "$addr" == *:* ]]; then
+        ip -n "$ns" addr add "$addr/64" dev "$dev" nodad
+    else
+        ip -n "$ns" addr add "$addr/24" dev "$dev"
+    fi
+}
+
 # Three namespaces stand in for three hosts: client $CLI_IP -veth- $DMZ_OUT_IP DMZ
-# $DMZ_IN_IP -veth- $LAN_IP LAN. The veth ends are to-dmz (client), to-cli and to-lan
-# (DMZ), to-dmz (LAN).
+# $DMZ_IN_IP -veth- $LAN_IP LAN, IPv4 or IPv6 addresses (add_addr). The veth ends are
+# to-dmz (client), to-cli and to-lan (DMZ), to-dmz (LAN).
 setup_dmz_topology() {
     local ns
     log "namespaces $NS_CLI / $NS_DMZ / $NS_LAN"
@@ -202,18 +214,18 @@ setup_dmz_topology() {
     # taken in the host's namespace.
     ip link add name to-dmz netns "$NS_CLI" type veth peer name to-cli netns "$NS_DMZ"
     ip link add name to-lan netns "$NS_DMZ" type veth peer name to-dmz netns "$NS_LAN"
-    ip -n "$NS_CLI" addr add "$CLI_IP/24" dev to-dmz
-    ip -n "$NS_DMZ" addr add "$DMZ_OUT_IP/24" dev to-cli
-    ip -n "$NS_DMZ" addr add "$DMZ_IN_IP/24" dev to-lan
-    ip -n "$NS_LAN" addr add "$LAN_IP/24" dev to-dmz
+    add_addr "$NS_CLI" to-dmz "$CLI_IP"
+    add_addr "$NS_DMZ" to-cli "$DMZ_OUT_IP"
+    add_addr "$NS_DMZ" to-lan "$DMZ_IN_IP"
+    add_addr "$NS_LAN" to-dmz "$LAN_IP"
     ip -n "$NS_CLI" link set to-dmz up
     ip -n "$NS_DMZ" link set to-cli up
     ip -n "$NS_DMZ" link set to-lan up
     ip -n "$NS_LAN" link set to-dmz up
     # The DMZ is a host, not a router: only rpcpin may carry traffic across.
-    in_ns "$NS_DMZ" sysctl -qw net.ipv4.ip_forward=0
-    # No default routes anywhere: the client knows only 198.51.100.0/24,
-    # the LAN only 10.135.0.0/24.
+    in_ns "$NS_DMZ" sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0
+    # No default routes anywhere: the client knows only its own subnet with the DMZ,
+    # the LAN only its own.
 }
 
 # The pins' ports in the DMZ (rpcpin listens on them, the firewall opens them): the sourcing
@@ -237,6 +249,9 @@ table inet rpcpin_dmz {
         type filter hook input priority 0; policy drop;
         iif "lo" accept
         ct state established,related accept
+        # IPv6 neighbour discovery (IPv6's ARP): without it nothing reaches the DMZ
+        # over IPv6.
+        icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
         # The openings, nothing else. The LAN side gets no new
         # connections in at all: Samba never calls the DMZ.
         iifname "to-cli" tcp dport { 135, ${ports// /, } } ct state new accept
@@ -356,6 +371,17 @@ stop_samba() {
 samba_port() {
     client "$NS_DMZ" "$PY" "$lib_dir/epm_towers.py" "$LAN_IP" "$1" |
         awk '/^TOWER/ { sub("port=", "", $6); print $6; exit }'
+}
+
+# rpcclient_fails NS BINDING CMD: rpcclient fails, and names no RIGSRV domain.
+rpcclient_fails() {
+    local ns=$1 binding=$2 cmd=$3
+    local out="$WORK/rpcclient.out" rc=0
+    client "$ns" rpcclient -s "$WORK/client.conf" -U "$RPC_USER%$RPC_PASS" \
+        "$binding" -c "$cmd" >"$out" 2>&1 || rc=$?
+    cat "$out"
+    echo "rpcclient exited $rc"
+    ((rc != 0)) && ! grep -qF 'name:[RIGSRV]' "$out"
 }
 
 # rpcclient CMD from namespace NS against BINDING; succeeds when rpcclient

@@ -157,16 +157,6 @@ resolve_reports() {
 }
 
 # --- client-side checks --------------------------------------------------------
-rpcclient_fails() {
-    local ns=$1 binding=$2 cmd=$3
-    local out="$WORK/rpcclient.out" rc=0
-    client "$ns" rpcclient -s "$WORK/client.conf" -U "$RPC_USER%$RPC_PASS" \
-        "$binding" -c "$cmd" >"$out" 2>&1 || rc=$?
-    cat "$out"
-    echo "rpcclient exited $rc"
-    ((rc != 0)) && ! grep -qF 'name:[RIGSRV]' "$out"
-}
-
 enumdomains_via_rpcpin() {
     rpcclient_ok "$NS_CLI" "ncacn_ip_tcp:${DMZ_OUT_IP}[seal]" enumdomains 'name:[RIGSRV]' 'name:[Builtin]'
 }

@@ -48,7 +48,10 @@ fn a_pin_names_its_server_in_answer_mode() {
     assert_eq!(c.epm.mode, EpmMode::Answer);
     assert_eq!(c.pins[1].backend.as_deref(), Some("b"));
     let b = &c.backends["b"];
-    assert_eq!((b.host.as_str(), b.epm_port), ("10.0.0.6", 135));
+    assert_eq!(
+        (b.host.to_string(), b.epm_port),
+        ("10.0.0.6".to_string(), 135)
+    );
     assert_eq!(c.backend_of(&c.pins[1]), ("b", b));
     assert_eq!(c.backend_of(&c.pins[0]), ("default", &c.backend));
     let servers: Vec<String> = c

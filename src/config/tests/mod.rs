@@ -119,6 +119,29 @@ fn errors_name_the_key_and_keep_their_text() {
             "127.0.0.1:135 is rpcpin's own epm.listen: connections would loop",
         ),
         (
+            |d| set(d, "backend.host", "[10.0.0.5]"),
+            "backend.host",
+            r#""[10.0.0.5]": brackets hold an IPv6 address only, as in "[fd00::2]""#,
+        ),
+        (
+            |d| set(d, "backend.host", "[fd00::5]:135"),
+            "backend.host",
+            r#""[fd00::5]:135" has a port: write the host alone (fd00::5) and the port in epm_port"#,
+        ),
+        (
+            |d| set(d, "backend.host", "dc1 example"),
+            "backend.host",
+            r#""dc1 example" is not an IP address (IPv6 with or without brackets) or a DNS name"#,
+        ),
+        (
+            |d| {
+                set(d, "epm.listen", "[::]:135");
+                set(d, "backend.host", "[::1]");
+            },
+            "backend.host",
+            "[::1]:135 is rpcpin's own epm.listen: connections would loop",
+        ),
+        (
             |d| set(d, "epm.listen", "0.0.0.0"),
             "epm.listen",
             r#""0.0.0.0" is not an address:port such as "0.0.0.0:135""#,
