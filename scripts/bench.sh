@@ -3,11 +3,11 @@
 # DCE/RPC backend, all on loopback, every path interleaved in the same run; prints Markdown
 # tables with medians, ratios and the goals of docs/benchmarks.md.
 #
-#   scripts/bench.sh           # the full run: about 3 minutes once built
+#   scripts/bench.sh           # the full run: about 7 minutes once built
 #   scripts/bench.sh --smoke   # each load for a fraction of a second; exit 0 when every path
 #                              # worked (what CI runs)
 #
-# Other arguments go to `rpcpin-bench run` (--rounds N, --only bulk,latency,eptmap,idle,
+# Other arguments go to `rpcpin-bench run` (--rounds N, --only bulk,aggregate,latency,eptmap,idle,
 # --base-port P). Installs haproxy with apt-get when it is missing (needs root then).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -53,8 +53,8 @@ pub struct PduReader<R> {
 /// How much a read asks for at a time: a whole 64 KiB fragment, or several small ones.
 const READ_CHUNK: usize = 64 * 1024;
 /// How much a read asks for while the last one filled a whole chunk: a bulk transfer
-/// moves in fewer, larger reads and writes (a fifth faster through 65,535-byte PDUs,
-/// docs/benchmarks.md), and only a connection that streams holds the larger buffer.
+/// moves in fewer, larger reads and writes (docs/benchmarks.md, "Where the time goes"),
+/// and only a connection that streams holds the larger buffer.
 const BULK_READ: usize = 256 * 1024;
 /// Below this much free room, a read first makes room.
 const MIN_ROOM: usize = 4 * 1024;
