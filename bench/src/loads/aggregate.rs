@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::ensure;
 
-use super::bulk::{Direction, Shape, Transfer, Window, SIZES};
-use super::{args, measure, secs, Plan};
-use crate::harness::{Env, Layout, Path, Stack};
-use crate::report::{Cmp, Goal, Row, Section};
+use super::bulk::{rates, Direction, Shape, Transfer, Window, SIZES};
+use super::{secs, Plan};
+use crate::harness::{Env, Layout, Path};
+use crate::report::{Cmp, Goal, Section};
 
 /// Connections at once.
 pub const CONNECTIONS: usize = 64;
@@ -67,7 +67,6 @@ pub fn client(a: Args) -> anyhow::Result<()> {
 /// Runs both directions and sizes on every path, interleaved, everything on both CPUs.
 pub fn run(env: &mut Env, plan: &Plan) -> anyhow::Result<Section> {
     let layout = Layout::shared(&[plan.other_cpu, plan.shared_cpu]);
-    let mut stack = Stack::start(env, &layout, &Path::ALL)?;
     let cases: Vec<Transfer> = [Direction::Up, Direction::Down]
         .into_iter()
         .flat_map(|dir| {
@@ -78,28 +77,16 @@ pub fn run(env: &mut Env, plan: &Plan) -> anyhow::Result<Section> {
             })
         })
         .collect();
-    let mut rows: Vec<Row> = cases.iter().map(|t| Row::new(t.label())).collect();
-    for round in 0..plan.aggregate.rounds {
-        for (i, transfer) in cases.iter().enumerate() {
-            for path in Path::rotation(&Path::ALL, round + i) {
-                let mut pairs = vec![("addr", env.ports.svc(path))];
-                pairs.extend(transfer.args());
-                pairs.extend([
-                    ("conns", CONNECTIONS.to_string()),
-                    ("secs", secs(plan.aggregate.secs)),
-                    ("warmup", secs(plan.warmup)),
-                ]);
-                let args = args("aggregate", &pairs);
-                if let Some(f) = measure(env, &layout, "aggregate", path, args) {
-                    if let Ok(rate) = f.f64("rate") {
-                        rows[i].add(round, path, rate);
-                    }
-                }
-            }
-        }
-        stack.check_alive()?;
-    }
-    stack.stop(env, "aggregate")?;
+    let conns = [("conns", CONNECTIONS.to_string())];
+    let rows = rates(
+        env,
+        plan,
+        plan.aggregate,
+        &layout,
+        "aggregate",
+        &cases,
+        &conns,
+    )?;
 
     let mut s = Section::new(
         &format!("Aggregate bulk throughput, {CONNECTIONS} connections"),

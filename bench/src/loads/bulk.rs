@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 
-use super::{args, measure, secs, Plan};
+use super::{args, measure, secs, Plan, Sampling};
 use crate::dcerpc::{self, Conn, Framer};
 use crate::harness::{Env, Layout, Path, Stack};
 use crate::report::{Cmp, Goal, Row, Section};
@@ -250,24 +250,28 @@ fn finish_download(conn: &mut Conn, buf: &mut [u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs every direction, size and shape on every path, interleaved, with client, proxy and
-/// backend sharing one CPU.
-pub fn run(env: &mut Env, plan: &Plan) -> anyhow::Result<Section> {
-    let layout = Layout::one_cpu(plan.shared_cpu);
-    let mut stack = Stack::start(env, &layout, &Path::ALL)?;
-    let cases = Transfer::all();
+/// Runs `load` (bulk, or aggregate with `extra` arguments) for each of `cases` on every path,
+/// interleaved, on a stack of its own on `layout`: a row of MB/s per case.
+pub(super) fn rates(
+    env: &mut Env,
+    plan: &Plan,
+    sampling: Sampling,
+    layout: &Layout,
+    load: &str,
+    cases: &[Transfer],
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<Vec<Row>> {
+    let mut stack = Stack::start(env, layout, &Path::ALL)?;
     let mut rows: Vec<Row> = cases.iter().map(|t| Row::new(t.label())).collect();
-    for round in 0..plan.bulk.rounds {
+    for round in 0..sampling.rounds {
         for (i, transfer) in cases.iter().enumerate() {
             for path in Path::rotation(&Path::ALL, round + i) {
                 let mut pairs = vec![("addr", env.ports.svc(path))];
                 pairs.extend(transfer.args());
-                pairs.extend([
-                    ("secs", secs(plan.bulk.secs)),
-                    ("warmup", secs(plan.warmup)),
-                ]);
-                let args = args("bulk", &pairs);
-                if let Some(f) = measure(env, &layout, "bulk", path, args) {
+                pairs.extend(extra.iter().cloned());
+                pairs.extend([("secs", secs(sampling.secs)), ("warmup", secs(plan.warmup))]);
+                let args = args(load, &pairs);
+                if let Some(f) = measure(env, layout, load, path, args) {
                     if let Ok(rate) = f.f64("rate") {
                         rows[i].add(round, path, rate);
                     }
@@ -276,7 +280,15 @@ pub fn run(env: &mut Env, plan: &Plan) -> anyhow::Result<Section> {
         }
         stack.check_alive()?;
     }
-    stack.stop(env, "bulk")?;
+    stack.stop(env, load)?;
+    Ok(rows)
+}
+
+/// Runs every direction, size and shape on every path, interleaved, with client, proxy and
+/// backend sharing one CPU.
+pub fn run(env: &mut Env, plan: &Plan) -> anyhow::Result<Section> {
+    let layout = Layout::one_cpu(plan.shared_cpu);
+    let rows = rates(env, plan, plan.bulk, &layout, "bulk", &Transfer::all(), &[])?;
 
     let mut s = Section::new(
         "Bulk throughput after a bind",
