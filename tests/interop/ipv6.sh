@@ -145,15 +145,7 @@ fails() { ! "$@"; }
 
 # ==============================================================================
 main() {
-    if [[ $EUID -ne 0 ]]; then
-        echo "ipv6.sh: must run as root (namespaces, nftables)" >&2
-        echo "0 passed, 1 failed"
-        exit 1
-    fi
-    exec {stdout_fd}>&1 {stderr_fd}>&2
-    trap cleanup EXIT
-    trap 'exit 130' INT TERM
-    trap 'error_at="line $LINENO: $BASH_COMMAND"' ERR
+    begin_run ipv6.sh
 
     WORK="$(mktemp -d -t rpcpin-ipv6.XXXXXX)"
     mkdir -p "$WORK"/samba/{lock,state,cache,pid,private,ncalrpc,log}

@@ -85,6 +85,29 @@ blocked_from_client() {
     echo "client could not connect to $host:$port"
 }
 
+# begin_run NAME: how every suite's main starts: as root, or "0 passed, 1 failed"; the
+# original stdout and stderr kept (the script's cleanup restores them), cleanup on exit,
+# and the line of an unexpected error noted for it.
+begin_run() {
+    if [[ $EUID -ne 0 ]]; then
+        echo "$1: must run as root (network namespaces)" >&2
+        echo "0 passed, 1 failed"
+        exit 1
+    fi
+    exec {stdout_fd}>&1 {stderr_fd}>&2
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    trap 'error_at="line $LINENO: $BASH_COMMAND"' ERR
+}
+
+# same_rpcpin PID: the rpcpin started as PID still runs, as $rpcpin_pid, and holds 135.
+same_rpcpin() {
+    kill -0 "$1" 2>/dev/null || { echo "rpcpin (pid $1) is gone"; return 1; }
+    [[ "$rpcpin_pid" == "$1" ]] || { echo "rpcpin pid changed"; return 1; }
+    in_ns "$NS_DMZ" ss -Hltnp "sport = :135" | grep -q "pid=$1," || { echo "pid $1 does not hold 135"; return 1; }
+    echo "rpcpin pid $1 still holds 135"
+}
+
 # Stop a process we started (by pid), politely first; returns once it is gone.
 stop_pid() {
     local pid=$1

@@ -526,11 +526,6 @@ runs_unprivileged() {
 
 # ==============================================================================
 main() {
-    if [[ $EUID -ne 0 ]]; then
-        echo "run.sh: must run as root (namespaces, nftables)" >&2
-        echo "0 passed, 1 failed"
-        exit 1
-    fi
     case "$EPM_MODE" in
     relay | answer) ;;
     *)
@@ -539,10 +534,7 @@ main() {
         exit 1
         ;;
     esac
-    exec {stdout_fd}>&1 {stderr_fd}>&2
-    trap cleanup EXIT
-    trap 'exit 130' INT TERM
-    trap 'error_at="line $LINENO: $BASH_COMMAND"' ERR
+    begin_run run.sh
 
     WORK="$(mktemp -d -t rpcpin-interop.XXXXXX)"
     mkdir -p "$WORK"/samba/{lock,state,cache,pid,private,ncalrpc,log}

@@ -446,15 +446,7 @@ marked_down() {
 
 # ==============================================================================
 main() {
-    if [[ $EUID -ne 0 ]]; then
-        echo "scale_out.sh: must run as root (namespaces)" >&2
-        echo "0 passed, 1 failed"
-        exit 1
-    fi
-    exec {stdout_fd}>&1 {stderr_fd}>&2
-    trap cleanup EXIT
-    trap 'exit 130' INT TERM
-    trap 'error_at="line $LINENO: $BASH_COMMAND"' ERR
+    begin_run scale_out.sh
 
     WORK="$(mktemp -d -t rpcpin-scale.XXXXXX)"
     mkdir -p "$WORK"/samba/{lock,state,cache,pid,private,ncalrpc,log}

@@ -239,24 +239,10 @@ answers_from_cache() {
     ((server >= 1 && server <= lookups)) || { echo "expected 1 to $lookups answers from the server"; return 1; }
 }
 
-same_rpcpin() {
-    kill -0 "$1" 2>/dev/null || { echo "rpcpin (pid $1) is gone"; return 1; }
-    [[ "$rpcpin_pid" == "$1" ]] || { echo "rpcpin pid changed"; return 1; }
-    in_ns "$NS_DMZ" ss -Hltnp "sport = :135" | grep -q "pid=$1," || { echo "pid $1 does not hold 135"; return 1; }
-    echo "rpcpin pid $1 still holds 135"
-}
 
 # ==============================================================================
 main() {
-    if [[ $EUID -ne 0 ]]; then
-        echo "two_servers.sh: must run as root (namespaces, nftables)" >&2
-        echo "0 passed, 1 failed"
-        exit 1
-    fi
-    exec {stdout_fd}>&1 {stderr_fd}>&2
-    trap cleanup EXIT
-    trap 'exit 130' INT TERM
-    trap 'error_at="line $LINENO: $BASH_COMMAND"' ERR
+    begin_run two_servers.sh
 
     WORK="$(mktemp -d -t rpcpin-two-servers.XXXXXX)"
     local n
